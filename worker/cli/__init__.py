@@ -1,0 +1,44 @@
+"""The ``tagsync`` command: admin calls of the tag API, the worker, producers and tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from worker.cli import admin, demo
+from worker.logs import configure_logging
+from worker.settings import VARIABLES, Settings, SettingsError
+from worker.wechat.errors import WeChatError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line of ``tagsync``."""
+    variables = "\n".join(f"  {name:<26} {meaning}" for name, meaning in VARIABLES.items())
+    parser = argparse.ArgumentParser(
+        prog="tagsync",
+        description="Keep WeChat Official Account user tags in step with application events.",
+        epilog=f"environment:\n{variables}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    admin.register(commands)
+    demo.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``tagsync`` command; exit 1 on a WeChat error, 2 on bad settings or input."""
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(Settings.from_env().log_format)
+        return int(args.run(args))
+    except SettingsError as exc:
+        print(f"tagsync: {exc}", file=sys.stderr)
+        return 2
+    except WeChatError as exc:
+        meaning = f" ({exc.row.meaning})" if exc.row else ""
+        print(f"tagsync: {exc.call} failed{meaning}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tagsync: interrupted", file=sys.stderr)
+        return 130

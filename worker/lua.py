@@ -1,0 +1,18 @@
+"""Load the Lua scripts that sit as ``.lua`` files beside the modules that use them."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from redis import Redis
+from redis.commands.core import Script
+
+
+def script_text(package: str, name: str) -> str:
+    """The source of ``name`` in ``package`` (e.g. ``"worker.wechat"``, ``"token_invalidate.lua"``)."""
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def load_script(redis: Redis, package: str, name: str) -> Script:
+    """A registered script: run by EVALSHA, re-sent by EVAL after a Redis restart."""
+    return redis.register_script(script_text(package, name))

@@ -1,0 +1,116 @@
+"""tagsync's settings, read from the environment (12-factor) and checked once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from worker.redaction import Secret
+from worker.wechat.client import DEFAULT_API_BASE
+
+T = TypeVar("T")
+
+#: The variables tagsync reads, with what each one means (``tagsync --help`` shows them).
+VARIABLES: dict[str, str] = {
+    "TAGSYNC_REDIS_URL": "Redis for the queue, pending intents, tokens and limits (redis://...)",
+    "WECHAT_APPID": "the Official Account's AppID; also the default intent account",
+    "WECHAT_SECRET": "the app secret (never logged)",
+    "WECHAT_API_BASE": f"WeChat's API base URL (default {DEFAULT_API_BASE})",
+    "WECHAT_TOKEN_MODE": "stable (POST stable_token, default) or classic (GET token)",
+    "TAGSYNC_RATE": "WeChat calls per second, all workers together (default 20)",
+    "TAGSYNC_BURST": "calls allowed at once above the rate (default: the rate, at least 1)",
+    "TAGSYNC_DAILY_BUDGET": "WeChat calls per Asia/Shanghai day (default: no budget)",
+    "TAGSYNC_LINGER_MS": "how long a partial batch waits for more intents (default 1000)",
+    "TAGSYNC_MAX_ATTEMPTS": "attempts before an intent is dead-lettered (default 30)",
+    "TAGSYNC_BACKOFF_MIN_MS": "first retry backoff (default 1000)",
+    "TAGSYNC_BACKOFF_MAX_MS": "longest retry backoff (default 300000)",
+    "TAGSYNC_ORDERING_WINDOW": "seconds an out-of-order intent may lag (default 3600)",
+    "TAGSYNC_METRICS_PORT": "port of the Prometheus metrics (default 9191)",
+    "TAGSYNC_LOG_FORMAT": "json or console (default: console on a terminal, else json)",
+    "TAGSYNC_INGEST_TOKEN": "bearer token the HTTP ingest requires",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], *, minimum: float) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a {cast.__name__}") from None
+    if float(value) < minimum:  # type: ignore[arg-type]
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tagsync setting, with production-safe defaults."""
+
+    redis_url: str | None = None
+    appid: str | None = None
+    secret: Secret | None = field(default=None, repr=False)
+    api_base: str = DEFAULT_API_BASE
+    token_mode: Literal["stable", "classic"] = "stable"
+    rate: float = 20.0
+    burst: int = 0
+    daily_budget: int | None = None
+    linger_ms: int = 1000
+    max_attempts: int = 30
+    backoff_min_ms: int = 1000
+    backoff_max_ms: int = 300_000
+    ordering_window_s: float = 3600.0
+    metrics_port: int = 9191
+    log_format: Literal["json", "console"] | None = None
+    ingest_token: Secret | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default ``os.environ``); raise ``SettingsError``."""
+        env = os.environ if env is None else env
+        mode = env.get("WECHAT_TOKEN_MODE", "stable").strip() or "stable"
+        if mode not in ("stable", "classic"):
+            raise SettingsError(f"WECHAT_TOKEN_MODE={mode!r} must be 'stable' or 'classic'")
+        log_format = env.get("TAGSYNC_LOG_FORMAT", "").strip() or None
+        if log_format not in (None, "json", "console"):
+            raise SettingsError(f"TAGSYNC_LOG_FORMAT={log_format!r} must be 'json' or 'console'")
+        budget = _number(env, "TAGSYNC_DAILY_BUDGET", 0, int, minimum=0)
+        rate = _number(env, "TAGSYNC_RATE", 20.0, float, minimum=0.001)
+        settings = cls(
+            redis_url=env.get("TAGSYNC_REDIS_URL", "").strip() or None,
+            appid=env.get("WECHAT_APPID", "").strip() or None,
+            secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,
+            api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_API_BASE).rstrip("/"),
+            token_mode=mode,  # type: ignore[arg-type]
+            rate=rate,
+            burst=_number(env, "TAGSYNC_BURST", 0, int, minimum=0) or max(1, int(rate)),
+            daily_budget=budget or None,
+            linger_ms=_number(env, "TAGSYNC_LINGER_MS", 1000, int, minimum=0),
+            max_attempts=_number(env, "TAGSYNC_MAX_ATTEMPTS", 30, int, minimum=1),
+            backoff_min_ms=_number(env, "TAGSYNC_BACKOFF_MIN_MS", 1000, int, minimum=1),
+            backoff_max_ms=_number(env, "TAGSYNC_BACKOFF_MAX_MS", 300_000, int, minimum=1),
+            ordering_window_s=_number(env, "TAGSYNC_ORDERING_WINDOW", 3600.0, float, minimum=0),
+            metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
+            log_format=log_format,  # type: ignore[arg-type]
+            ingest_token=(
+                Secret(env["TAGSYNC_INGEST_TOKEN"]) if env.get("TAGSYNC_INGEST_TOKEN") else None
+            ),
+        )
+        if settings.backoff_max_ms < settings.backoff_min_ms:
+            raise SettingsError("TAGSYNC_BACKOFF_MAX_MS must be at least TAGSYNC_BACKOFF_MIN_MS")
+        return settings
+
+    def require_wechat(self) -> tuple[str, Secret]:
+        """The AppID and secret, or a ``SettingsError`` saying which is missing."""
+        missing = [n for n, v in (("WECHAT_APPID", self.appid), ("WECHAT_SECRET", self.secret)) if not v]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} must be set")
+        assert self.appid is not None and self.secret is not None
+        return self.appid, self.secret

@@ -1,0 +1,274 @@
+"""The WeChat user tag API client: the seed's seven calls, tokens and quotas.
+
+One ``WeChatClient`` owns a pooled ``requests.Session`` with connect and read timeouts and a
+``TokenProvider``. Every failure is raised as the exception of its class in the errcode
+table (``worker.wechat.errors``); a token error is answered by one refresh and one resend,
+never a loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import requests
+import structlog
+from redis import Redis
+from requests.adapters import HTTPAdapter
+
+from worker.redaction import Secret, redact
+from worker.wechat.errors import (
+    NetworkError,
+    ProgrammingError,
+    TokenError,
+    WeChatError,
+    error_for,
+)
+from worker.wechat.tokens import MemoryTokenStore, RedisTokenStore, TokenProvider, TokenStore
+
+#: WeChat's API host.
+DEFAULT_API_BASE = "https://api.weixin.qq.com"
+#: Most openids one batch (un)tagging call takes (40032 beyond it).
+MAX_BATCH = 50
+#: A tag name's limit in UTF-8 bytes (45158 beyond it).
+MAX_TAG_NAME_BYTES = 30
+#: Seconds to wait for a connection to WeChat.
+CONNECT_TIMEOUT_S = 3.05
+#: Seconds to wait for WeChat's answer once the request is sent.
+READ_TIMEOUT_S = 10.0
+
+TokenMode = Literal["stable", "classic"]
+
+log = structlog.get_logger("tagsync.wechat")
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tag of the account; ``count`` is its number of fans (from ``tags/get``)."""
+
+    id: int
+    name: str
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class FansPage:
+    """One page of ``user/tag/get``: openids and where the next page starts ("" at the end)."""
+
+    openids: list[str]
+    next_openid: str
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The daily quota of one API path (``openapi/quota/get``)."""
+
+    daily_limit: int
+    used: int
+    remain: int
+
+
+def check_tag_name(name: str) -> None:
+    """Refuse a tag name WeChat would refuse: empty, or over 30 UTF-8 bytes."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("tag name must not be empty")
+    size = len(name.encode("utf-8"))
+    if size > MAX_TAG_NAME_BYTES:
+        raise ValueError(f"tag name is {size} UTF-8 bytes; WeChat allows {MAX_TAG_NAME_BYTES}")
+
+
+class WeChatClient:
+    """A client of one WeChat Official Account's user tag API."""
+
+    def __init__(
+        self,
+        *,
+        appid: str,
+        secret: str | Secret,
+        api_base: str = DEFAULT_API_BASE,
+        token_mode: TokenMode = "stable",
+        token_store: TokenStore | None = None,
+        redis: Redis | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        pool_size: int = 16,
+    ) -> None:
+        if token_mode not in ("stable", "classic"):
+            raise ValueError(f"token_mode must be 'stable' or 'classic', not {token_mode!r}")
+        self.appid = appid
+        self._secret = secret if isinstance(secret, Secret) else Secret(secret)
+        self.api_base = api_base.rstrip("/")
+        self.token_mode = token_mode
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        if token_store is None:
+            token_store = RedisTokenStore(redis, appid) if redis is not None else MemoryTokenStore()
+        self.tokens = TokenProvider(self.fetch_token, token_store)
+
+    def __repr__(self) -> str:
+        return f"WeChatClient(appid={self.appid!r}, api_base={self.api_base!r})"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def __enter__(self) -> WeChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tags ----------------------------------------------------------------------------
+
+    def create_tag(self, name: str) -> Tag:
+        """Create a tag (``tags/create``); at most 100 per account."""
+        check_tag_name(name)
+        answer = self._call("tags/create", {"tag": {"name": name}})
+        return Tag(int(answer["tag"]["id"]), str(answer["tag"]["name"]))
+
+    def list_tags(self) -> list[Tag]:
+        """Every tag of the account with its fan count (``tags/get``)."""
+        answer = self._call("tags/get", None, method="GET")
+        return [Tag(int(t["id"]), str(t["name"]), int(t.get("count", 0))) for t in answer["tags"]]
+
+    def rename_tag(self, tag_id: int, name: str) -> None:
+        """Rename a tag (``tags/update``); tags 0, 1 and 2 are reserved."""
+        check_tag_name(name)
+        self._call("tags/update", {"tag": {"id": tag_id, "name": name}})
+
+    def delete_tag(self, tag_id: int) -> None:
+        """Delete a tag (``tags/delete``); refused while it has over 100,000 fans (45057)."""
+        self._call("tags/delete", {"tag": {"id": tag_id}})
+
+    def tag_fans(self, tag_id: int, next_openid: str = "") -> FansPage:
+        """One page of a tag's fans (``user/tag/get``), starting after ``next_openid``."""
+        answer = self._call("user/tag/get", {"tagid": tag_id, "next_openid": next_openid})
+        openids = list((answer.get("data") or {}).get("openid") or [])
+        return FansPage(openids, str(answer.get("next_openid") or ""))
+
+    def iter_tag_fans(self, tag_id: int) -> Iterator[str]:
+        """Every fan of a tag, paging with ``next_openid`` to the end."""
+        after = ""
+        while True:
+            page = self.tag_fans(tag_id, after)
+            yield from page.openids
+            if not page.openids or not page.next_openid or page.next_openid == after:
+                return
+            after = page.next_openid
+
+    def batch_tag(self, tag_id: int, openids: Iterable[str]) -> None:
+        """Tag up to 50 fans (``tags/members/batchtagging``); all or nothing."""
+        self._batch("tags/members/batchtagging", tag_id, openids)
+
+    def batch_untag(self, tag_id: int, openids: Iterable[str]) -> None:
+        """Untag up to 50 fans (``tags/members/batchuntagging``); all or nothing."""
+        self._batch("tags/members/batchuntagging", tag_id, openids)
+
+    def _batch(self, call: str, tag_id: int, openids: Iterable[str]) -> None:
+        openid_list = list(openids)
+        if not 1 <= len(openid_list) <= MAX_BATCH:
+            raise ValueError(f"a batch takes 1 to {MAX_BATCH} openids, not {len(openid_list)}")
+        self._call(call, {"openid_list": openid_list, "tagid": tag_id})
+
+    def tags_of_fan(self, openid: str) -> list[int]:
+        """The tag ids a fan carries (``tags/getidlist``)."""
+        answer = self._call("tags/getidlist", {"openid": openid})
+        return [int(t) for t in answer.get("tagid_list") or []]
+
+    # -- quotas --------------------------------------------------------------------------
+
+    def clear_quota(self) -> None:
+        """Reset the account's daily API quotas (``clear_quota``; WeChat allows few a month)."""
+        self._call("clear_quota", {"appid": self.appid})
+
+    def get_quota(self, cgi_path: str = "/cgi-bin/tags/members/batchtagging") -> Quota:
+        """The daily limit and use of one API path (``openapi/quota/get``)."""
+        answer = self._call("openapi/quota/get", {"cgi_path": cgi_path})
+        quota = answer["quota"]
+        return Quota(int(quota["daily_limit"]), int(quota["used"]), int(quota["remain"]))
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def fetch_token(self, force_refresh: bool = False) -> tuple[str, int]:
+        """Fetch a new access token from WeChat: (token, expires_in seconds).
+
+        Prefer ``self.tokens.token()``, which shares one token among all processes.
+        """
+        secret = self._secret.reveal()
+        if self.token_mode == "stable":
+            body = {
+                "grant_type": "client_credential",
+                "appid": self.appid,
+                "secret": secret,
+                "force_refresh": force_refresh,
+            }
+            answer = self._send("stable_token", "POST", body, params={})
+        else:
+            params = {"grant_type": "client_credential", "appid": self.appid, "secret": secret}
+            answer = self._send("token", "GET", None, params=params)
+        return str(answer["access_token"]), int(answer.get("expires_in", 7200))
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _call(self, call: str, body: Any, *, method: str = "POST") -> dict[str, Any]:
+        token = self.tokens.token()
+        try:
+            return self._send(call, method, body, params={"access_token": token})
+        except TokenError as exc:
+            log.info("wechat.token_rejected", call=call, errcode=exc.errcode)
+            self.tokens.invalidate(token)
+        # Resend once with a fresh token; a second token error is raised, not looped on.
+        token = self.tokens.token()
+        return self._send(call, method, body, params={"access_token": token})
+
+    def _send(
+        self, call: str, method: str, body: Any, *, params: dict[str, str]
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        failure: WeChatError | None = None
+        answer: dict[str, Any] = {}
+        try:
+            response = self._session.request(
+                method,
+                f"{self.api_base}/cgi-bin/{call}",
+                params=params,
+                json=body,
+                timeout=self._timeout,
+            )
+        except requests.Timeout:
+            failure = NetworkError(call, None, "timed out")
+        except requests.RequestException as exc:
+            # requests' messages carry the URL with its access_token: redact, never chain.
+            failure = NetworkError(call, None, f"{type(exc).__name__}: {redact(str(exc))}")
+        else:
+            failure, answer = self._parse(call, response)
+        duration = time.perf_counter() - started
+        if failure is not None:
+            log.debug("wechat.call", call=call, errcode=failure.errcode, duration=duration)
+            # Raised outside the except block, so no exception with the URL is chained.
+            raise failure
+        log.debug("wechat.call", call=call, errcode=0, duration=duration)
+        return answer
+
+    def _parse(
+        self, call: str, response: requests.Response
+    ) -> tuple[WeChatError | None, dict[str, Any]]:
+        if response.status_code >= 500:
+            return NetworkError(call, None, f"HTTP {response.status_code}"), {}
+        try:
+            answer = response.json()
+        except ValueError:
+            return NetworkError(call, None, f"HTTP {response.status_code}: answer is not JSON"), {}
+        if not isinstance(answer, dict):
+            return NetworkError(call, None, "answer is not a JSON object"), {}
+        errcode = answer.get("errcode") or 0
+        if errcode != 0:
+            return error_for(call, int(errcode), str(answer.get("errmsg", ""))), answer
+        if response.status_code >= 400:
+            return ProgrammingError(call, None, f"HTTP {response.status_code}"), {}
+        return None, answer

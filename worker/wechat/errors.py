@@ -1,0 +1,106 @@
+"""The exceptions of the WeChat client: one class per errcode class, so callers branch on type."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from worker.redaction import redact
+from worker.wechat.errcodes import Errcode, ErrorClass, lookup
+
+
+class WeChatError(Exception):
+    """A WeChat call failed. Carries the call, the errcode (None below the API) and errmsg."""
+
+    error_class: ClassVar[ErrorClass] = ErrorClass.TRANSIENT
+
+    def __init__(self, call: str, errcode: int | None, errmsg: str) -> None:
+        self.call = call
+        self.errcode = errcode
+        # WeChat's errmsg and requests' messages may echo the URL with its access_token.
+        self.errmsg = redact(errmsg)
+        code = "" if errcode is None else f"errcode {errcode}: "
+        super().__init__(f"{call}: {code}{self.errmsg}")
+
+    @property
+    def row(self) -> Errcode | None:
+        """This error's row of the errcode table (None for network failures)."""
+        return None if self.errcode is None else lookup(self.errcode)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(call={self.call!r}, errcode={self.errcode!r}, errmsg={self.errmsg!r})"
+
+    def __reduce__(self) -> tuple[type[WeChatError], tuple[str, int | None, str]]:
+        # Pickled across processes (e.g. by dramatiq's results) with its real arguments.
+        return (type(self), (self.call, self.errcode, self.errmsg))
+
+
+class TransientError(WeChatError):
+    """Worth retrying later: -1, unknown errcodes, HTTP 5xx, timeouts, connection errors."""
+
+    error_class = ErrorClass.TRANSIENT
+
+
+class NetworkError(TransientError):
+    """No usable answer: a timeout, a refused connection, HTTP 5xx, a body that is not JSON."""
+
+
+class TokenError(WeChatError):
+    """The access token is missing, invalid or expired (the client already resent once)."""
+
+    error_class = ErrorClass.TOKEN
+
+
+class QuotaError(WeChatError):
+    """The account's per-minute frequency (45011) or daily quota (45009) is reached."""
+
+    error_class = ErrorClass.QUOTA
+
+
+class OpenidError(WeChatError):
+    """Some openid of the call can never succeed (40003, 49003, 45059); nothing was applied."""
+
+    error_class = ErrorClass.OPENID
+
+
+class TagError(WeChatError):
+    """The tag id is not valid (45159)."""
+
+    error_class = ErrorClass.TAG
+
+
+class CredentialError(WeChatError):
+    """The AppID, secret, IP whitelist or API permission is wrong; only a human can fix it."""
+
+    error_class = ErrorClass.CREDENTIAL
+
+
+class RejectedError(WeChatError):
+    """An administrative request was refused for its content (name taken, reserved tag...)."""
+
+    error_class = ErrorClass.REJECTED
+
+
+class ProgrammingError(WeChatError):
+    """WeChat says the request was malformed: a bug in tagsync."""
+
+    error_class = ErrorClass.PROGRAMMING
+
+
+_BY_CLASS: dict[ErrorClass, type[WeChatError]] = {
+    cls.error_class: cls
+    for cls in (
+        TransientError,
+        TokenError,
+        QuotaError,
+        OpenidError,
+        TagError,
+        CredentialError,
+        RejectedError,
+        ProgrammingError,
+    )
+}
+
+
+def error_for(call: str, errcode: int, errmsg: str) -> WeChatError:
+    """The exception for ``errcode`` on ``call``, of its class in the errcode table."""
+    return _BY_CLASS[lookup(errcode).error_class](call, errcode, errmsg)
