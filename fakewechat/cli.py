@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=8089, help="port to bind; 0 picks a free one (default %(default)s)"
+        "--port",
+        type=int,
+        default=8089,
+        help="port to bind; 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
         "--appid",
@@ -37,10 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the app secret accepted (default $WECHAT_SECRET or the built-in demo secret)",
     )
     parser.add_argument(
-        "--fans", type=int, default=1000, help="deterministic fans to start with (default %(default)s)"
+        "--fans",
+        type=int,
+        default=1000,
+        help="deterministic fans to start with (default %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the openids and the fault dice (default %(default)s)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the openids and the fault dice (default %(default)s)",
     )
     return parser
 
@@ -62,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = SimulatorServer((args.host, args.port), simulator)
     except OSError as exc:
-        print(f"fakewechat: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"fakewechat: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
         return 1
     signal.signal(signal.SIGTERM, _interrupt)
     print(

@@ -19,7 +19,7 @@ OPENID_LENGTH = 28
 #: Length of the part of an openid that is the same for every fan of one AppID.
 PREFIX_LENGTH = 6
 #: What a well-formed openid looks like (of this AppID or another one).
-OPENID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{%d}$" % OPENID_LENGTH)
+OPENID_PATTERN = re.compile(rf"^[A-Za-z0-9_-]{{{OPENID_LENGTH}}}$")
 
 
 def prefix_for(appid: str) -> str:
@@ -152,7 +152,9 @@ def _feistel(value: int, key: bytes, *, decrypt: bool = False) -> int:
     rounds = range(3, -1, -1) if decrypt else range(4)
     for round_ in rounds:
         mix = int.from_bytes(
-            hashlib.blake2b(right.to_bytes(4, "big"), key=key, digest_size=4, salt=bytes([round_]) * 16).digest(),
+            hashlib.blake2b(
+                right.to_bytes(4, "big"), key=key, digest_size=4, salt=bytes([round_]) * 16
+            ).digest(),
             "big",
         )
         left, right = right, left ^ mix

@@ -313,9 +313,13 @@ class Simulator:
         cfg = self.config
         if cfg["rate_per_sec"] is not None and self._calls_this_second > cfg["rate_per_sec"]:
             return Answer(200, error(45011))
-        if cfg["daily_quota"] is not None and path not in ("clear_quota", "openapi/quota/get"):
-            if self._daily_used[path] >= cfg["daily_quota"]:
-                return Answer(200, error(45009))
+        metered = path not in ("clear_quota", "openapi/quota/get")
+        if (
+            metered
+            and cfg["daily_quota"] is not None
+            and self._daily_used[path] >= cfg["daily_quota"]
+        ):
+            return Answer(200, error(45009))
         self._daily_used[path] += 1
         forced = cfg["forced_errcodes"].get(path)
         if forced is not None:
@@ -394,8 +398,8 @@ class Simulator:
     def _create_tag(self, body: dict[str, Any]) -> dict[str, Any]:
         name = (body.get("tag") or {}).get("name")
         code = self._name_error(name)
-        if code:
-            return error(code)
+        if code or not isinstance(name, str):
+            return error(code or 45157)
         if len(self.tags) >= MAX_TAGS:
             return error(45056)
         tag = Tag(self._next_tag_id, name)
@@ -500,8 +504,8 @@ class Simulator:
     def _tags_of_fan(self, body: dict[str, Any]) -> dict[str, Any]:
         openid = body.get("openid")
         code = self._openid_error(openid)
-        if code:
-            return error(code)
+        if code or not isinstance(openid, str):
+            return error(code or 40003)
         return {"tagid_list": sorted(self.tags_of_fan.get(openid, set()))}
 
     # -- quotas -----------------------------------------------------------------------

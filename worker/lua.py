@@ -9,7 +9,7 @@ from redis.commands.core import Script
 
 
 def script_text(package: str, name: str) -> str:
-    """The source of ``name`` in ``package`` (e.g. ``"worker.wechat"``, ``"token_invalidate.lua"``)."""
+    """The source of the script ``name`` in ``package`` (e.g. ``"worker.wechat"``)."""
     return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 

@@ -71,9 +71,7 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip
-        self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         try:
@@ -87,7 +85,9 @@ class RedisServer:
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise RedisUnavailable(f"redis-server did not answer on port {self.port}") from None
+                        raise RedisUnavailable(
+                            f"redis-server did not answer on port {self.port}"
+                        ) from None
                     time.sleep(0.02)
         finally:
             client.close()

@@ -37,7 +37,9 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _number(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], *, minimum: float) -> T:
+def _number(
+    env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], *, minimum: float
+) -> T:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -109,7 +111,9 @@ class Settings:
 
     def require_wechat(self) -> tuple[str, Secret]:
         """The AppID and secret, or a ``SettingsError`` saying which is missing."""
-        missing = [n for n, v in (("WECHAT_APPID", self.appid), ("WECHAT_SECRET", self.secret)) if not v]
+        missing = [
+            n for n, v in (("WECHAT_APPID", self.appid), ("WECHAT_SECRET", self.secret)) if not v
+        ]
         if missing:
             raise SettingsError(f"{' and '.join(missing)} must be set")
         assert self.appid is not None and self.secret is not None

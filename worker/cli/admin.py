@@ -28,7 +28,9 @@ def make_client(settings: Settings) -> WeChatClient:
 
 def register(commands: Any) -> None:
     """Add ``tags`` and ``user-tags`` to the ``tagsync`` command line."""
-    tags = commands.add_parser("tags", help="create, list, rename and delete tags; list a tag's fans")
+    tags = commands.add_parser(
+        "tags", help="create, list, rename and delete tags; list a tag's fans"
+    )
     actions = tags.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="every tag with its id and fan count")
@@ -62,7 +64,11 @@ def _list(args: argparse.Namespace) -> int:
     with make_client(Settings.from_env()) as client:
         tags = client.list_tags()
     if args.json:
-        print(json.dumps([{"id": t.id, "name": t.name, "count": t.count} for t in tags], ensure_ascii=False))
+        print(
+            json.dumps(
+                [{"id": t.id, "name": t.name, "count": t.count} for t in tags], ensure_ascii=False
+            )
+        )
         return 0
     print(f"{'ID':>6}  {'FANS':>9}  NAME")
     for tag in tags:

@@ -14,9 +14,11 @@ def register(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="run tagsync against the built-in WeChat simulator",
-        description="Start the WeChat simulator and walk the client through the seed's seven calls.",
+        description="Start the WeChat simulator and walk the client through the seven calls.",
     )
-    demo.add_argument("--fans", type=int, default=1000, help="fans the simulator knows (default %(default)s)")
+    demo.add_argument(
+        "--fans", type=int, default=1000, help="fans the simulator knows (default %(default)s)"
+    )
     demo.set_defaults(run=run)
 
 
@@ -29,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     server = serve_in_thread(Simulator(appid=DEFAULT_APPID, secret=DEFAULT_SECRET, fans=args.fans))
     print(f"simulator at {server.url} (appid {DEFAULT_APPID}, {args.fans} fans)")
     try:
-        with WeChatClient(appid=DEFAULT_APPID, secret=DEFAULT_SECRET, api_base=server.url) as client:
+        with WeChatClient(
+            appid=DEFAULT_APPID, secret=DEFAULT_SECRET, api_base=server.url
+        ) as client:
             fans = server.simulator.fans.page(0, 3)
             tag = client.create_tag("广东")
             _show("tags/create 广东", tag)

@@ -226,9 +226,7 @@ class WeChatClient:
         token = self.tokens.token()
         return self._send(call, method, body, params={"access_token": token})
 
-    def _send(
-        self, call: str, method: str, body: Any, *, params: dict[str, str]
-    ) -> dict[str, Any]:
+    def _send(self, call: str, method: str, body: Any, *, params: dict[str, str]) -> dict[str, Any]:
         started = time.perf_counter()
         failure: WeChatError | None = None
         answer: dict[str, Any] = {}

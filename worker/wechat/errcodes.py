@@ -91,7 +91,7 @@ ERRCODES: dict[int, Errcode] = {
 
 
 def lookup(code: int) -> Errcode:
-    """The row of ``code``; an unknown code is treated as transient (retried, then dead-lettered)."""
+    """The row of ``code``; an unknown code is transient (retried, then dead-lettered)."""
     row = ERRCODES.get(code)
     if row is None:
         return Errcode(code, "unknown errcode", ErrorClass.TRANSIENT, Action.RETRY)

@@ -27,7 +27,8 @@ class WeChatError(Exception):
         return None if self.errcode is None else lookup(self.errcode)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(call={self.call!r}, errcode={self.errcode!r}, errmsg={self.errmsg!r})"
+        name = type(self).__name__
+        return f"{name}(call={self.call!r}, errcode={self.errcode!r}, errmsg={self.errmsg!r})"
 
     def __reduce__(self) -> tuple[type[WeChatError], tuple[str, int | None, str]]:
         # Pickled across processes (e.g. by dramatiq's results) with its real arguments.

@@ -175,7 +175,9 @@ class RedisTokenStore:
 class TokenProvider:
     """Hands out the current access token, fetching a new one in one process at a time."""
 
-    def __init__(self, fetch: Fetcher, store: TokenStore, *, wait_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self, fetch: Fetcher, store: TokenStore, *, wait_s: float = LOCK_TIMEOUT_S
+    ) -> None:
         self._fetch = fetch
         self._store = store
         self._wait_s = wait_s
@@ -216,9 +218,9 @@ class TokenProvider:
             return token
         new, expires_in = self._fetch(False)
         self.fetches += 1
-        if new == self._store.last_failed():
-            # stable_token hands out the same token while WeChat thinks it valid; we know
-            # better, so force a new one.
+        if new in (token, self._store.last_failed()):
+            # stable_token hands out the same token while WeChat thinks it valid: near its
+            # end, or after WeChat rejected it, only a forced refresh gives a new one.
             new, expires_in = self._fetch(True)
             self.fetches += 1
         REDACTOR.add(new)

@@ -1,0 +1,190 @@
+"""Fixtures with real parts: a redis-server process and the simulator over HTTP.
+
+Both are started once per session on free ports and stopped at the end; each test gets
+them emptied (FLUSHALL, ``/_sim/reset``) so tests do not see each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from worker.redis_server import RedisServer
+from worker.wechat.client import WeChatClient
+from worker.wechat.tokens import RedisTokenStore
+
+#: The AppID the test simulator serves.
+APPID = "wxtest0000tagsync"
+#: A fresh secret per run, so redaction tests can look for it anywhere.
+SECRET = "test-secret-" + secrets.token_hex(12)
+#: Fans the test simulator starts with.
+FANS = 2000
+
+
+class Sim:
+    """The simulator process as tests see it: its URL and its ``/_sim/*`` endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = requests.Session()
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(f"{self.url}{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        response = self.http.post(f"{self.url}{path}", json=body or {}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.get("/_sim/stats"))
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.get("/_sim/state"))
+
+    def config(self, **changes: Any) -> dict[str, Any]:
+        return dict(self.post("/_sim/config", changes))
+
+    def fans(self, count: int, offset: int = 0) -> list[str]:
+        return list(self.get("/_sim/fans", offset=offset, limit=count)["openids"])
+
+    def foreign(self, count: int) -> list[str]:
+        return list(self.post("/_sim/fans", {"count": count, "foreign": True})["openids"])
+
+    def token(self) -> str:
+        """A token fetched directly (counts as a fetch in the stats)."""
+        body = {"grant_type": "client_credential", "appid": APPID, "secret": SECRET}
+        response = self.http.post(f"{self.url}/cgi-bin/stable_token", json=body, timeout=10)
+        return str(response.json()["access_token"])
+
+    def api(self, path: str, body: Any = None, *, token: str | None = None) -> dict[str, Any]:
+        """A raw API call, bypassing the client's own checks."""
+        params = {"access_token": token if token is not None else self.token()}
+        response = self.http.post(
+            f"{self.url}/cgi-bin/{path}", params=params, json=body, timeout=10
+        )
+        return dict(response.json())
+
+
+def start_simulator(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``fakewechat`` on a free port; return the process and its URL."""
+    # stderr goes to a file: an unread pipe would block the simulator once it fills.
+    errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed below; the child keeps its copy)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fakewechat",
+            "--port",
+            "0",
+            "--appid",
+            APPID,
+            "--secret",
+            SECRET,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        process.wait()
+        errors.seek(0)
+        raise RuntimeError(f"fakewechat did not start: {line}{errors.read()}")
+    errors.close()
+    return process, line.split("listening on ")[1].split()[0]
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Terminate a child process, killing it if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server process for the whole session."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an emptied Redis."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of an emptied Redis."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def simulator_process() -> Iterator[str]:
+    """The simulator as a separate process, over real HTTP, for the whole session."""
+    process, url = start_simulator("--fans", str(FANS))
+    yield url
+    stop_process(process)
+
+
+@pytest.fixture
+def sim(simulator_process: str) -> Iterator[Sim]:
+    """The simulator, reset (no tags, tokens, stats or faults; fans stay)."""
+    helper = Sim(simulator_process)
+    helper.post("/_sim/reset")
+    yield helper
+    helper.http.close()
+
+
+@pytest.fixture
+def client(sim: Sim, redis_client: redis.Redis) -> Iterator[WeChatClient]:
+    """A client of the simulator sharing its token through Redis."""
+    with WeChatClient(
+        appid=APPID,
+        secret=SECRET,
+        api_base=sim.url,
+        token_store=RedisTokenStore(redis_client, APPID),
+        read_timeout=2.0,
+    ) as wechat:
+        yield wechat
+
+
+@pytest.fixture
+def env(sim: Sim, redis_url: str) -> dict[str, str]:
+    """An environment for ``tagsync`` commands pointed at the simulator and Redis."""
+    return {
+        **os.environ,
+        "WECHAT_APPID": APPID,
+        "WECHAT_SECRET": SECRET,
+        "WECHAT_API_BASE": sim.url,
+        "TAGSYNC_REDIS_URL": redis_url,
+        "TAGSYNC_LOG_FORMAT": "json",
+    }

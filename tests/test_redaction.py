@@ -1,0 +1,135 @@
+"""The app secret and access tokens never show: not in logs, exceptions, reprs or CLI output."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import traceback
+
+import pytest
+import redis
+import requests
+
+from tests.conftest import APPID, SECRET, Sim
+from worker.logs import configure_logging
+from worker.redaction import MASK, Redactor, Secret
+from worker.redis_server import free_port
+from worker.settings import Settings
+from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
+
+
+def _exception_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)) + repr(exc) + str(exc)
+
+
+def test_redactor_masks_known_values_and_credential_parameters() -> None:
+    """Known secrets are masked anywhere; access_token= and secret= values always."""
+    redactor = Redactor()
+    redactor.add("s3cr3t-value-1234")
+    text = (
+        "GET /cgi-bin/token?grant_type=client_credential&secret=abc123&appid=wx1 "
+        "POST /cgi-bin/tags/get?access_token=TOKEN_never_seen_here body "
+        '{"secret": "xyz789", "access_token":"tok"} and s3cr3t-value-1234 bare'
+    )
+    masked = redactor.redact(text)
+    for leaked in ("abc123", "TOKEN_never_seen_here", "xyz789", '"tok"', "s3cr3t-value-1234"):
+        assert leaked not in masked
+    assert "appid=wx1" in masked and f"access_token={MASK}" in masked
+
+
+def test_secret_wrapper_hides_itself() -> None:
+    """A Secret shows as *** in repr, str and f-strings."""
+    secret = Secret("hunter2-is-not-a-password")
+    assert "hunter2" not in f"{secret} {secret!r} {[secret]}"
+    assert secret.reveal() == "hunter2-is-not-a-password"
+
+
+def test_settings_and_client_reprs_hide_the_secret(sim: Sim) -> None:
+    """Settings and the client never print the secret."""
+    settings = Settings.from_env({"WECHAT_APPID": APPID, "WECHAT_SECRET": SECRET})
+    with WeChatClient(appid=APPID, secret=SECRET, api_base=sim.url) as client:
+        token = client.tokens.token()
+        shown = repr(settings) + repr(client) + repr(client.tokens) + str(vars(client))
+    assert SECRET not in shown and token not in shown
+
+
+def test_network_errors_carry_no_token_or_url_secret() -> None:
+    """requests' errors quote the URL with access_token; ours do not, and do not chain it."""
+    url = f"http://127.0.0.1:{free_port()}"
+    client = WeChatClient(appid=APPID, secret=SECRET, api_base=url, connect_timeout=0.3)
+    with client, pytest.raises(NetworkError) as caught:
+        client.fetch_token()
+    text = _exception_text(caught.value)
+    assert SECRET not in text
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_token_never_in_errors_logs_or_reprs(
+    sim: Sim, redis_client: redis.Redis, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Through success, token errors, timeouts and refused connections, nothing leaks."""
+    # Given: JSON logs at DEBUG, every stdlib logger included (urllib3 prints URLs)
+    configure_logging("json", level=logging.DEBUG)
+    logging.getLogger("urllib3").setLevel(logging.DEBUG)
+    tokens: list[str] = []
+    errors: list[BaseException] = []
+    with WeChatClient(
+        appid=APPID,
+        secret=SECRET,
+        api_base=sim.url,
+        token_store=RedisTokenStore(redis_client, APPID),
+        read_timeout=0.3,
+    ) as client:
+        # When
+        client.list_tags()
+        tokens.append(client.tokens.token())
+        sim.post("/_sim/expire_tokens")
+        client.list_tags()
+        tokens.append(client.tokens.token())
+        sim.config(timeout_rate=1.0, timeout_hang_s=1.0)
+        try:
+            client.list_tags()
+        except NetworkError as exc:
+            errors.append(exc)
+        sim.config(timeout_rate=0.0, http500_rate=1.0)
+        try:
+            client.list_tags()
+        except NetworkError as exc:
+            errors.append(exc)
+        logging.getLogger("tagsync.test").info(
+            "url %s", f"{sim.url}/cgi-bin/tags/get?access_token={tokens[-1]}"
+        )
+        try:
+            requests.get(f"http://127.0.0.1:{free_port()}/?access_token={tokens[-1]}", timeout=0.3)
+        except requests.RequestException:
+            logging.getLogger("tagsync.test").exception("failed")
+    # Then
+    logged = capfd.readouterr()
+    everything = logged.out + logged.err + "".join(_exception_text(e) for e in errors)
+    assert len(errors) == 2 and len(set(tokens)) == 2
+    assert "tags/get" in logged.err  # the logs were captured, and they are about those calls
+    for secret in (SECRET, *tokens):
+        assert secret not in everything
+    logging.getLogger().handlers.clear()
+
+
+def test_cli_output_hides_the_secret(
+    env: dict[str, str], sim: Sim, redis_client: redis.Redis
+) -> None:
+    """`tagsync` commands, failing or not, print neither the secret nor a token."""
+    command = [sys.executable, "-m", "worker", "tags", "list"]
+    # Given: one run that fetches a token and succeeds
+    ok = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    stored = redis_client.hget(f"tagsync:{{{APPID}}}:token", "token")
+    assert ok.returncode == 0
+    assert isinstance(stored, bytes)
+    # When: one run that must fetch with a wrong secret
+    redis_client.flushall()
+    wrong = {**env, "WECHAT_SECRET": SECRET + "-wrong"}
+    failed = subprocess.run(command, env=wrong, capture_output=True, text=True, check=False)
+    # Then
+    assert failed.returncode == 1 and "40125" in failed.stderr
+    for result in (ok, failed):
+        output = result.stdout + result.stderr
+        assert SECRET not in output and stored.decode() not in output
