@@ -113,6 +113,11 @@ class WeChatClient:
     def __repr__(self) -> str:
         return f"WeChatClient(appid={self.appid!r}, api_base={self.api_base!r})"
 
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts in seconds."""
+        return self._timeout
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()

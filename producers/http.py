@@ -1,0 +1,126 @@
+"""HTTP ingest for applications not written in Python: a WSGI app.
+
+    POST /v1/intents   Authorization: Bearer $TAGSYNC_INGEST_TOKEN
+                       {"intents": [{"op", "tag_id", "openid", "ts"?, "account"?}, ...]}
+        202 {"accepted": n}
+        400 {"errors": [{"index", "field", "message"}]}   nothing enqueued
+        401 without the right token; 413 over 1 MiB; 503 if the queue cannot be reached
+    GET /healthz       200 {"ok": true} (503 when Redis does not answer)
+
+Production: ``gunicorn producers.http:app``; development: ``tagsync ingest --port P``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from producers._queue import broker, enqueue
+from producers.intents import check_all
+
+#: Largest request body accepted, in bytes.
+MAX_BODY = 1024 * 1024
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+_STATUS = {
+    200: "200 OK",
+    202: "202 Accepted",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    411: "411 Length Required",
+    413: "413 Payload Too Large",
+    503: "503 Service Unavailable",
+}
+
+
+def _reply(
+    start_response: StartResponse, status: int, body: dict[str, Any], *extra: tuple[str, str]
+) -> list[bytes]:
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra]
+    start_response(_STATUS[status], headers)
+    return [payload]
+
+
+def _error(field: str, message: str, index: int | None = None) -> dict[str, Any]:
+    return {"errors": [{"index": index, "field": field, "message": message}]}
+
+
+class IngestApp:
+    """The WSGI application; ``token`` defaults to ``TAGSYNC_INGEST_TOKEN`` at each request."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "IngestApp(token=***)"
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        expected = self._token or os.environ.get("TAGSYNC_INGEST_TOKEN") or ""
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = given.partition(" ")
+        # Constant-time comparison; with no token configured nobody is let in.
+        return (
+            bool(expected)
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(value.encode(), expected.encode())
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/healthz":
+            return self._health(start_response)
+        if path != "/v1/intents":
+            return _reply(start_response, 404, {"error": "not found"})
+        if method != "POST":
+            return _reply(start_response, 405, {"error": "use POST"}, ("Allow", "POST"))
+        if not self._authorized(environ):
+            return _reply(
+                start_response,
+                401,
+                {"error": "missing or wrong bearer token"},
+                ("WWW-Authenticate", "Bearer"),
+            )
+        length_header = environ.get("CONTENT_LENGTH") or ""
+        if not length_header.isdigit():
+            return _reply(start_response, 411, {"error": "Content-Length required"})
+        length = int(length_header)
+        if length > MAX_BODY:
+            return _reply(
+                start_response, 413, {"error": f"body over {MAX_BODY} bytes; split the intents"}
+            )
+        raw = environ["wsgi.input"].read(length)
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return _reply(start_response, 400, _error("body", "not valid JSON"))
+        if not isinstance(document, dict) or not isinstance(document.get("intents"), list):
+            return _reply(start_response, 400, _error("intents", 'body must be {"intents": [...]}'))
+        intents, errors = check_all(document["intents"])
+        if errors:
+            details = [{"index": e.index, "field": e.field, "message": e.message} for e in errors]
+            return _reply(start_response, 400, {"errors": details})
+        try:
+            accepted = enqueue(intents)
+        except (redis.RedisError, OSError):
+            return _reply(start_response, 503, {"error": "the queue cannot be reached; retry"})
+        return _reply(start_response, 202, {"accepted": accepted})
+
+    def _health(self, start_response: StartResponse) -> list[bytes]:
+        try:
+            broker().client.ping()
+        except Exception:
+            return _reply(start_response, 503, {"ok": False, "error": "redis unreachable"})
+        return _reply(start_response, 200, {"ok": True})
+
+
+#: The app for ``gunicorn producers.http:app``.
+app = IngestApp()

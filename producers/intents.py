@@ -1,0 +1,216 @@
+"""The intent contract: what one "tag or untag fan X with tag T" looks like, and its checks.
+
+An intent is ``{"op": "tag"|"untag", "tag_id": int >= 0, "openid": str, "ts": float,
+"account": str}``. On the queue a message carries up to 1,000 intents as compact rows
+``[op, tag_id, openid, ts, account]``; the worker checks every row again, since anything
+may have written to the queue.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NamedTuple
+
+#: The dramatiq queue intents travel on.
+QUEUE_NAME = "tagsync.intents"
+#: The worker's actor that merges intents into the pending buffers.
+INGEST_ACTOR = "ingest"
+#: Most intents in one queue message.
+MAX_INTENTS_PER_MESSAGE = 1000
+#: What an openid may look like (WeChat's are 28 characters of this alphabet).
+OPENID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: What an account (AppID) may look like.
+ACCOUNT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: How far in the future an event time may lie: more is a wrong clock or milliseconds.
+MAX_FUTURE_S = 86_400.0
+#: The fields of an intent.
+FIELDS = frozenset({"op", "tag_id", "openid", "ts", "account"})
+
+Op = Literal["tag", "untag"]
+
+
+class InvalidIntent(ValueError):
+    """An intent is malformed. ``field`` names the field, ``index`` its place in the call."""
+
+    def __init__(self, field: str, message: str, *, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        self.message = message
+        where = f"intent {index}: " if index is not None else ""
+        super().__init__(f"{where}{field}: {message}")
+
+
+class Intent(NamedTuple):
+    """One checked intent."""
+
+    op: Op
+    tag_id: int
+    openid: str
+    ts: float
+    account: str
+
+    def row(self) -> list[Any]:
+        """The compact form carried in queue messages."""
+        return [self.op, self.tag_id, self.openid, self.ts, self.account]
+
+
+def default_account() -> str | None:
+    """The account of intents that name none: ``WECHAT_APPID``."""
+    return os.environ.get("WECHAT_APPID") or None
+
+
+def check_op(op: Any) -> Op:
+    """``op`` if it is "tag" or "untag"."""
+    if op == "tag" or op == "untag":
+        return op  # type: ignore[no-any-return]
+    raise InvalidIntent("op", f"must be 'tag' or 'untag', not {_show(op)}")
+
+
+def check_tag_id(tag_id: Any) -> int:
+    """``tag_id`` if it is a whole number >= 0 (bools are refused)."""
+    if isinstance(tag_id, bool) or not isinstance(tag_id, int):
+        raise InvalidIntent("tag_id", f"must be a whole number >= 0, not {_show(tag_id)}")
+    if tag_id < 0:
+        raise InvalidIntent("tag_id", f"must be >= 0, not {tag_id}")
+    return tag_id
+
+
+def check_openid(openid: Any) -> str:
+    """``openid`` if it is 1 to 64 characters of ``[A-Za-z0-9_-]``."""
+    if not isinstance(openid, str) or not OPENID_PATTERN.match(openid):
+        raise InvalidIntent(
+            "openid", f"must be 1 to 64 characters of A-Z a-z 0-9 _ -, not {_show(openid)}"
+        )
+    return openid
+
+
+def check_ts(ts: Any, now: float) -> float:
+    """``ts`` if it is a plausible event time in epoch seconds."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise InvalidIntent("ts", f"must be epoch seconds as a number, not {_show(ts)}")
+    if ts < 0:
+        raise InvalidIntent("ts", f"must be >= 0, not {ts}")
+    if ts > now + MAX_FUTURE_S:
+        hint = " (milliseconds? ts is in seconds)" if ts > now * 100 else ""
+        raise InvalidIntent("ts", f"{ts} lies more than a day in the future{hint}")
+    return float(ts)
+
+
+def check_account(account: Any) -> str:
+    """``account`` if it looks like an AppID."""
+    if account is None:
+        raise InvalidIntent("account", "missing: pass account= or set WECHAT_APPID")
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.match(account):
+        raise InvalidIntent(
+            "account", f"must be 1 to 64 characters of A-Z a-z 0-9 _ -, not {_show(account)}"
+        )
+    return account
+
+
+def make_intent(
+    op: Any,
+    tag_id: Any,
+    openid: Any,
+    ts: Any = None,
+    account: Any = None,
+    *,
+    now: float | None = None,
+) -> Intent:
+    """A checked ``Intent``; ``ts`` defaults to now, ``account`` to ``WECHAT_APPID``."""
+    now = time.time() if now is None else now
+    return Intent(
+        check_op(op),
+        check_tag_id(tag_id),
+        check_openid(openid),
+        now if ts is None else check_ts(ts, now),
+        check_account(default_account() if account is None else account),
+    )
+
+
+def build_intents(
+    op: str, tag_id: int, openids: str | Iterable[str], ts: float | None, account: str | None
+) -> list[Intent]:
+    """Intents of one op for one tag and one or many openids; the first bad one raises."""
+    now = time.time()
+    items: Iterable[Any] = [openids] if isinstance(openids, str) else openids
+    intents = []
+    for index, openid in enumerate(items):
+        try:
+            intents.append(make_intent(op, tag_id, openid, ts, account, now=now))
+        except InvalidIntent as exc:
+            raise InvalidIntent(exc.field, exc.message, index=index) from None
+    return intents
+
+
+def parse_intent(value: Any, *, index: int | None = None, now: float | None = None) -> Intent:
+    """Check one intent dict (as sent by ``send``, JSON lines or HTTP)."""
+    try:
+        if not isinstance(value, Mapping):
+            raise InvalidIntent("intent", f"must be an object, not {_show(value)}")
+        unknown = sorted(set(value) - FIELDS)
+        if unknown:
+            raise InvalidIntent(
+                str(unknown[0]), f"unknown field (fields are {', '.join(sorted(FIELDS))})"
+            )
+        for required in ("op", "tag_id", "openid"):
+            if required not in value:
+                raise InvalidIntent(required, "missing")
+        return make_intent(
+            value["op"],
+            value["tag_id"],
+            value["openid"],
+            value.get("ts"),
+            value.get("account"),
+            now=now,
+        )
+    except InvalidIntent as exc:
+        if index is None:
+            raise
+        raise InvalidIntent(exc.field, exc.message, index=index) from None
+
+
+def check_all(
+    values: Iterable[Any], *, limit: int = 100
+) -> tuple[list[Intent], list[InvalidIntent]]:
+    """Check every intent; return the good ones and up to ``limit`` errors (for reports)."""
+    now = time.time()
+    intents: list[Intent] = []
+    errors: list[InvalidIntent] = []
+    for index, value in enumerate(values):
+        try:
+            intents.append(parse_intent(value, index=index, now=now))
+        except InvalidIntent as exc:
+            if len(errors) < limit:
+                errors.append(exc)
+    return intents, errors
+
+
+def parse_intents(values: Iterable[Any]) -> list[Intent]:
+    """Check every intent; the first bad one raises ``InvalidIntent`` naming its index."""
+    now = time.time()
+    return [parse_intent(value, index=i, now=now) for i, value in enumerate(values)]
+
+
+def parse_row(row: Any) -> Intent:
+    """Check one queue row ``[op, tag_id, openid, ts, account]`` (the worker's side)."""
+    if not isinstance(row, list | tuple) or len(row) != 5:
+        raise InvalidIntent("row", f"must be [op, tag_id, openid, ts, account], not {_show(row)}")
+    op, tag_id, openid, ts, account = row
+    if ts is None:
+        raise InvalidIntent("ts", "missing")
+    return make_intent(op, tag_id, openid, ts, account)
+
+
+def chunks(intents: list[Intent], size: int = MAX_INTENTS_PER_MESSAGE) -> Iterable[list[Intent]]:
+    """``intents`` in slices of at most ``size``."""
+    for start in range(0, len(intents), size):
+        yield intents[start : start + size]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,32 @@
+"""The worker's dramatiq broker: Redis, with tagsync's middleware."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+#: A worker that misses heartbeats this long is dead: its unacked messages are redelivered.
+HEARTBEAT_TIMEOUT_MS = 15_000
+#: Per million broker commands, how many also run queue maintenance (requeueing the
+#: messages of dead workers); dramatiq's 1,000 can leave them for minutes on a quiet queue.
+MAINTENANCE_CHANCE = 20_000
+
+
+def setup_broker(
+    *, extra_middleware: Sequence[Any] = (), redis_url: str | None = None
+) -> RedisBroker:
+    """Create the broker from ``TAGSYNC_REDIS_URL`` and make it dramatiq's global one."""
+    url = redis_url or os.environ.get("TAGSYNC_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=url,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
+    )
+    for middleware in extra_middleware:
+        broker.add_middleware(middleware)
+    dramatiq.set_broker(broker)
+    return broker

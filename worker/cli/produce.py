@@ -1,0 +1,130 @@
+"""``tagsync produce`` (JSON lines) and ``tagsync ingest`` (the HTTP ingest server)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socketserver
+import sys
+from typing import Any, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import producers
+from producers.intents import Intent, InvalidIntent, parse_intent
+from worker.settings import Settings, SettingsError
+
+#: Lines between two progress reports.
+PROGRESS_EVERY = 100_000
+#: Most bad lines reported before giving up on the file.
+MAX_REPORTED_ERRORS = 20
+
+
+def register(commands: Any) -> None:
+    """Add ``produce`` and ``ingest`` to the ``tagsync`` command line."""
+    produce = commands.add_parser(
+        "produce",
+        help="enqueue intents from JSON lines",
+        description=(
+            'Enqueue intents from JSON lines: one {"op", "tag_id", "openid", "ts"?, "account"?} '
+            "per line. Every line is checked first; if any is bad, each bad line is reported "
+            "with its number and nothing is enqueued."
+        ),
+    )
+    produce.add_argument(
+        "file", nargs="?", default="-", help="the file, or - for standard input (default)"
+    )
+    produce.add_argument("--dry-run", action="store_true", help="check the lines, enqueue nothing")
+    produce.set_defaults(run=run_produce)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="serve the HTTP ingest (POST /v1/intents)",
+        description="Serve producers.http:app for development; in production use gunicorn.",
+    )
+    ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    ingest.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
+    ingest.set_defaults(run=run_ingest)
+
+
+def read_intents(stream: TextIO, progress: TextIO) -> tuple[list[Intent], list[str]]:
+    """Check every JSON line; return the intents and the error reports (line numbers)."""
+    intents: list[Intent] = []
+    errors: list[str] = []
+    number = 0
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            intents.append(parse_intent(json.loads(line)))
+        except ValueError as exc:  # InvalidIntent and JSONDecodeError both are
+            reason = str(exc) if isinstance(exc, InvalidIntent) else f"not JSON ({exc.msg})"  # type: ignore[attr-defined]
+            errors.append(f"line {number}: {reason}")
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                errors.append(f"stopped after {MAX_REPORTED_ERRORS} bad lines")
+                break
+        if number % PROGRESS_EVERY == 0:
+            print(f"checked {number} lines...", file=progress, flush=True)
+    return intents, errors
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    """Check a JSON-lines file and enqueue it whole, or report its bad lines."""
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    try:
+        intents, errors = read_intents(stream, sys.stderr)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if errors:
+        for error in errors:
+            print(f"tagsync produce: {error}", file=sys.stderr)
+        print("tagsync produce: nothing enqueued", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"{len(intents)} intents are valid (dry run: nothing enqueued)")
+        return 0
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set")
+    producers.configure(redis_url=settings.redis_url)
+    sent = 0
+    step = 10 * PROGRESS_EVERY
+    for start in range(0, len(intents), step):
+        sent += producers.enqueue(intents[start : start + step])
+        if len(intents) > step:
+            print(f"enqueued {sent}/{len(intents)}...", file=sys.stderr, flush=True)
+    print(f"enqueued {sent} intents")
+    return 0
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # access logs would print every request; gunicorn is the production server
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    """Serve the HTTP ingest until interrupted."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set")
+    if settings.ingest_token is None:
+        raise SettingsError(
+            "TAGSYNC_INGEST_TOKEN must be set: the ingest refuses unauthenticated intents"
+        )
+    from producers.http import IngestApp
+
+    producers.configure(redis_url=settings.redis_url)
+    app = IngestApp(token=settings.ingest_token.reveal())
+    server = make_server(
+        args.host, args.port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    print(f"tagsync ingest listening on http://{args.host}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,152 @@
+"""``tagsync worker`` and ``tagsync status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+import redis
+
+from producers.intents import QUEUE_NAME
+from worker.dead_letters import DeadLetters
+from worker.pending import PendingStore
+from worker.settings import Settings, SettingsError
+from worker.wechat.client import WeChatClient
+from worker.wechat.errors import WeChatError
+
+
+def register(commands: Any) -> None:
+    """Add ``worker`` and ``status`` to the ``tagsync`` command line."""
+    worker = commands.add_parser(
+        "worker",
+        help="run the worker (dramatiq) that ingests intents and flushes them to WeChat",
+        description=(
+            "Run the production worker: dramatiq with tagsync's actors (worker.actors). "
+            "Checks Redis and the WeChat credentials first and refuses to start without them."
+        ),
+    )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: cores)",
+    )
+    worker.add_argument(
+        "--threads", type=int, default=8, help="threads per process (default %(default)s)"
+    )
+    worker.add_argument(
+        "--skip-checks", action="store_true", help="start without checking Redis and WeChat"
+    )
+    worker.set_defaults(run=run_worker)
+
+    status = commands.add_parser(
+        "status", help="pending and in-flight intents per tag, dead letters"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=run_status)
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse to start without a reachable Redis and working WeChat credentials."""
+    if not settings.redis_url:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set (e.g. redis://localhost:6379/0)")
+    appid, secret = settings.require_wechat()
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        raise SettingsError(f"Redis at TAGSYNC_REDIS_URL does not answer: {exc}") from None
+    client = WeChatClient(
+        appid=appid,
+        secret=secret,
+        api_base=settings.api_base,
+        token_mode=settings.token_mode,
+        redis=connection,
+    )
+    try:
+        client.tokens.token()
+    except WeChatError as exc:
+        raise SettingsError(f"WeChat refuses the credentials or cannot be reached: {exc}") from None
+    finally:
+        client.close()
+        connection.close()
+
+
+def run_worker(args: argparse.Namespace) -> NoReturn:
+    """Check the settings, then become ``dramatiq worker.actors``."""
+    if args.processes < 1 or args.threads < 1:
+        raise SettingsError("--processes and --threads must be at least 1")
+    settings = Settings.from_env()
+    if not args.skip_checks:
+        preflight(settings)
+    command = [
+        sys.executable, "-m", "dramatiq", "worker.actors",
+        "--processes", str(args.processes), "--threads", str(args.threads),
+    ]  # fmt: skip
+    print(
+        f"tagsync worker: {args.processes} processes x {args.threads} threads",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.execv(sys.executable, command)  # noqa: S606 (becomes dramatiq; signals go straight to it)
+
+
+def collect_status(connection: redis.Redis) -> dict[str, Any]:
+    """Everything ``tagsync status`` shows, as a JSON-ready dict."""
+    store = PendingStore(connection)
+    now = time.time()
+    tags: list[dict[str, Any]] = []
+    for tag in store.status():
+        tags.append(
+            {
+                "account": tag.account,
+                "tag_id": tag.tag_id,
+                "pending": {"tag": tag.pending_tag, "untag": tag.pending_untag},
+                "in_flight": tag.inflight,
+                "oldest_pending_age_s": round(now - tag.oldest_ts, 3) if tag.oldest_ts else None,
+                "flushing": tag.leased,
+                "scheduled": tag.scheduled,
+            }
+        )
+    ages = [t["oldest_pending_age_s"] for t in tags if t["oldest_pending_age_s"] is not None]
+    return {
+        "tags": tags,
+        "totals": {
+            "pending": sum(t["pending"]["tag"] + t["pending"]["untag"] for t in tags),
+            "in_flight": sum(t["in_flight"] for t in tags),
+            "oldest_pending_age_s": max(ages) if ages else None,
+            "queued_messages": int(connection.llen(f"dramatiq:{QUEUE_NAME}")),
+            "dead_letters": DeadLetters(connection).count(),
+        },
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the backlog per tag and op, and totals."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set")
+    report = collect_status(redis.Redis.from_url(settings.redis_url))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    columns = ("PENDING+", "PENDING-", "IN-FLIGHT", "OLDEST")
+    print(f"{'ACCOUNT':<20} {'TAG':>6} " + " ".join(f"{c:>9}" for c in columns) + "  STATE")
+    for tag in report["tags"]:
+        age = tag["oldest_pending_age_s"]
+        state = "flushing" if tag["flushing"] else (tag["scheduled"] or "idle")
+        pending = tag["pending"]
+        print(
+            f"{tag['account']:<20} {tag['tag_id']:>6} {pending['tag']:>9} {pending['untag']:>9} "
+            f"{tag['in_flight']:>9} {'-' if age is None else f'{age:.1f}s':>9}  {state}"
+        )
+    totals = report["totals"]
+    print(
+        f"totals: {totals['pending']} pending, {totals['in_flight']} in flight, "
+        f"{totals['queued_messages']} queued messages, {totals['dead_letters']} dead letters"
+    )
+    return 0

@@ -1,0 +1,86 @@
+"""Ingest: check a queue message's intent rows and merge them into the pending buffers.
+
+Nothing a producer sends may crash the worker: a row that fails the intent contract, or
+names an account this worker has no credentials for, is dead-lettered, not raised.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from producers.intents import Intent, InvalidIntent, parse_row
+from worker.dead_letters import DeadLetter, DeadLetters
+from worker.flush import SendFlush
+from worker.pending import IngestResult, PendingStore
+
+log = structlog.get_logger("tagsync.ingest")
+
+
+def _invalid(row: Any, exc: InvalidIntent) -> DeadLetter:
+    """A dead letter for a row that is not an intent, keeping what can be read of it."""
+    values = list(row) if isinstance(row, list | tuple) else []
+    values += [None] * (5 - len(values))
+    op, tag_id, openid, ts, account = values[:5]
+    return DeadLetter(
+        account=str(account)[:64],
+        tag_id=tag_id if isinstance(tag_id, int) and not isinstance(tag_id, bool) else -1,
+        op=str(op)[:16],
+        openid=str(openid)[:64],
+        ts=float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0.0,
+        reason="invalid_intent",
+        errmsg=str(exc),
+    )
+
+
+def ingest_rows(
+    rows: Any,
+    store: PendingStore,
+    dead_letters: DeadLetters,
+    send_flush: SendFlush,
+    *,
+    accounts: frozenset[str],
+) -> IngestResult:
+    """Merge a message's rows into pending; send the flushes it calls for."""
+    if not isinstance(rows, list):
+        rows = [rows]
+    intents: list[Intent] = []
+    rejected: list[DeadLetter] = []
+    for row in rows:
+        try:
+            intent = parse_row(row)
+        except InvalidIntent as exc:
+            rejected.append(_invalid(row, exc))
+            continue
+        if intent.account not in accounts:
+            rejected.append(
+                DeadLetter(
+                    intent.account,
+                    intent.tag_id,
+                    intent.op,
+                    intent.openid,
+                    intent.ts,
+                    reason="unknown_account",
+                    errmsg="this worker has no credentials for the account",
+                    first_seen=time.time(),
+                )
+            )
+            continue
+        intents.append(intent)
+    if rejected:
+        dead_letters.add(rejected)
+        log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
+    result = store.ingest(intents)
+    for (account, tag_id), delay in result.flushes.items():
+        send_flush(account, tag_id, delay)
+    log.debug(
+        "ingest",
+        intents=len(intents),
+        added=result.added,
+        superseded=result.superseded,
+        stale=result.stale,
+        rejected=len(rejected),
+    )
+    return result

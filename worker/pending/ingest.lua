@@ -1,0 +1,61 @@
+-- Merge intents of one (account, tag) into its pending buffers, last write wins by ts.
+-- KEYS[1] pending:tag (zset openid -> ts)   KEYS[2] pending:untag (zset)
+-- KEYS[3] inflight (hash openid -> ts, '~op')  KEYS[4] applied (zset openid -> ts)
+-- KEYS[5] sched (string: now|later|backoff)   KEYS[6] since (ms the pending buffer filled)
+-- ARGV[1] linger_ms  ARGV[2] sched grace ms  ARGV[3] max batch
+-- ARGV[4..] triples: op, openid, ts
+-- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled)}.
+local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since = unpack(KEYS)
+local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local was_empty = redis.call('ZCARD', k_tag) + redis.call('ZCARD', k_untag) == 0
+local added, superseded, stale = 0, 0, 0
+
+for i = 4, #ARGV, 3 do
+  local op, openid, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local same = (op == 'untag') and k_untag or k_tag
+  local other = (op == 'untag') and k_tag or k_untag
+  local applied = redis.call('ZSCORE', k_applied, openid)
+  local inflight = redis.call('HGET', k_inflight, openid)
+  if (applied and ts < tonumber(applied)) or (inflight and ts < tonumber(inflight)) then
+    -- Older than what was already sent for this fan: applying it would undo a newer one.
+    stale = stale + 1
+  else
+    local o = redis.call('ZSCORE', other, openid)
+    if o then
+      -- The fan has a pending intent of the other op: the later of the two wins.
+      superseded = superseded + 1
+      if ts >= tonumber(o) then
+        redis.call('ZREM', other, openid)
+        redis.call('ZADD', same, ARGV[i + 2], openid)
+      end
+    else
+      local s = redis.call('ZSCORE', same, openid)
+      if s then
+        superseded = superseded + 1
+        if ts >= tonumber(s) then redis.call('ZADD', same, ARGV[i + 2], openid) end
+      else
+        redis.call('ZADD', same, ARGV[i + 2], openid)
+        added = added + 1
+      end
+    end
+  end
+end
+
+local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)
+if n_tag + n_untag == 0 then return {added, superseded, stale, -1} end
+if was_empty then redis.call('SET', k_since, now) end
+
+local sched = redis.call('GET', k_sched)
+if n_tag >= max_batch or n_untag >= max_batch then
+  if sched ~= 'now' and sched ~= 'backoff' then
+    redis.call('SET', k_sched, 'now', 'PX', grace)
+    return {added, superseded, stale, 0}
+  end
+elseif not sched then
+  local since = tonumber(redis.call('GET', k_since)) or now
+  local delay = math.max(0, since + linger - now)
+  redis.call('SET', k_sched, delay == 0 and 'now' or 'later', 'PX', delay + grace)
+  return {added, superseded, stale, delay}
+end
+return {added, superseded, stale, -1}

@@ -1,0 +1,28 @@
+-- End a flush: give up the lease and, if anything is left, mark the next flush scheduled
+-- (atomically with the look at pending, so intents that landed meanwhile are never missed).
+-- KEYS[1] pending:tag  KEYS[2] pending:untag  KEYS[3] inflight  KEYS[4] lease
+-- KEYS[5] sched  KEYS[6] since
+-- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] sched grace ms  ARGV[4] max batch
+-- ARGV[5] backoff ms (-1: none)
+-- Returns the delay in ms of the flush to send, or -1 when none is needed.
+local k_tag, k_untag, k_inflight, k_lease, k_sched, k_since = unpack(KEYS)
+local linger, grace, max_batch, backoff =
+  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('GET', k_lease) ~= ARGV[1] then return -1 end
+redis.call('DEL', k_lease)
+local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)
+if n_tag + n_untag + redis.call('EXISTS', k_inflight) == 0 then
+  redis.call('DEL', k_sched)
+  return -1
+end
+local delay, mode = 0, 'now'
+if backoff >= 0 then
+  delay, mode = backoff, 'backoff'
+elseif n_tag < max_batch and n_untag < max_batch and redis.call('EXISTS', k_inflight) == 0 then
+  local now = now_ms()
+  local since = tonumber(redis.call('GET', k_since)) or now
+  delay = math.max(0, since + linger - now)
+  if delay > 0 then mode = 'later' end
+end
+redis.call('SET', k_sched, mode, 'PX', delay + grace)
+return delay

@@ -1,0 +1,64 @@
+"""Each worker process's long-lived parts, built once on first use (after dramatiq forks)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from worker.dead_letters import DeadLetters
+from worker.pending import PendingStore
+from worker.settings import Settings
+from worker.wechat.client import WeChatClient
+
+
+@dataclass
+class Runtime:
+    """Settings, Redis, the pending store, the dead letters and the WeChat client."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: PendingStore
+    dead_letters: DeadLetters
+    client: WeChatClient
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        """Build every part from the settings (Redis and WeChat settings are required)."""
+        appid, secret = settings.require_wechat()
+        if not settings.redis_url:
+            from worker.settings import SettingsError
+
+            raise SettingsError("TAGSYNC_REDIS_URL must be set")
+        connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        return cls(
+            settings=settings,
+            redis=connection,
+            store=PendingStore(
+                connection,
+                linger_ms=settings.linger_ms,
+                ordering_window_s=settings.ordering_window_s,
+            ),
+            dead_letters=DeadLetters(connection),
+            client=WeChatClient(
+                appid=appid,
+                secret=secret,
+                api_base=settings.api_base,
+                token_mode=settings.token_mode,
+                redis=connection,
+            ),
+        )
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, built from the environment on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime.from_settings(Settings.from_env())
+        return _runtime

@@ -1,0 +1,64 @@
+"""The sweep: every few seconds, one process finds tags with work but no flush coming.
+
+It closes the last gaps for lost wake-ups: a worker killed between claiming a flush and
+sending it, a flush message lost with its worker, a lease left by a dead flush.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import structlog
+from dramatiq import Middleware
+
+from worker.flush import SendFlush
+from worker.pending import PendingStore
+
+log = structlog.get_logger("tagsync.sweep")
+
+#: Seconds between sweeps (across all processes: one sweeps per interval).
+SWEEP_INTERVAL_S = 3.0
+#: The lock that makes one process sweep per interval.
+SWEEP_LOCK = "tagsync:sweep"
+
+
+def sweep_once(
+    store: PendingStore, send_flush: SendFlush, *, interval_s: float = SWEEP_INTERVAL_S
+) -> int:
+    """Sweep unless another process did within the interval; return flushes sent."""
+    owner = uuid.uuid4().hex
+    if not store.redis.set(SWEEP_LOCK, owner, nx=True, px=int(interval_s * 1000)):
+        return 0
+    claimed = store.sweep()
+    for account, tag_id in claimed:
+        send_flush(account, tag_id, 0)
+    if claimed:
+        log.info("sweep.rescheduled", tags=len(claimed))
+    return len(claimed)
+
+
+class Sweeper(Middleware):
+    """Runs ``sweep_once`` on a daemon thread in every worker process."""
+
+    def __init__(self, sweep: Any, *, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        self._sweep = sweep
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tagsync-sweep", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._sweep()
+            except Exception:  # a Redis hiccup must not end the sweeping
+                log.exception("sweep.failed")
