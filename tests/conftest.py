@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,3 +190,131 @@ def env(sim: Sim, redis_url: str) -> dict[str, str]:
         "TAGSYNC_REDIS_URL": redis_url,
         "TAGSYNC_LOG_FORMAT": "json",
     }
+
+
+# -- real worker processes -----------------------------------------------------------------
+
+#: dramatiq's keys for the queues tagsync uses.
+QUEUE_KEYS = ("dramatiq:tagsync.intents", "dramatiq:tagsync.flush", "dramatiq:tagsync.flush.DQ")
+
+
+class Worker:
+    """A ``dramatiq worker.actors`` process group started by a test."""
+
+    def __init__(self, env: dict[str, str], *, processes: int = 2, threads: int = 4) -> None:
+        self.env = env
+        self.processes = processes
+        # Closed (and removed) by stop(); the worker writes to it meanwhile.
+        self.log = tempfile.NamedTemporaryFile(prefix="tagsync-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "worker.actors",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as log:
+            return log.read()
+
+    def wait_ready(self, timeout_s: float = 30) -> Worker:
+        """Wait until every worker process says it is ready."""
+        deadline = time.monotonic() + timeout_s
+        while self.logs().count("ready for action") < self.processes:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.logs()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def children(self) -> list[int]:
+        """The pids of the worker processes (children of the dramatiq master)."""
+        path = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
+        with open(path) as children:
+            return [int(pid) for pid in children.read().split()]
+
+    def kill(self) -> None:
+        """kill -9 the whole process group at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+@pytest.fixture
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a test worker: short linger, quick backoff, short timeouts."""
+    return {
+        **env,
+        "TAGSYNC_LINGER_MS": "100",
+        "TAGSYNC_BACKOFF_MIN_MS": "50",
+        "TAGSYNC_BACKOFF_MAX_MS": "500",
+        "TAGSYNC_WECHAT_TIMEOUT_S": "2",
+    }
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str]) -> Iterator[Any]:
+    """Start worker process groups (stopped at teardown): ``start_worker(processes=2)``."""
+    started: list[Worker] = []
+
+    def start(*, processes: int = 2, threads: int = 4, **env: str) -> Worker:
+        worker = Worker({**worker_env, **env}, processes=processes, threads=threads)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def backlog(connection: redis.Redis) -> int:
+    """Intents and messages not yet settled: pending, in flight, queued or being worked on."""
+    from worker.pending import PendingStore
+
+    waiting = sum(
+        t.pending_tag + t.pending_untag + t.inflight for t in PendingStore(connection).status()
+    )
+    waiting += sum(int(connection.llen(key)) for key in QUEUE_KEYS)
+    waiting += sum(
+        int(connection.scard(key)) for key in connection.scan_iter("dramatiq:__acks__.*")
+    )
+    return waiting
+
+
+def wait_drained(connection: redis.Redis, timeout_s: float = 60) -> None:
+    """Wait until the backlog is empty twice in a row (a flush may be between two looks)."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"backlog did not drain in {timeout_s}s: {backlog(connection)} left"
+            )
+        quiet = quiet + 1 if backlog(connection) == 0 else 0
+        time.sleep(0.2)
+
+
+def fans_of(sim: Sim, tag_id: int) -> set[str]:
+    """The fans the simulator has on a tag."""
+    return set(sim.state()["tags"].get(str(tag_id), {}).get("fans", []))

@@ -23,8 +23,8 @@ log = structlog.get_logger("tagsync.flush")
 
 #: Batches one flush sends before it yields to other tags.
 BATCHES_PER_FLUSH = 4
-#: How much longer than the slowest WeChat call a lease lasts.
-LEASE_MARGIN_MS = 15_000
+#: How much longer than the slowest WeChat call a lease lasts (it is renewed per batch).
+LEASE_MARGIN_MS = 5_000
 
 #: Sends a flush message: (account, tag_id, delay_ms).
 SendFlush = Callable[[str, int, int], None]

@@ -47,6 +47,7 @@ class Runtime:
                 api_base=settings.api_base,
                 token_mode=settings.token_mode,
                 redis=connection,
+                read_timeout=settings.wechat_timeout_s,
             ),
         )
 

@@ -30,6 +30,7 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_METRICS_PORT": "port of the Prometheus metrics (default 9191)",
     "TAGSYNC_LOG_FORMAT": "json or console (default: console on a terminal, else json)",
     "TAGSYNC_INGEST_TOKEN": "bearer token the HTTP ingest requires",
+    "TAGSYNC_WECHAT_TIMEOUT_S": "read timeout of a WeChat call; leases outlive it (default 10)",
 }
 
 
@@ -72,6 +73,7 @@ class Settings:
     metrics_port: int = 9191
     log_format: Literal["json", "console"] | None = None
     ingest_token: Secret | None = field(default=None, repr=False)
+    wechat_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +102,7 @@ class Settings:
             backoff_max_ms=_number(env, "TAGSYNC_BACKOFF_MAX_MS", 300_000, int, minimum=1),
             ordering_window_s=_number(env, "TAGSYNC_ORDERING_WINDOW", 3600.0, float, minimum=0),
             metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
+            wechat_timeout_s=_number(env, "TAGSYNC_WECHAT_TIMEOUT_S", 10.0, float, minimum=0.1),
             log_format=log_format,  # type: ignore[arg-type]
             ingest_token=(
                 Secret(env["TAGSYNC_INGEST_TOKEN"]) if env.get("TAGSYNC_INGEST_TOKEN") else None

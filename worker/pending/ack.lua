@@ -15,5 +15,9 @@ for i = 1, #entries, 2 do
   end
 end
 redis.call('DEL', k_inflight, k_failures)
-redis.call('ZREMRANGEBYSCORE', k_applied, '-inf', '(' .. (now_ms() / 1000 - tonumber(ARGV[2])))
+-- The window is in event time: forget fans applied a window before the newest event.
+local newest = redis.call('ZRANGE', k_applied, -1, -1, 'WITHSCORES')[2]
+if newest then
+  redis.call('ZREMRANGEBYSCORE', k_applied, '-inf', '(' .. (tonumber(newest) - tonumber(ARGV[2])))
+end
 return acked

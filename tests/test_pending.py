@@ -1,0 +1,204 @@
+"""The pending buffers in a real Redis: last write wins, stale drops, leases, linger, recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from producers.intents import Intent, make_intent
+from worker.pending import PendingStore, TagKeys
+
+ACCOUNT = "wxpending"
+
+
+def intent(op: str, openid: str, ts: float, tag_id: int = 7) -> Intent:
+    return make_intent(op, tag_id, openid, ts, ACCOUNT)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> PendingStore:
+    return PendingStore(redis_client, linger_ms=200, ordering_window_s=3600)
+
+
+def pending(store: PendingStore, op: str, tag_id: int = 7) -> dict[str, float]:
+    keys = TagKeys(ACCOUNT, tag_id)
+    key = keys.pending_tag if op == "tag" else keys.pending_untag
+    members: list[tuple[bytes, float]] = store.redis.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+    return {member.decode(): score for member, score in members}
+
+
+def test_last_write_wins_by_ts(store: PendingStore) -> None:
+    """Per fan only the intent with the latest ts stays pending, whatever the arrival order."""
+    # Given / When
+    result = store.ingest(
+        [
+            intent("tag", "a", 10),
+            intent("untag", "a", 12),
+            intent("tag", "a", 11),
+            intent("untag", "b", 5),
+        ]
+    )
+    # Then
+    assert pending(store, "tag") == {}
+    assert pending(store, "untag") == {"a": 12, "b": 5}
+    assert (result.added, result.superseded, result.stale) == (2, 2, 0)
+
+
+def test_ties_go_to_the_later_arrival(store: PendingStore) -> None:
+    """Two intents with the same ts: the one that arrived last wins."""
+    store.ingest([intent("tag", "a", 10)])
+    store.ingest([intent("untag", "a", 10)])
+    assert pending(store, "untag") == {"a": 10} and pending(store, "tag") == {}
+
+
+def test_older_than_applied_is_stale(store: PendingStore) -> None:
+    """After a batch is applied, an older intent for the same fan is dropped as stale."""
+    # Given: tag a @ 20 applied
+    store.ingest([intent("tag", "a", 20)])
+    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)  # lingered long enough
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    assert store.ack(took.batch, "me") == 1
+    # When
+    result = store.ingest([intent("untag", "a", 19), intent("untag", "a", 21, tag_id=8)])
+    # Then: the late untag is dropped; the same fan on another tag is not affected
+    assert result.stale == 1
+    assert pending(store, "untag") == {}
+    assert pending(store, "untag", tag_id=8) == {"a": 21}
+
+
+def test_older_than_in_flight_is_stale_newer_waits(store: PendingStore) -> None:
+    """While a batch is in flight, older intents for its fans drop, newer ones wait."""
+    store.ingest([intent("tag", "a", 20), intent("tag", "b", 20)])
+    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None and sorted(took.batch.openids) == ["a", "b"]
+    result = store.ingest([intent("untag", "a", 19), intent("untag", "b", 21)])
+    assert result.stale == 1
+    assert pending(store, "untag") == {"b": 21}
+
+
+def test_full_batch_flushes_at_once_partial_lingers(store: PendingStore) -> None:
+    """50 of one op ask for an immediate flush; fewer wait for the linger."""
+    small = store.ingest([intent("tag", f"p{i}", 1) for i in range(10)])
+    assert small.flushes == {(ACCOUNT, 7): pytest.approx(200, abs=20)}
+    full = store.ingest([intent("tag", f"f{i}", 1) for i in range(40)])
+    assert full.flushes == {(ACCOUNT, 7): 0}
+    again = store.ingest([intent("tag", "x", 1)])
+    assert again.flushes == {}  # an immediate flush is already on its way
+
+
+def test_take_waits_for_linger_then_takes_the_oldest(store: PendingStore) -> None:
+    """A partial batch is taken only after the linger; a batch is one op, oldest first."""
+    store.ingest([intent("untag", f"u{i}", 100 + i) for i in range(3)] + [intent("tag", "t", 1)])
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    first = store.take(ACCOUNT, 7, "me", 10_000)
+    assert first.kind == "wait" and 0 < first.wait_ms <= 200
+    time.sleep(0.25)
+    second = store.take(ACCOUNT, 7, "me", 10_000)
+    assert second.batch is not None
+    assert (second.batch.op, second.batch.openids) == ("untag", ["u0", "u1", "u2"])
+
+
+def test_batches_hold_at_most_50(store: PendingStore) -> None:
+    """120 pending: batches of 50, 50, then 20."""
+    store.ingest([intent("tag", f"o{i:03d}", i) for i in range(120)])
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    sizes = []
+    for _ in range(3):
+        took = store.take(ACCOUNT, 7, "me", 10_000)
+        if took.batch is None:
+            time.sleep(0.25)  # the remainder lingers
+            took = store.take(ACCOUNT, 7, "me", 10_000)
+        assert took.batch is not None
+        sizes.append(len(took.batch.openids))
+        store.ack(took.batch, "me")
+    assert sizes == [50, 50, 20]
+    assert store.take(ACCOUNT, 7, "me", 10_000).kind == "empty"
+
+
+def test_lease_is_exclusive_and_a_lost_lease_cannot_settle(store: PendingStore) -> None:
+    """One holder at a time; after the lease expires the old holder's ack is refused."""
+    store.ingest([intent("tag", f"o{i}", 1) for i in range(50)])
+    assert store.acquire(ACCOUNT, 7, "a", 200)
+    assert not store.acquire(ACCOUNT, 7, "b", 200)
+    took = store.take(ACCOUNT, 7, "a", 200)
+    assert took.batch is not None
+    time.sleep(0.3)
+    assert store.acquire(ACCOUNT, 7, "b", 10_000)
+    assert store.ack(took.batch, "a") == -1
+    assert store.take(ACCOUNT, 7, "a", 10_000).kind == "lost"
+
+
+def test_a_dead_flushs_batch_returns_to_pending(store: PendingStore) -> None:
+    """The next holder resends a dead holder's in-flight batch; newer intents win."""
+    store.ingest([intent("tag", f"o{i}", 1) for i in range(50)])
+    store.acquire(ACCOUNT, 7, "dead", 100)
+    assert store.take(ACCOUNT, 7, "dead", 100).batch is not None
+    store.ingest([intent("untag", "o0", 2)])  # newer than its in-flight intent
+    time.sleep(0.15)
+    store.acquire(ACCOUNT, 7, "next", 10_000)
+    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    took = store.take(ACCOUNT, 7, "next", 10_000)
+    assert took.restored == 49 and took.batch is not None
+    assert (took.batch.op, len(took.batch.openids)) == ("tag", 49)
+    assert pending(store, "untag") == {"o0": 2}
+
+
+def test_nack_restores_and_counts_the_streak(store: PendingStore) -> None:
+    """A transient failure puts the batch back and lengthens the tag's failure streak."""
+    store.ingest([intent("tag", f"o{i}", 1) for i in range(50)])
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    for expected in (1, 2):
+        took = store.take(ACCOUNT, 7, "me", 10_000)
+        assert took.batch is not None
+        assert store.nack(took.batch, "me") == (50, expected)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    store.ack(took.batch, "me")
+    assert store.redis.get(TagKeys(ACCOUNT, 7).failures) is None
+
+
+def test_release_reschedules_when_work_remains(store: PendingStore) -> None:
+    """Letting go of a tag with intents left schedules the next flush (no lost wake-up)."""
+    store.ingest([intent("tag", f"o{i}", 1) for i in range(60)])
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    store.ack(took.batch, "me")
+    delay = store.release(ACCOUNT, 7, "me")
+    assert 0 <= delay <= 200
+    assert store.redis.get(TagKeys(ACCOUNT, 7).sched) in (b"now", b"later")
+    assert store.release(ACCOUNT, 7, "me") == -1  # not the holder any more
+    assert store.release(ACCOUNT, 7, "nobody", backoff_ms=5) == -1
+
+
+def test_sweep_claims_only_orphaned_tags(store: PendingStore) -> None:
+    """The sweep sends a flush for a tag with work and no flush scheduled or running."""
+    store.ingest([intent("tag", "a", 1, tag_id=1), intent("tag", "b", 1, tag_id=2)])
+    assert store.sweep() == []  # both have a flush scheduled
+    store.redis.delete(TagKeys(ACCOUNT, 1).sched)
+    assert store.sweep() == [(ACCOUNT, 1)]
+    assert store.sweep() == []  # claimed now
+    store.redis.delete(TagKeys(ACCOUNT, 2).sched)
+    store.acquire(ACCOUNT, 2, "busy", 10_000)
+    assert store.sweep() == []  # a flush is running
+
+
+def test_keys_share_one_cluster_slot_per_tag() -> None:
+    """Every key of one (account, tag) carries the same hash tag."""
+    keys = TagKeys(ACCOUNT, 7)
+    names = [
+        keys.pending_tag,
+        keys.pending_untag,
+        keys.inflight,
+        keys.applied,
+        keys.sched,
+        keys.since,
+        keys.lease,
+    ]
+    assert all("{wxpending:7}" in name and name.startswith("tagsync:") for name in names)
