@@ -163,6 +163,20 @@ def test_nack_restores_and_counts_the_streak(store: PendingStore) -> None:
     assert store.redis.get(TagKeys(ACCOUNT, 7).failures) is None
 
 
+def test_a_returned_partial_batch_is_retried_without_lingering_again(store: PendingStore) -> None:
+    """After a failed partial batch, its intents are taken again at once: they waited already."""
+    store.ingest([intent("tag", f"o{i}", 1) for i in range(5)])
+    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    store.nack(took.batch, "me")
+    again = store.take(ACCOUNT, 7, "me", 10_000)
+    assert again.batch is not None and len(again.batch.openids) == 5
+    store.nack(again.batch, "me")
+    assert store.release(ACCOUNT, 7, "me", backoff_ms=None) == 0
+
+
 def test_release_reschedules_when_work_remains(store: PendingStore) -> None:
     """Letting go of a tag with intents left schedules the next flush (no lost wake-up)."""
     store.ingest([intent("tag", f"o{i}", 1) for i in range(60)])

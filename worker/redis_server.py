@@ -15,6 +15,8 @@ from types import TracebackType
 
 import redis
 
+from worker.processes import die_with_parent
+
 
 class RedisUnavailable(RuntimeError):
     """No redis-server binary, or it did not start."""
@@ -71,7 +73,9 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         try:

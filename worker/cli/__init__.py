@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_logging(Settings.from_env().log_format)
         return int(args.run(args))
-    except SettingsError as exc:
+    except (SettingsError, ValueError) as exc:  # bad settings or input, e.g. a long tag name
         print(f"tagsync: {exc}", file=sys.stderr)
         return 2
     except WeChatError as exc:

@@ -27,6 +27,7 @@ import requests
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.cli.run import collect_status
+from worker.processes import die_with_parent
 from worker.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
 
@@ -85,7 +86,9 @@ class Desired:
 
 def _start(command: list[str], env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     # Own process group: Ctrl-C reaches us once, and we stop the children ourselves.
-    return subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    return subprocess.Popen(
+        command, env=env, stdout=log, stderr=log, start_new_session=True, preexec_fn=die_with_parent
+    )
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -104,7 +107,12 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 def _start_simulator(fans: int, env: dict[str, str], stack: ExitStack) -> str:
     command = [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans)]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     stack.callback(_stop, process)
     assert process.stdout is not None
@@ -114,8 +122,16 @@ def _start_simulator(fans: int, env: dict[str, str], stack: ExitStack) -> str:
     return line.split("listening on ")[1].split()[0]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 on PASS, 1 on FAIL."""
+    # Ctrl-C and SIGTERM both unwind the stack below, which stops every child we started
+    # (also when started from a script that ignores SIGINT in the background).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:
         redis_url = os.environ.get("TAGSYNC_REDIS_URL")
         if not redis_url:

@@ -53,7 +53,7 @@ if n_tag >= max_batch or n_untag >= max_batch then
     return {added, superseded, stale, 0}
   end
 elseif not sched then
-  local since = tonumber(redis.call('GET', k_since)) or now
+  local since = tonumber(redis.call('GET', k_since)) or 0
   local delay = math.max(0, since + linger - now)
   redis.call('SET', k_sched, delay == 0 and 'now' or 'later', 'PX', delay + grace)
   return {added, superseded, stale, delay}

@@ -20,7 +20,7 @@ if backoff >= 0 then
   delay, mode = backoff, 'backoff'
 elseif n_tag < max_batch and n_untag < max_batch and redis.call('EXISTS', k_inflight) == 0 then
   local now = now_ms()
-  local since = tonumber(redis.call('GET', k_since)) or now
+  local since = tonumber(redis.call('GET', k_since)) or 0
   delay = math.max(0, since + linger - now)
   if delay > 0 then mode = 'later' end
 end

@@ -1,4 +1,6 @@
--- Shared by take.lua and nack.lua (prepended by worker.pending when the script is loaded).
+-- Prepended to every script of worker.pending when it is loaded.
+-- A missing `since` key with intents pending means they were returned by a failed or dead
+-- flush: they have waited already, so every script reads a missing `since` as 0.
 -- Returns an in-flight batch to pending, except openids that got a newer intent meanwhile:
 -- ingest drops anything older than the in-flight intent as stale, so whatever is pending
 -- for such an openid is newer and wins.

@@ -22,7 +22,7 @@ if n_tag + n_untag == 0 then
 end
 local now = now_ms()
 if n_tag < max_batch and n_untag < max_batch then
-  local since = tonumber(redis.call('GET', k_since)) or now
+  local since = tonumber(redis.call('GET', k_since)) or 0
   if now - since < linger then return {'wait', since + linger - now, restored} end
 end
 
@@ -41,7 +41,7 @@ for _, k in ipairs({k_tag, k_untag}) do
   if first[2] and (not oldest or tonumber(first[2]) < oldest) then oldest = tonumber(first[2]) end
 end
 if oldest then
-  local since = tonumber(redis.call('GET', k_since)) or now
+  local since = tonumber(redis.call('GET', k_since)) or 0
   redis.call('SET', k_since, math.min(now, math.max(since, math.floor(oldest * 1000))))
 else
   redis.call('DEL', k_since)

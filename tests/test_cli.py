@@ -1,0 +1,138 @@
+"""The `tagsync` commands as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import redis
+
+import producers
+from tests.conftest import APPID, Sim, fans_of
+
+
+def tagsync(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"TAGSYNC_REDIS_URL": ""}, "TAGSYNC_REDIS_URL must be set"),
+        ({"WECHAT_SECRET": ""}, "WECHAT_SECRET must be set"),
+        (
+            {"TAGSYNC_REDIS_URL": "redis://127.0.0.1:1/0"},
+            "Redis at TAGSYNC_REDIS_URL does not answer",
+        ),
+        ({"WECHAT_SECRET": "not-the-secret"}, "WeChat refuses the credentials"),
+        ({"TAGSYNC_RATE": "fast"}, "TAGSYNC_RATE='fast' is not a float"),
+    ],
+)
+def test_worker_refuses_to_start_without_its_settings(
+    env: dict[str, str], change: dict[str, str], message: str
+) -> None:
+    """`tagsync worker` names what is missing or wrong, and exits 2 without starting."""
+    result = tagsync({**env, **change}, "worker", "--processes", "1")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "dramatiq" not in result.stderr.lower()
+
+
+def test_worker_command_runs_the_pipeline(
+    env: dict[str, str], sim: Sim, redis_client: redis.Redis
+) -> None:
+    """`tagsync worker` starts dramatiq with tagsync's actors, which apply intents."""
+    # Given
+    tag = sim.api("tags/create", {"tag": {"name": "cli"}})["tag"]["id"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "worker", "--processes", "1", "--threads", "2"],
+        env={**env, "TAGSYNC_LINGER_MS": "50"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # When
+        producers.configure(redis_url=env["TAGSYNC_REDIS_URL"])
+        producers.tag(tag, sim.fans(3), account=APPID)
+        deadline = time.monotonic() + 30
+        while len(fans_of(sim, tag)) < 3:
+            assert time.monotonic() < deadline, "the worker applied nothing"
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        producers.configure(None)
+    # Then
+    assert fans_of(sim, tag) == set(sim.fans(3))
+
+
+def test_status_shows_pending_per_tag_and_op(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """`tagsync status --json` counts pending intents per tag and op, with the oldest age."""
+    from producers.intents import make_intent
+    from worker.pending import PendingStore
+
+    store = PendingStore(redis_client)
+    now = time.time()
+    store.ingest([make_intent("tag", 5, f"o{i}", now - 2, APPID) for i in range(3)])
+    store.ingest([make_intent("untag", 5, "x", now, APPID), make_intent("tag", 9, "y", now, APPID)])
+    result = tagsync(env, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    by_tag = {t["tag_id"]: t for t in report["tags"]}
+    assert by_tag[5]["pending"] == {"tag": 3, "untag": 1}
+    assert by_tag[9]["pending"] == {"tag": 1, "untag": 0}
+    assert by_tag[5]["oldest_pending_age_s"] >= 2
+    assert report["totals"]["pending"] == 5
+    table = tagsync(env, "status")
+    assert "totals: 5 pending" in table.stdout
+
+
+def test_tags_commands(env: dict[str, str], sim: Sim) -> None:
+    """tags create/list/rename/fans/delete and user-tags, as the seed's calls."""
+    assert "created tag 100 'vip'" in tagsync(env, "tags", "create", "vip").stdout
+    assert tagsync(env, "tags", "rename", "100", "VIP").returncode == 0
+    sim.api("tags/members/batchtagging", {"tagid": 100, "openid_list": sim.fans(2)})
+    listing = json.loads(tagsync(env, "tags", "list", "--json").stdout)
+    assert listing == [{"id": 100, "name": "VIP", "count": 2}]
+    assert set(tagsync(env, "tags", "fans", "100").stdout.split()) == set(sim.fans(2))
+    assert tagsync(env, "user-tags", sim.fans(1)[0]).stdout.strip() == "100"
+    refused = tagsync(env, "tags", "delete", "1")
+    assert refused.returncode == 1 and "45058" in refused.stderr
+    assert tagsync(env, "tags", "delete", "100").returncode == 0
+    too_long = tagsync(env, "tags", "create", "x" * 31)
+    assert too_long.returncode == 2 and "31 UTF-8 bytes" in too_long.stderr
+
+
+@pytest.mark.slow
+def test_demo_passes(tmp_path: Any) -> None:
+    """`tagsync demo` runs everything on embedded defaults and ends with PASS."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--duration", "3", "--fans", "500"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASS:") and "0 wrong" in last
