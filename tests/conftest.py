@@ -270,6 +270,7 @@ def worker_env(env: dict[str, str]) -> dict[str, str]:
         "TAGSYNC_BACKOFF_MIN_MS": "50",
         "TAGSYNC_BACKOFF_MAX_MS": "500",
         "TAGSYNC_WECHAT_TIMEOUT_S": "2",
+        "TAGSYNC_RATE": "1000",  # tests of the rate limit set their own
     }
 
 

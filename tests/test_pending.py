@@ -156,7 +156,8 @@ def test_nack_restores_and_counts_the_streak(store: PendingStore) -> None:
     for expected in (1, 2):
         took = store.take(ACCOUNT, 7, "me", 10_000)
         assert took.batch is not None
-        assert store.nack(took.batch, "me") == (50, expected)
+        restored, streak, exhausted = store.nack(took.batch, "me", max_attempts=30)
+        assert (restored, streak, exhausted) == (50, expected, [])
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
     store.ack(took.batch, "me")
@@ -170,10 +171,10 @@ def test_a_returned_partial_batch_is_retried_without_lingering_again(store: Pend
     store.acquire(ACCOUNT, 7, "me", 10_000)
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
-    store.nack(took.batch, "me")
+    store.nack(took.batch, "me", max_attempts=30)
     again = store.take(ACCOUNT, 7, "me", 10_000)
     assert again.batch is not None and len(again.batch.openids) == 5
-    store.nack(again.batch, "me")
+    store.nack(again.batch, "me", max_attempts=30)
     assert store.release(ACCOUNT, 7, "me", backoff_ms=None) == 0
 
 

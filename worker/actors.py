@@ -30,7 +30,8 @@ def send_flush(account: str, tag_id: int, delay_ms: int) -> None:
 
 
 def _sweep() -> None:
-    sweep_once(runtime().store, send_flush)
+    rt = runtime()
+    sweep_once(rt.store, send_flush, client=rt.client)
 
 
 configure_logging(Settings.from_env().log_format)
@@ -47,7 +48,10 @@ def flusher() -> Flusher:
         _flusher = Flusher(
             rt.store,
             rt.client,
+            rt.gate,
+            rt.dead_letters,
             send_flush,
+            max_attempts=rt.settings.max_attempts,
             backoff_min_ms=rt.settings.backoff_min_ms,
             backoff_max_ms=rt.settings.backoff_max_ms,
         )

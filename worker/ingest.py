@@ -73,6 +73,22 @@ def ingest_rows(
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
     result = store.ingest(intents)
+    if result.gone:
+        dead_letters.add(
+            DeadLetter(
+                i.account,
+                i.tag_id,
+                i.op,
+                i.openid,
+                i.ts,
+                reason="tag_gone",
+                errcode=45159,
+                errmsg="the tag does not exist",
+                first_seen=time.time(),
+            )
+            for i in result.gone
+        )
+        log.warning("ingest.tag_gone", count=len(result.gone))
     for (account, tag_id), delay in result.flushes.items():
         send_flush(account, tag_id, delay)
     log.debug(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.dead_letters import DeadLetters
+from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.settings import Settings
 from worker.wechat.client import WeChatClient
@@ -22,6 +23,7 @@ class Runtime:
     store: PendingStore
     dead_letters: DeadLetters
     client: WeChatClient
+    gate: AccountGate
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -40,7 +42,13 @@ class Runtime:
                 linger_ms=settings.linger_ms,
                 ordering_window_s=settings.ordering_window_s,
             ),
-            dead_letters=DeadLetters(connection),
+            dead_letters=DeadLetters(connection, max_len=settings.dlq_max_len),
+            gate=AccountGate(
+                connection,
+                rate=settings.rate,
+                burst=settings.burst,
+                daily_budget=settings.daily_budget,
+            ),
             client=WeChatClient(
                 appid=appid,
                 secret=secret,

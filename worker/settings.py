@@ -20,7 +20,7 @@ VARIABLES: dict[str, str] = {
     "WECHAT_API_BASE": f"WeChat's API base URL (default {DEFAULT_API_BASE})",
     "WECHAT_TOKEN_MODE": "stable (POST stable_token, default) or classic (GET token)",
     "TAGSYNC_RATE": "WeChat calls per second, all workers together (default 20)",
-    "TAGSYNC_BURST": "calls allowed at once above the rate (default: the rate, at least 1)",
+    "TAGSYNC_BURST": "calls allowed back to back after a quiet spell (default 1: strict rate)",
     "TAGSYNC_DAILY_BUDGET": "WeChat calls per Asia/Shanghai day (default: no budget)",
     "TAGSYNC_LINGER_MS": "how long a partial batch waits for more intents (default 1000)",
     "TAGSYNC_MAX_ATTEMPTS": "attempts before an intent is dead-lettered (default 30)",
@@ -31,6 +31,7 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_LOG_FORMAT": "json or console (default: console on a terminal, else json)",
     "TAGSYNC_INGEST_TOKEN": "bearer token the HTTP ingest requires",
     "TAGSYNC_WECHAT_TIMEOUT_S": "read timeout of a WeChat call; leases outlive it (default 10)",
+    "TAGSYNC_DLQ_MAX_LEN": "about how many dead letters are kept (default 100000)",
 }
 
 
@@ -63,7 +64,7 @@ class Settings:
     api_base: str = DEFAULT_API_BASE
     token_mode: Literal["stable", "classic"] = "stable"
     rate: float = 20.0
-    burst: int = 0
+    burst: int = 1
     daily_budget: int | None = None
     linger_ms: int = 1000
     max_attempts: int = 30
@@ -74,6 +75,7 @@ class Settings:
     log_format: Literal["json", "console"] | None = None
     ingest_token: Secret | None = field(default=None, repr=False)
     wechat_timeout_s: float = 10.0
+    dlq_max_len: int = 100_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,7 +96,7 @@ class Settings:
             api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_API_BASE).rstrip("/"),
             token_mode=mode,  # type: ignore[arg-type]
             rate=rate,
-            burst=_number(env, "TAGSYNC_BURST", 0, int, minimum=0) or max(1, int(rate)),
+            burst=_number(env, "TAGSYNC_BURST", 1, int, minimum=1),
             daily_budget=budget or None,
             linger_ms=_number(env, "TAGSYNC_LINGER_MS", 1000, int, minimum=0),
             max_attempts=_number(env, "TAGSYNC_MAX_ATTEMPTS", 30, int, minimum=1),
@@ -103,6 +105,7 @@ class Settings:
             ordering_window_s=_number(env, "TAGSYNC_ORDERING_WINDOW", 3600.0, float, minimum=0),
             metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
             wechat_timeout_s=_number(env, "TAGSYNC_WECHAT_TIMEOUT_S", 10.0, float, minimum=0.1),
+            dlq_max_len=_number(env, "TAGSYNC_DLQ_MAX_LEN", 100_000, int, minimum=1),
             log_format=log_format,  # type: ignore[arg-type]
             ingest_token=(
                 Secret(env["TAGSYNC_INGEST_TOKEN"]) if env.get("TAGSYNC_INGEST_TOKEN") else None

@@ -15,6 +15,7 @@ from dramatiq import Middleware
 
 from worker.flush import SendFlush
 from worker.pending import PendingStore
+from worker.wechat.client import WeChatClient
 
 log = structlog.get_logger("tagsync.sweep")
 
@@ -22,15 +23,38 @@ log = structlog.get_logger("tagsync.sweep")
 SWEEP_INTERVAL_S = 3.0
 #: The lock that makes one process sweep per interval.
 SWEEP_LOCK = "tagsync:sweep"
+#: The lock that makes one process look at gone tags per interval (one tags/get call).
+REVIVE_LOCK = "tagsync:revive"
+#: How often gone tags are looked up again.
+REVIVE_INTERVAL_MS = 60_000
+
+
+def revive_tags(store: PendingStore, client: WeChatClient) -> int:
+    """Accept intents again for gone tags that ``tags/get`` lists again; return how many."""
+    gone = [tag_id for account, tag_id in store.gone_tags() if account == client.appid]
+    if not gone:
+        return 0
+    existing = {tag.id for tag in client.list_tags()}
+    revived = [tag_id for tag_id in gone if tag_id in existing]
+    for tag_id in revived:
+        store.clear_gone(client.appid, tag_id)
+        log.info("tag.revived", account=client.appid, tag=tag_id)
+    return len(revived)
 
 
 def sweep_once(
-    store: PendingStore, send_flush: SendFlush, *, interval_s: float = SWEEP_INTERVAL_S
+    store: PendingStore,
+    send_flush: SendFlush,
+    *,
+    client: WeChatClient | None = None,
+    interval_s: float = SWEEP_INTERVAL_S,
 ) -> int:
     """Sweep unless another process did within the interval; return flushes sent."""
     owner = uuid.uuid4().hex
     if not store.redis.set(SWEEP_LOCK, owner, nx=True, px=int(interval_s * 1000)):
         return 0
+    if client is not None and store.redis.set(REVIVE_LOCK, owner, nx=True, px=REVIVE_INTERVAL_MS):
+        revive_tags(store, client)
     claimed = store.sweep()
     for account, tag_id in claimed:
         send_flush(account, tag_id, 0)

@@ -10,10 +10,12 @@ Cluster slot, every multi-key change is one Lua script (``worker/lua/*.lua``):
   a late, older intent is dropped as stale instead of undoing a newer one;
 - ``lease``: who may flush the tag now; ``sched``: a flush message is on its way;
   ``since``: when the oldest pending intent started waiting (for the linger);
-  ``failures``: the tag's current failure streak (for the backoff).
+  ``failures``: the tag's current failure streak (for the backoff);
+- ``attempts`` / ``first_seen``: per openid, failed attempts and when the first failed;
+- ``gone``: WeChat said the tag does not exist; ingest dead-letters its intents.
 
 ``tagsync:tags`` indexes every (account, tag) ever seen, for the sweep and ``status``; an
-account holds at most 100 tags, so it stays small.
+account holds at most 100 tags, so it stays small. ``tagsync:gone`` indexes gone tags.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from worker.lua import script_text
 
 #: The set of every "account:tag" that has had intents.
 TAG_INDEX = "tagsync:tags"
+#: The set of every "account:tag" WeChat said does not exist.
+GONE_INDEX = "tagsync:gone"
 #: Most openids in one WeChat batch call.
 MAX_BATCH = 50
 #: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its delay.
@@ -81,6 +85,18 @@ class TagKeys:
     def failures(self) -> str:
         return self._key("failures")
 
+    @property
+    def attempts(self) -> str:
+        return self._key("attempts")
+
+    @property
+    def first_seen(self) -> str:
+        return self._key("first_seen")
+
+    @property
+    def gone(self) -> str:
+        return self._key("gone")
+
 
 @dataclass
 class IngestResult:
@@ -91,6 +107,18 @@ class IngestResult:
     stale: int = 0
     #: (account, tag_id) -> delay in ms of a flush to send.
     flushes: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Intents refused because WeChat said their tag does not exist (to dead-letter).
+    gone: list[Intent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """An in-flight intent that used up its attempts (to dead-letter, then drop)."""
+
+    openid: str
+    ts: float
+    attempts: int
+    first_seen: float | None
 
 
 @dataclass(frozen=True)
@@ -143,7 +171,17 @@ class PendingStore:
         self.ordering_window_s = ordering_window_s
         self._scripts: dict[str, Script] = {}
         lib = script_text("worker.pending", "restore.lib.lua")
-        for name in ("ingest", "take", "ack", "nack", "release", "sweep"):
+        for name in (
+            "ingest",
+            "take",
+            "ack",
+            "nack",
+            "release",
+            "sweep",
+            "drop",
+            "tag_gone",
+            "drop_tag",
+        ):
             self._scripts[name] = redis.register_script(
                 lib + script_text("worker.pending", f"{name}.lua")
             )
@@ -161,30 +199,29 @@ class PendingStore:
         pipe = self.redis.pipeline(transaction=False)
         # Indexed before the intents land, so the sweep can always find a tag with pending.
         pipe.sadd(TAG_INDEX, *(f"{account}:{tag_id}" for account, tag_id in groups))
-        calls: list[tuple[str, int]] = []
+        calls: list[list[Intent]] = []
         for (account, tag_id), members in groups.items():
             keys = TagKeys(account, tag_id)
             for start in range(0, len(members), INGEST_CHUNK):
+                chunk = members[start : start + INGEST_CHUNK]
                 args: list[Any] = [self.linger_ms, SCHED_GRACE_MS, MAX_BATCH]
-                for intent in members[start : start + INGEST_CHUNK]:
+                for intent in chunk:
                     args += (intent.op, intent.openid, repr(intent.ts))
                 self._scripts["ingest"](
                     keys=[
-                        keys.pending_tag,
-                        keys.pending_untag,
-                        keys.inflight,
-                        keys.applied,
-                        keys.sched,
-                        keys.since,
+                        keys.pending_tag, keys.pending_untag, keys.inflight, keys.applied,
+                        keys.sched, keys.since, keys.gone, keys.attempts, keys.first_seen,
                     ],
                     args=args,
                     client=pipe,
-                )
-                calls.append((account, tag_id))
+                )  # fmt: skip
+                calls.append(chunk)
         answers = pipe.execute()[1:]
-        for (account, tag_id), (added, superseded, stale, delay) in zip(
-            calls, answers, strict=True
-        ):
+        for chunk, (added, superseded, stale, delay, gone) in zip(calls, answers, strict=True):
+            account, tag_id = chunk[0].account, chunk[0].tag_id
+            if gone:
+                result.gone.extend(chunk)
+                continue
             result.added += added
             result.superseded += superseded
             result.stale += stale
@@ -226,24 +263,105 @@ class PendingStore:
         )
         return Take("batch", batch=batch, restored=int(answer[2]))
 
-    def ack(self, batch: Batch, owner: str) -> int:
-        """The batch was applied; -1 if the lease was lost (the next holder resends it)."""
+    def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
+        """The batch (or ``openids`` of it) was applied; -1 if the lease was lost."""
         keys = TagKeys(batch.account, batch.tag_id)
         return int(
             self._scripts["ack"](
-                keys=[keys.inflight, keys.applied, keys.lease, keys.failures],
-                args=[owner, self.ordering_window_s],
+                keys=[
+                    keys.inflight,
+                    keys.applied,
+                    keys.lease,
+                    keys.failures,
+                    keys.attempts,
+                    keys.first_seen,
+                ],
+                args=[owner, self.ordering_window_s, *(openids or [])],
             )
         )
 
-    def nack(self, batch: Batch, owner: str) -> tuple[int, int]:
-        """The batch failed transiently: back to pending. Returns (restored, failure streak)."""
+    def _nack(self, batch: Batch, owner: str, count: bool, max_attempts: int) -> list[Any]:
         keys = TagKeys(batch.account, batch.tag_id)
-        restored, streak = self._scripts["nack"](
-            keys=[keys.pending_tag, keys.pending_untag, keys.inflight, keys.lease, keys.failures],
-            args=[owner],
+        return list(
+            self._scripts["nack"](
+                keys=[
+                    keys.pending_tag,
+                    keys.pending_untag,
+                    keys.inflight,
+                    keys.lease,
+                    keys.failures,
+                    keys.attempts,
+                    keys.first_seen,
+                ],
+                args=[owner, 1 if count else 0, max_attempts],
+            )
         )
-        return int(restored), int(streak)
+
+    def nack(
+        self, batch: Batch, owner: str, *, max_attempts: int
+    ) -> tuple[int, int, list[Exhausted]]:
+        """The batch failed: what is left of it goes back to pending, one attempt counted.
+
+        Returns (restored, failure streak, the intents that used up their attempts: they
+        stay in flight until ``drop``).
+        """
+        answer = self._nack(batch, owner, True, max_attempts)
+        rest = answer[2:]
+        exhausted = [
+            Exhausted(
+                _text(rest[i]), float(rest[i + 1]), int(rest[i + 2]), float(rest[i + 3]) / 1000
+            )
+            for i in range(0, len(rest), 4)
+        ]
+        return int(answer[0]), int(answer[1]), exhausted
+
+    def putback(self, batch: Batch, owner: str) -> int:
+        """What is left of the batch goes back to pending unchanged (it never reached WeChat)."""
+        return int(self._nack(batch, owner, False, 0)[0])
+
+    def drop(self, batch: Batch, owner: str, openids: list[str]) -> int:
+        """Take dead-lettered openids out of flight for good; -1 if the lease was lost."""
+        keys = TagKeys(batch.account, batch.tag_id)
+        return int(
+            self._scripts["drop"](
+                keys=[keys.inflight, keys.lease, keys.attempts, keys.first_seen],
+                args=[owner, *openids],
+            )
+        )
+
+    def tag_gone(self, account: str, tag_id: int) -> list[tuple[str, str, float]]:
+        """Mark the tag gone; return every pending and in-flight (op, openid, ts) of it."""
+        keys = TagKeys(account, tag_id)
+        self.redis.sadd(GONE_INDEX, f"{account}:{tag_id}")
+        flat = self._scripts["tag_gone"](
+            keys=[keys.pending_tag, keys.pending_untag, keys.inflight, keys.gone]
+        )
+        return [
+            (_text(flat[i]), _text(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)
+        ]
+
+    def drop_tag(self, account: str, tag_id: int) -> None:
+        """Forget a gone tag's buffers (after its intents were dead-lettered)."""
+        keys = TagKeys(account, tag_id)
+        self._scripts["drop_tag"](
+            keys=[
+                keys.pending_tag, keys.pending_untag, keys.inflight,
+                keys.attempts, keys.first_seen, keys.since,
+            ]
+        )  # fmt: skip
+
+    def gone_tags(self) -> list[tuple[str, int]]:
+        """Every (account, tag) marked gone."""
+        found = []
+        for member in self.redis.smembers(GONE_INDEX):
+            account, _, tag = _text(member).rpartition(":")
+            found.append((account, int(tag)))
+        return sorted(found)
+
+    def clear_gone(self, account: str, tag_id: int) -> None:
+        """The tag exists again (``tags/get`` lists it): accept its intents again."""
+        self.redis.delete(TagKeys(account, tag_id).gone)
+        self.redis.srem(GONE_INDEX, f"{account}:{tag_id}")
 
     def release(
         self, account: str, tag_id: int, owner: str, *, backoff_ms: int | None = None

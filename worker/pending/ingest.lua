@@ -2,10 +2,15 @@
 -- KEYS[1] pending:tag (zset openid -> ts)   KEYS[2] pending:untag (zset)
 -- KEYS[3] inflight (hash openid -> ts, '~op')  KEYS[4] applied (zset openid -> ts)
 -- KEYS[5] sched (string: now|later|backoff)   KEYS[6] since (ms the pending buffer filled)
+-- KEYS[7] gone (set when WeChat said the tag does not exist)
+-- KEYS[8] attempts (hash openid -> n)  KEYS[9] first_seen (hash openid -> ms)
 -- ARGV[1] linger_ms  ARGV[2] sched grace ms  ARGV[3] max batch
 -- ARGV[4..] triples: op, openid, ts
--- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled)}.
-local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since = unpack(KEYS)
+-- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled), gone}:
+-- gone = 1 means nothing was merged; the caller dead-letters the intents.
+local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first =
+  unpack(KEYS)
+if redis.call('EXISTS', k_gone) == 1 then return {0, 0, 0, -1, 1} end
 local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local was_empty = redis.call('ZCARD', k_tag) + redis.call('ZCARD', k_untag) == 0
@@ -28,12 +33,18 @@ for i = 4, #ARGV, 3 do
       if ts >= tonumber(o) then
         redis.call('ZREM', other, openid)
         redis.call('ZADD', same, ARGV[i + 2], openid)
+        redis.call('HDEL', k_attempts, openid)  -- a new intent starts its own attempts
+        redis.call('HDEL', k_first, openid)
       end
     else
       local s = redis.call('ZSCORE', same, openid)
       if s then
         superseded = superseded + 1
-        if ts >= tonumber(s) then redis.call('ZADD', same, ARGV[i + 2], openid) end
+        if ts >= tonumber(s) then
+          redis.call('ZADD', same, ARGV[i + 2], openid)
+          redis.call('HDEL', k_attempts, openid)
+          redis.call('HDEL', k_first, openid)
+        end
       else
         redis.call('ZADD', same, ARGV[i + 2], openid)
         added = added + 1
@@ -43,19 +54,19 @@ for i = 4, #ARGV, 3 do
 end
 
 local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)
-if n_tag + n_untag == 0 then return {added, superseded, stale, -1} end
+if n_tag + n_untag == 0 then return {added, superseded, stale, -1, 0} end
 if was_empty then redis.call('SET', k_since, now) end
 
 local sched = redis.call('GET', k_sched)
 if n_tag >= max_batch or n_untag >= max_batch then
   if sched ~= 'now' and sched ~= 'backoff' then
     redis.call('SET', k_sched, 'now', 'PX', grace)
-    return {added, superseded, stale, 0}
+    return {added, superseded, stale, 0, 0}
   end
 elseif not sched then
   local since = tonumber(redis.call('GET', k_since)) or 0
   local delay = math.max(0, since + linger - now)
   redis.call('SET', k_sched, delay == 0 and 'now' or 'later', 'PX', delay + grace)
-  return {added, superseded, stale, delay}
+  return {added, superseded, stale, delay, 0}
 end
-return {added, superseded, stale, -1}
+return {added, superseded, stale, -1, 0}
