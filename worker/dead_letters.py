@@ -7,8 +7,9 @@ An entry holds what is needed to understand and replay the intent, never a secre
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from redis import Redis
 
@@ -66,3 +67,55 @@ class DeadLetters:
     def count(self) -> int:
         """How many dead letters are kept."""
         return int(self.redis.xlen(STREAM))
+
+    def scan(
+        self, *, errcode: int | None = None, tag_id: int | None = None, page: int = 1000
+    ) -> Iterator[tuple[str, DeadLetter]]:
+        """Every kept dead letter (oldest first) matching the filters, with its stream id."""
+        start = "-"
+        while True:
+            entries: list[Any] = self.redis.xrange(STREAM, min=start, max="+", count=page) or []
+            for entry_id, raw in entries:
+                letter = _parse({_text(k): _text(v) for k, v in (raw or {}).items()})
+                if errcode is not None and letter.errcode != errcode:
+                    continue
+                if tag_id is not None and letter.tag_id != tag_id:
+                    continue
+                yield _text(entry_id), letter
+            if len(entries) < page:
+                return
+            start = "(" + _text(entries[-1][0])
+
+    def delete(self, entry_ids: list[str]) -> int:
+        """Remove dead letters by stream id; return how many were removed."""
+        removed = 0
+        for start in range(0, len(entry_ids), 1000):
+            removed += int(self.redis.xdel(STREAM, *entry_ids[start : start + 1000]))
+        return removed
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse(fields: dict[str, str]) -> DeadLetter:
+    def number(name: str) -> float | None:
+        try:
+            return float(fields[name])
+        except (KeyError, ValueError):
+            return None
+
+    errcode = number("errcode")
+    return DeadLetter(
+        account=fields.get("account", ""),
+        tag_id=int(number("tag_id") or 0),
+        op=fields.get("op", ""),
+        openid=fields.get("openid", ""),
+        ts=number("ts") or 0.0,
+        reason=fields.get("reason", ""),
+        errcode=None if errcode is None else int(errcode),
+        errmsg=fields.get("errmsg", ""),
+        attempts=int(number("attempts") or 0),
+        first_seen=number("first_seen"),
+        dead_lettered_at=number("dead_lettered_at") or 0.0,
+    )

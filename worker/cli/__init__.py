@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worker.cli import admin, demo, produce, run
+from worker.cli import admin, demo, dlq, produce, run
 from worker.logs import configure_logging
 from worker.settings import VARIABLES, Settings, SettingsError
 from worker.wechat.errors import WeChatError
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(commands)
     produce.register(commands)
+    dlq.register(commands)
     admin.register(commands)
     demo.register(commands)
     return parser

@@ -13,6 +13,7 @@ import redis
 
 from producers.intents import QUEUE_NAME
 from worker.dead_letters import DeadLetters
+from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
@@ -71,6 +72,15 @@ def preflight(settings: Settings) -> None:
         client.tokens.token()
     except WeChatError as exc:
         raise SettingsError(f"WeChat refuses the credentials or cannot be reached: {exc}") from None
+    try:
+        # Worth knowing at start: how much of today's quota is left (not fatal if unknown).
+        quota = client.get_quota()
+        print(
+            f"tagsync worker: batchtagging quota today {quota.used}/{quota.daily_limit} used",
+            file=sys.stderr,
+        )
+    except WeChatError as exc:
+        print(f"tagsync worker: could not read the quota ({exc})", file=sys.stderr)
     finally:
         client.close()
         connection.close()
@@ -95,8 +105,41 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
     os.execv(sys.executable, command)  # noqa: S606 (becomes dramatiq; signals go straight to it)
 
 
-def collect_status(connection: redis.Redis) -> dict[str, Any]:
+def account_status(connection: redis.Redis, settings: Settings, account: str) -> dict[str, Any]:
+    """An account's pause, budget, rate and token, as a JSON-ready dict."""
+    gate = AccountGate(
+        connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
+    )
+    pause = gate.paused(account)
+    token_ms = int(connection.pttl(f"tagsync:{{{account}}}:token"))
+    (seconds, micros) = connection.time()
+    tat = float(connection.get(f"tagsync:{{{account}}}:rate") or 0)
+    return {
+        "paused": None
+        if pause is None
+        else {
+            "reason": pause.reason,
+            "errcode": pause.errcode,
+            "until": pause.until,
+            "message": pause.message,
+        },
+        "rate": {
+            "limit_per_s": settings.rate,
+            "burst": settings.burst,
+            # How far ahead call slots are already reserved: near 0 idle, growing under load.
+            "reserved_ahead_ms": max(0, round(tat - (seconds * 1000 + micros / 1000))),
+        },
+        "budget": {"limit": settings.daily_budget, "used_today": gate.budget_used(account)},
+        "token": {
+            "cached": token_ms > 0,
+            "expires_in_s": round(token_ms / 1000) if token_ms > 0 else None,
+        },
+    }
+
+
+def collect_status(connection: redis.Redis, settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``tagsync status`` shows, as a JSON-ready dict."""
+    settings = settings or Settings()
     store = PendingStore(connection)
     now = time.time()
     tags: list[dict[str, Any]] = []
@@ -113,7 +156,11 @@ def collect_status(connection: redis.Redis) -> dict[str, Any]:
             }
         )
     ages = [t["oldest_pending_age_s"] for t in tags if t["oldest_pending_age_s"] is not None]
+    accounts = {t["account"] for t in tags} | ({settings.appid} if settings.appid else set())
     return {
+        "accounts": {
+            account: account_status(connection, settings, account) for account in sorted(accounts)
+        },
         "tags": tags,
         "totals": {
             "pending": sum(t["pending"]["tag"] + t["pending"]["untag"] for t in tags),
@@ -130,7 +177,7 @@ def run_status(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    report = collect_status(redis.Redis.from_url(settings.redis_url))
+    report = collect_status(redis.Redis.from_url(settings.redis_url), settings)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -143,6 +190,22 @@ def run_status(args: argparse.Namespace) -> int:
         print(
             f"{tag['account']:<20} {tag['tag_id']:>6} {pending['tag']:>9} {pending['untag']:>9} "
             f"{tag['in_flight']:>9} {'-' if age is None else f'{age:.1f}s':>9}  {state}"
+        )
+    for account, state in report["accounts"].items():
+        pause = state["paused"]
+        token = state["token"]
+        print(
+            f"account {account}: "
+            + (
+                f"PAUSED ({pause['reason']}, errcode {pause['errcode'] or '-'}) until "
+                f"{time.strftime('%H:%M:%S', time.localtime(pause['until']))}: {pause['message']}"
+                if pause
+                else "running"
+            )
+            + f"; rate {state['rate']['limit_per_s']:g}/s, slots reserved "
+            f"{state['rate']['reserved_ahead_ms']} ms ahead; {state['budget']['used_today']} calls "
+            f"today (budget {state['budget']['limit'] or 'none'}); token "
+            + (f"cached, {token['expires_in_s']} s left" if token["cached"] else "not cached")
         )
     totals = report["totals"]
     print(

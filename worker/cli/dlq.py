@@ -1,0 +1,190 @@
+"""``tagsync dlq`` (dead letters) and ``tagsync quota`` (WeChat quotas and account pauses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import redis
+
+import producers
+from producers.intents import Intent, InvalidIntent, make_intent
+from worker.cli.admin import make_client
+from worker.dead_letters import DeadLetters
+from worker.gate import AccountGate
+from worker.pending import PendingStore, TagKeys
+from worker.settings import Settings, SettingsError
+
+
+def register(commands: Any) -> None:
+    """Add ``dlq`` and ``quota`` to the ``tagsync`` command line."""
+    dlq = commands.add_parser("dlq", help="list, export, replay or purge dead letters")
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("list", "show dead letters, oldest first"),
+        ("export", "write dead letters as JSON lines"),
+        ("replay", "enqueue dead letters again as fresh intents, and remove them"),
+        ("purge", "remove dead letters"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("--errcode", type=int, help="only this WeChat errcode")
+        action.add_argument("--tag", type=int, dest="tag_id", help="only this tag id")
+        if name == "list":
+            action.add_argument(
+                "--limit",
+                type=int,
+                default=100,
+                help="show at most this many (default %(default)s)",
+            )
+        if name == "export":
+            action.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+        action.set_defaults(run=globals()[f"_{name}"])
+
+    quota = commands.add_parser("quota", help="WeChat's daily quotas; lift a quota pause")
+    quota_actions = quota.add_subparsers(dest="action", required=True, metavar="ACTION")
+    get = quota_actions.add_parser(
+        "get", help="daily limit and use of the tagging calls, budget, pause"
+    )
+    get.set_defaults(run=_quota_get)
+    reset = quota_actions.add_parser(
+        "reset", help="call clear_quota, lift the account's pause and reset today's budget count"
+    )
+    reset.set_defaults(run=_quota_reset)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    if not settings.redis_url:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set")
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
+    store = DeadLetters(_redis(Settings.from_env()))
+    return store, store.scan(errcode=args.errcode, tag_id=args.tag_id)
+
+
+def _list(args: argparse.Namespace) -> int:
+    store, letters = _letters(args)
+    print(
+        f"{'DEAD-LETTERED':<19} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
+        f"{'REASON':<17} {'ERRCODE':>7} ATTEMPTS"
+    )
+    shown = 0
+    for _, letter in letters:
+        if shown >= args.limit:
+            print(f"... more (of {store.count()} kept); use --limit or export")
+            break
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_lettered_at))
+        errcode = "" if letter.errcode is None else letter.errcode
+        print(
+            f"{when:<19} {letter.tag_id:>6} {letter.op:<5} {letter.openid:<28} "
+            f"{letter.reason:<17} {errcode:>7} {letter.attempts}"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _, letters = _letters(args)
+    out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        for entry_id, letter in letters:
+            out.write(json.dumps({"id": entry_id, **asdict(letter)}, ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        if args.out:
+            out.close()
+    print(f"exported {count} dead letters", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    store, letters = _letters(args)
+    producers.configure(redis_url=settings.redis_url)
+    now = time.time()
+    intents: list[Intent] = []
+    ids: list[str] = []
+    skipped = 0
+    for entry_id, letter in letters:
+        try:
+            # A fresh intent: now, keeping the stream's order among the replayed ones.
+            intents.append(
+                make_intent(
+                    letter.op,
+                    letter.tag_id,
+                    letter.openid,
+                    now + len(intents) * 1e-6,
+                    letter.account,
+                )
+            )
+        except InvalidIntent:
+            skipped += 1  # e.g. an invalid_intent dead letter: nothing to replay
+            continue
+        ids.append(entry_id)
+    sent = producers.enqueue(intents)
+    store.delete(ids)
+    print(
+        f"replayed {sent} dead letters as fresh intents"
+        + (f"; {skipped} are not intents and stay" if skipped else "")
+    )
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    store, letters = _letters(args)
+    removed = store.delete([entry_id for entry_id, _ in letters])
+    print(f"purged {removed} dead letters")
+    return 0
+
+
+def _gate(settings: Settings, connection: redis.Redis) -> AccountGate:
+    return AccountGate(
+        connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
+    )
+
+
+def _quota_get(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    with make_client(settings) as client:
+        for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
+            quota = client.get_quota(path)
+            print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
+        if settings.redis_url:
+            gate = _gate(settings, _redis(settings))
+            budget = settings.daily_budget or "no"
+            used = gate.budget_used(client.appid)
+            print(f"tagsync budget: {used} calls counted today, {budget} budget")
+            pause = gate.paused(client.appid)
+            if pause:
+                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.until))
+                print(
+                    f"paused ({pause.reason}, errcode {pause.errcode or '-'}) "
+                    f"until {until}: {pause.message}"
+                )
+    return 0
+
+
+def _quota_reset(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    connection = _redis(settings)
+    with make_client(settings) as client:
+        client.clear_quota()
+        lifted = _gate(settings, connection).resume(client.appid)
+        # Tags waiting out the pause are woken by the sweep within seconds.
+        store = PendingStore(connection)
+        for account, tag_id in store.tags():
+            if (
+                account == client.appid
+                and connection.get(TagKeys(account, tag_id).sched) == b"backoff"
+            ):
+                connection.delete(TagKeys(account, tag_id).sched)
+    print(
+        "quota cleared"
+        + ("; the account's pause is lifted" if lifted else "; the account was not paused")
+    )
+    return 0
