@@ -192,6 +192,8 @@ class Simulator:
             self._daily_used: Counter[str] = Counter()
             self._in_flight_tags: Counter[int] = Counter()
             self._overlapping_batches = 0
+            self._first_call_at: float | None = None
+            self._last_call_at: float | None = None
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply `/_sim/config` changes (validated first) and return the whole config."""
@@ -210,6 +212,8 @@ class Simulator:
                 "token_fetches": self._token_fetches,
                 "max_calls_in_any_second": self._max_calls_in_any_second,
                 "overlapping_batches": self._overlapping_batches,
+                "first_batch_at": self._first_call_at,
+                "last_batch_at": self._last_call_at,
             }
 
     def state(self) -> dict[str, Any]:
@@ -306,6 +310,10 @@ class Simulator:
             self._second, self._calls_this_second = second, 0
         self._calls_this_second += 1
         self._max_calls_in_any_second = max(self._max_calls_in_any_second, self._calls_this_second)
+        if path.startswith("tags/members/"):
+            if self._first_call_at is None:
+                self._first_call_at = now
+            self._last_call_at = now
 
         token_error = self._check_token(query.get("access_token"))
         if token_error:

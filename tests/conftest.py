@@ -20,6 +20,7 @@ import pytest
 import redis
 import requests
 
+from worker.launch import dramatiq_command, dramatiq_env
 from worker.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
@@ -194,9 +195,6 @@ def env(sim: Sim, redis_url: str) -> dict[str, str]:
 
 # -- real worker processes -----------------------------------------------------------------
 
-#: dramatiq's keys for the queues tagsync uses.
-QUEUE_KEYS = ("dramatiq:tagsync.intents", "dramatiq:tagsync.flush", "dramatiq:tagsync.flush.DQ")
-
 
 class Worker:
     """A ``dramatiq worker.actors`` process group started by a test."""
@@ -207,17 +205,8 @@ class Worker:
         # Closed (and removed) by stop(); the worker writes to it meanwhile.
         self.log = tempfile.NamedTemporaryFile(prefix="tagsync-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "worker.actors",
-                "--processes",
-                str(processes),
-                "--threads",
-                str(threads),
-            ],
-            env=env,
+            dramatiq_command(processes=processes, threads=threads),
+            env=dramatiq_env(env),
             stdout=self.log,
             stderr=self.log,
             start_new_session=True,
@@ -290,16 +279,18 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[Any]:
 
 
 def backlog(connection: redis.Redis) -> int:
-    """Intents and messages not yet settled: pending, in flight, queued or being worked on."""
+    """Intents not yet settled: pending, in flight, or in queue messages not yet ingested.
+
+    Flush messages are not counted: a delayed one (a paused account looks again every
+    minute) may wait long after its tag has nothing left to do.
+    """
     from worker.pending import PendingStore
 
-    waiting = sum(
-        t.pending_tag + t.pending_untag + t.inflight for t in PendingStore(connection).status()
-    )
-    waiting += sum(int(connection.llen(key)) for key in QUEUE_KEYS)
-    waiting += sum(
-        int(connection.scard(key)) for key in connection.scan_iter("dramatiq:__acks__.*")
-    )
+    statuses = PendingStore(connection).status()
+    waiting = sum(t.pending_tag + t.pending_untag + t.inflight for t in statuses)
+    waiting += int(connection.llen("dramatiq:tagsync.intents"))
+    acks = connection.scan_iter("dramatiq:__acks__.*.tagsync.intents")
+    waiting += sum(int(connection.scard(key)) for key in acks)
     return waiting
 
 

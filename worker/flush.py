@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.gate import CREDENTIAL_PAUSE_MS, AccountGate
+from worker.gate import CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
 from worker.pending import Batch, PendingStore
 from worker.wechat.client import WeChatClient
 from worker.wechat.errcodes import Action
@@ -122,7 +122,8 @@ class Flusher:
             return None
         if admission.kind == "paused":
             return min(admission.wait_ms, PAUSE_RECHECK_MS)
-        return admission.wait_ms
+        # Come back when a slot is near enough to sleep for, not when it is due.
+        return max(0, admission.wait_ms - MAX_SLEEP_MS)
 
     def _send(self, batch: Batch, owner: str) -> Outcome:
         started = time.perf_counter()

@@ -27,6 +27,7 @@ import requests
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.cli.run import collect_status
+from worker.launch import dramatiq_command, dramatiq_env
 from worker.processes import die_with_parent
 from worker.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
@@ -165,20 +166,7 @@ def run(args: argparse.Namespace) -> int:
         log_file = stack.enter_context(
             tempfile.NamedTemporaryFile(prefix="tagsync-demo-", suffix=".log", delete=False)
         )
-        worker = _start(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "worker.actors",
-                "--processes",
-                "2",
-                "--threads",
-                "4",
-            ],
-            env,
-            log_file,
-        )
+        worker = _start(dramatiq_command(processes=2, threads=4), dramatiq_env(env), log_file)
         stack.callback(_stop, worker)
         print(f"workers    2 processes x 4 threads (logs: {log_file.name})")
 

@@ -14,6 +14,7 @@ import redis
 from producers.intents import QUEUE_NAME
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
+from worker.launch import dramatiq_command, dramatiq_env
 from worker.pending import PendingStore
 from worker.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
@@ -93,16 +94,14 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
     settings = Settings.from_env()
     if not args.skip_checks:
         preflight(settings)
-    command = [
-        sys.executable, "-m", "dramatiq", "worker.actors",
-        "--processes", str(args.processes), "--threads", str(args.threads),
-    ]  # fmt: skip
+    command = dramatiq_command(processes=args.processes, threads=args.threads)
     print(
         f"tagsync worker: {args.processes} processes x {args.threads} threads",
         file=sys.stderr,
         flush=True,
     )
-    os.execv(sys.executable, command)  # noqa: S606 (becomes dramatiq; signals go straight to it)
+    # Becomes dramatiq: signals go straight to it.
+    os.execve(sys.executable, command, dramatiq_env(os.environ))  # noqa: S606
 
 
 def account_status(connection: redis.Redis, settings: Settings, account: str) -> dict[str, Any]:
