@@ -269,7 +269,10 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(*, processes: int = 2, threads: int = 4, **env: str) -> Worker:
-        worker = Worker({**worker_env, **env}, processes=processes, threads=threads)
+        from worker.redis_server import free_port
+
+        settings = {"TAGSYNC_METRICS_PORT": str(free_port()), "TAGSYNC_METRICS_HOST": "127.0.0.1"}
+        worker = Worker({**worker_env, **settings, **env}, processes=processes, threads=threads)
         started.append(worker)
         return worker.wait_ready()
 

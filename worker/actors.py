@@ -7,6 +7,7 @@ Flushes have the higher priority, so a flood of intents never starves them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dramatiq
@@ -15,7 +16,9 @@ from producers.intents import INGEST_ACTOR, QUEUE_NAME
 from worker.broker import setup_broker
 from worker.flush import Flusher
 from worker.ingest import ingest_rows
+from worker.log_context import LogContext
 from worker.logs import configure_logging
+from worker.metrics_server import Metrics
 from worker.runtime import runtime
 from worker.settings import Settings
 from worker.sweep import Sweeper, sweep_once
@@ -35,7 +38,9 @@ def _sweep() -> None:
 
 
 configure_logging(Settings.from_env().log_format)
-broker = setup_broker(extra_middleware=[Sweeper(_sweep)])
+# Metrics only where the launcher prepared their directory (tagsync worker, demo, tests).
+_metrics = [Metrics()] if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else []
+broker = setup_broker(extra_middleware=[*_metrics, LogContext(), Sweeper(_sweep)])
 
 _flusher: Flusher | None = None
 

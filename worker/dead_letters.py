@@ -13,6 +13,7 @@ from typing import Any
 
 from redis import Redis
 
+from worker.metrics import INTENTS_DEAD_LETTERED
 from worker.redaction import redact
 
 #: The stream of dead letters.
@@ -53,16 +54,20 @@ class DeadLetters:
         """Append dead letters (errmsg redacted); return how many."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
-        count = 0
+        labels: list[tuple[str, str, str]] = []
         for letter in letters:
             fields = letter.fields()
             fields["errmsg"] = redact(letter.errmsg)[:500]
             fields["dead_lettered_at"] = str(letter.dead_lettered_at or now)
             pipe.xadd(STREAM, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-            count += 1
-        if count:
+            labels.append(
+                (letter.op, letter.reason, "" if letter.errcode is None else str(letter.errcode))
+            )
+        if labels:
             pipe.execute()
-        return count
+        for op, reason, errcode in labels:
+            INTENTS_DEAD_LETTERED.labels(op, reason, errcode).inc()
+        return len(labels)
 
     def count(self) -> int:
         """How many dead letters are kept."""

@@ -21,6 +21,14 @@ import structlog
 
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
+from worker.metrics import (
+    BATCH_SIZE,
+    INTENT_AGE,
+    INTENTS_APPLIED,
+    PAUSES,
+    RATE_LIMIT_DEFERRALS,
+    RATE_LIMIT_WAIT,
+)
 from worker.pending import Batch, PendingStore
 from worker.wechat.client import WeChatClient
 from worker.wechat.errcodes import Action
@@ -112,16 +120,35 @@ class Flusher:
     # -- one batch -------------------------------------------------------------------------
 
     def _call(self, batch: Batch, openids: list[str]) -> None:
+        BATCH_SIZE.labels(batch.op).observe(len(openids))
         call = self.client.batch_tag if batch.op == "tag" else self.client.batch_untag
         call(batch.tag_id, openids)
 
+    def _applied(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
+        """Acknowledge applied openids (all of the batch by default); count them and their age."""
+        acked = self.store.ack(batch, owner, openids)
+        if acked < 0:
+            log.warning("flush.lease_lost", account=batch.account, tag=batch.tag_id, op=batch.op)
+            return 0
+        INTENTS_APPLIED.labels(batch.op).inc(acked)
+        now = time.time()
+        applied = set(openids) if openids is not None else None
+        for openid, ts in zip(batch.openids, batch.ts, strict=True):
+            if applied is None or openid in applied:
+                INTENT_AGE.observe(max(0.0, now - ts))
+        return acked
+
     def _admit(self, batch: Batch) -> int | None:
         """Wait for a call slot; None to go, else how long the tag must wait."""
-        admission = self.gate.wait_for_slot(batch.account)
+        admission = self.gate.admit(batch.account)
         if admission.kind == "go":
+            RATE_LIMIT_WAIT.observe(admission.wait_ms / 1000)
+            if admission.wait_ms:
+                time.sleep(admission.wait_ms / 1000)
             return None
         if admission.kind == "paused":
             return min(admission.wait_ms, PAUSE_RECHECK_MS)
+        RATE_LIMIT_DEFERRALS.inc()
         # Come back when a slot is near enough to sleep for, not when it is due.
         return max(0, admission.wait_ms - MAX_SLEEP_MS)
 
@@ -137,12 +164,7 @@ class Flusher:
         except WeChatError as exc:
             outcome = self._on_failure(batch, owner, exc)
         else:
-            acked = self.store.ack(batch, owner)
-            if acked < 0:
-                log.warning(
-                    "flush.lease_lost", account=batch.account, tag=batch.tag_id, op=batch.op
-                )
-            outcome = Outcome(applied=max(acked, 0))
+            outcome = Outcome(applied=self._applied(batch, owner))
         log.info(
             "batch",
             account=batch.account,
@@ -215,6 +237,7 @@ class Flusher:
             message=str(exc),
         )
         self.store.putback(batch, owner)
+        PAUSES.labels(reason, str(exc.errcode)).inc()
         level = log.error if action is Action.PAUSE_ALARM else log.warning
         level(
             "account.paused",
@@ -264,7 +287,7 @@ class Flusher:
                     settled.calls += outcome.calls
                     return settled
                 else:
-                    outcome.applied += max(0, self.store.ack(batch, owner, half))
+                    outcome.applied += self._applied(batch, owner, half)
         return outcome
 
     def _tag_gone(self, batch: Batch, exc: WeChatError) -> Outcome:

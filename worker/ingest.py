@@ -14,6 +14,7 @@ import structlog
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.flush import SendFlush
+from worker.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
 from worker.pending import IngestResult, PendingStore
 
 log = structlog.get_logger("tagsync.ingest")
@@ -73,6 +74,10 @@ def ingest_rows(
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
     result = store.ingest(intents)
+    for intent in intents:
+        INTENTS_RECEIVED.labels(intent.op).inc()
+    INTENTS_SUPERSEDED.inc(result.superseded)
+    INTENTS_STALE.inc(result.stale)
     if result.gone:
         dead_letters.add(
             DeadLetter(

@@ -29,7 +29,7 @@ from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.cli.run import collect_status
 from worker.launch import dramatiq_command, dramatiq_env
 from worker.processes import die_with_parent
-from worker.redis_server import RedisServer
+from worker.redis_server import RedisServer, free_port
 from worker.wechat.client import WeChatClient
 
 #: Tags the demo creates.
@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             "TAGSYNC_BACKOFF_MIN_MS": os.environ.get("TAGSYNC_BACKOFF_MIN_MS", "200"),
             "TAGSYNC_BACKOFF_MAX_MS": os.environ.get("TAGSYNC_BACKOFF_MAX_MS", "5000"),
             "TAGSYNC_LOG_FORMAT": "json",
+            "TAGSYNC_METRICS_PORT": os.environ.get("TAGSYNC_METRICS_PORT", str(free_port())),
+            "TAGSYNC_METRICS_HOST": "127.0.0.1",
         }
         api_base = _start_simulator(args.fans, env, stack)
         env["WECHAT_API_BASE"] = api_base

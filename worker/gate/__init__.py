@@ -85,13 +85,6 @@ class AccountGate:
         reason = _text(answer[2]) if len(answer) > 2 else ""
         return Admission(kind, int(answer[1]), reason)  # type: ignore[arg-type]
 
-    def wait_for_slot(self, account: str) -> Admission:
-        """``admit``, sleeping through a short wait: 'go' means call now."""
-        admission = self.admit(account)
-        if admission.kind == "go" and admission.wait_ms > 0:
-            time.sleep(admission.wait_ms / 1000)
-        return admission
-
     def pause(
         self,
         account: str,

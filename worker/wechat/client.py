@@ -18,6 +18,7 @@ import structlog
 from redis import Redis
 from requests.adapters import HTTPAdapter
 
+from worker.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
 from worker.redaction import Secret, redact
 from worker.wechat.errors import (
     NetworkError,
@@ -225,6 +226,7 @@ class WeChatClient:
         try:
             return self._send(call, method, body, params={"access_token": token})
         except TokenError as exc:
+            TOKEN_REJECTIONS.inc()
             log.info("wechat.token_rejected", call=call, errcode=exc.errcode)
             self.tokens.invalidate(token)
         # Resend once with a fresh token; a second token error is raised, not looped on.
@@ -251,11 +253,19 @@ class WeChatClient:
         else:
             failure, answer = self._parse(call, response)
         duration = time.perf_counter() - started
+        errcode = "network" if failure is not None and failure.errcode is None else None
+        errcode = errcode or str(failure.errcode if failure is not None else 0)
+        outcome = (
+            "ok"
+            if failure is None
+            else ("network" if failure.errcode is None else failure.error_class.value)
+        )
+        WECHAT_REQUEST.labels(call, outcome).observe(duration)
+        WECHAT_ERRCODES.labels(call, errcode).inc()
+        log.debug("wechat.call", call=call, errcode=errcode, duration=round(duration, 4))
         if failure is not None:
-            log.debug("wechat.call", call=call, errcode=failure.errcode, duration=duration)
             # Raised outside the except block, so no exception with the URL is chained.
             raise failure
-        log.debug("wechat.call", call=call, errcode=0, duration=duration)
         return answer
 
     def _parse(

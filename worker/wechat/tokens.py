@@ -19,6 +19,7 @@ from typing import Protocol
 from redis import Redis
 
 from worker.lua import load_script
+from worker.metrics import TOKEN_REFRESHES
 from worker.redaction import REDACTOR
 
 #: A token is refreshed once less than this share of its lifetime is left...
@@ -218,11 +219,13 @@ class TokenProvider:
             return token
         new, expires_in = self._fetch(False)
         self.fetches += 1
+        TOKEN_REFRESHES.inc()
         if new in (token, self._store.last_failed()):
             # stable_token hands out the same token while WeChat thinks it valid: near its
             # end, or after WeChat rejected it, only a forced refresh gives a new one.
             new, expires_in = self._fetch(True)
             self.fetches += 1
+            TOKEN_REFRESHES.inc()
         REDACTOR.add(new)
         ttl = max(1.0, expires_in - min(EXPIRY_SAFETY_S, expires_in * 0.1))
         self._store.put(new, ttl, min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE))

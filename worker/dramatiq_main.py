@@ -1,0 +1,23 @@
+"""``python -m worker.dramatiq_main ARGS``: dramatiq's CLI with tagsync's logging.
+
+dramatiq's main process calls ``logging.basicConfig``, which does nothing once the root
+logger has a handler: configuring first makes its own lines JSON (or console) like ours.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from dramatiq.cli import main
+
+from worker.logs import configure_logging
+from worker.settings import Settings, SettingsError
+
+if __name__ == "__main__":
+    try:
+        configure_logging(Settings.from_env().log_format)
+    except SettingsError as exc:
+        print(f"tagsync worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv[0] = "dramatiq"
+    raise SystemExit(main())  # type: ignore[no-untyped-call]

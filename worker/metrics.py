@@ -1,0 +1,67 @@
+"""tagsync's Prometheus metrics (prometheus-client, multiprocess-safe).
+
+Worker processes write to the directory named by ``PROMETHEUS_MULTIPROC_DIR`` (set by
+``worker.launch`` before any process starts, wiped at start); ``worker.metrics_server``
+serves them together with dramatiq's own and with backlog gauges read from Redis at
+scrape time. No metric carries an openid.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+#: Batch sizes worth telling apart: full (50) versus almost full versus small.
+BATCH_BUCKETS = (1, 5, 10, 20, 30, 40, 45, 49, 50)
+
+INTENTS_RECEIVED = Counter(
+    "tagsync_intents_received_total", "Intents taken from the queue.", ["op"]
+)
+INTENTS_SUPERSEDED = Counter(
+    "tagsync_intents_superseded_total",
+    "Intents replaced by a later intent for the same fan and tag.",
+)
+INTENTS_STALE = Counter(
+    "tagsync_intents_stale_total", "Intents dropped as older than one already applied or in flight."
+)
+INTENTS_APPLIED = Counter("tagsync_intents_applied_total", "Intents applied at WeChat.", ["op"])
+INTENTS_DEAD_LETTERED = Counter(
+    "tagsync_intents_dead_lettered_total", "Intents dead-lettered.", ["op", "reason", "errcode"]
+)
+BATCH_SIZE = Histogram(
+    "tagsync_batch_size_openids", "Openids per WeChat batch call.", ["op"], buckets=BATCH_BUCKETS
+)
+WECHAT_REQUEST = Histogram(
+    "tagsync_wechat_request_duration_seconds",
+    "WeChat API calls by endpoint and outcome (ok, an error class, or network).",
+    ["endpoint", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WECHAT_ERRCODES = Counter(
+    "tagsync_wechat_errcodes_total",
+    "WeChat answers by endpoint and errcode (0 = ok).",
+    ["endpoint", "errcode"],
+)
+RATE_LIMIT_WAIT = Histogram(
+    "tagsync_rate_limit_wait_seconds",
+    "Time slept for a call slot of the account's rate limit.",
+    buckets=(0.001, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+RATE_LIMIT_DEFERRALS = Counter(
+    "tagsync_rate_limit_deferrals_total", "Flushes rescheduled because no call slot was near."
+)
+PAUSES = Counter(
+    "tagsync_account_pauses_total",
+    "Account pauses begun, by reason and errcode.",
+    ["reason", "errcode"],
+)
+TOKEN_REFRESHES = Counter(
+    "tagsync_token_refreshes_total", "Access tokens fetched from WeChat by this worker."
+)
+TOKEN_REJECTIONS = Counter(
+    "tagsync_token_rejections_total", "Calls WeChat refused for their token."
+)
+INTENT_AGE = Histogram(
+    "tagsync_intent_age_at_apply_seconds",
+    "From an intent's event time to WeChat's answer applying it.",
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 1800, 3600),
+)

@@ -1,0 +1,106 @@
+"""The metrics endpoint: what every worker process wrote, plus the backlog read from Redis.
+
+Runs as a dramatiq fork (one process beside the workers) on ``TAGSYNC_METRICS_PORT``.
+Backlog gauges are read from Redis at each scrape, so they are right whichever worker
+did the work, and gone workers leave no stale values behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from dramatiq.middleware.prometheus import Prometheus
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.dead_letters import DeadLetters
+from worker.pending import PendingStore
+from worker.settings import Settings
+
+#: Address the metrics endpoint binds (all interfaces unless told otherwise).
+METRICS_HOST_ENV = "TAGSYNC_METRICS_HOST"
+
+
+class BacklogCollector(Collector):
+    """Pending, in flight, oldest age, dead letters, queues and pauses, read from Redis."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.redis = connection
+        self.settings = settings
+
+    def collect(self) -> Iterator[Any]:
+        pending = GaugeMetricFamily(
+            "tagsync_pending_intents",
+            "Intents waiting to be sent, per tag and op.",
+            labels=["account", "tag", "op"],
+        )
+        inflight = GaugeMetricFamily(
+            "tagsync_inflight_intents",
+            "Intents in a batch being sent, per tag.",
+            labels=["account", "tag"],
+        )
+        oldest = GaugeMetricFamily(
+            "tagsync_oldest_pending_age_seconds",
+            "Age (from event time) of the oldest pending intent, per tag.",
+            labels=["account", "tag"],
+        )
+        paused = GaugeMetricFamily(
+            "tagsync_account_paused",
+            "1 while the account's calls are paused.",
+            labels=["account", "reason"],
+        )
+        queued = GaugeMetricFamily(
+            "tagsync_queue_messages", "Messages waiting in a dramatiq queue.", labels=["queue"]
+        )
+        now = time.time()
+        statuses = PendingStore(self.redis).status()
+        accounts = {s.account for s in statuses} | (
+            {self.settings.appid} if self.settings.appid else set()
+        )
+        for status in statuses:
+            tag = str(status.tag_id)
+            pending.add_metric([status.account, tag, "tag"], status.pending_tag)
+            pending.add_metric([status.account, tag, "untag"], status.pending_untag)
+            inflight.add_metric([status.account, tag], status.inflight)
+            oldest.add_metric(
+                [status.account, tag], max(0.0, now - status.oldest_ts) if status.oldest_ts else 0.0
+            )
+        from worker.gate import AccountGate
+
+        gate = AccountGate(self.redis, rate=self.settings.rate)
+        for account in sorted(accounts):
+            pause = gate.paused(account)
+            paused.add_metric([account, pause.reason if pause else ""], 1.0 if pause else 0.0)
+        for queue in ("tagsync.intents", "tagsync.flush"):
+            queued.add_metric([queue], float(self.redis.llen(f"dramatiq:{queue}")))
+        yield from (pending, inflight, oldest, paused, queued)
+        yield GaugeMetricFamily(
+            "tagsync_dead_letters", "Dead letters kept.", value=DeadLetters(self.redis).count()
+        )
+
+
+def serve() -> None:
+    """The dramatiq fork: serve every process's metrics and the backlog until stopped."""
+    settings = Settings.from_env()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if settings.redis_url:
+        registry.register(BacklogCollector(redis.Redis.from_url(settings.redis_url), settings))
+    # All interfaces by default: Prometheus scrapes from another host in production.
+    host = os.environ.get(METRICS_HOST_ENV, "0.0.0.0")  # noqa: S104
+    start_http_server(settings.metrics_port, addr=host, registry=registry)
+    while True:
+        time.sleep(3600)
+
+
+class Metrics(Prometheus):
+    """dramatiq's Prometheus middleware, with tagsync's endpoint in place of dramatiq's own."""
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve]
