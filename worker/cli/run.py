@@ -43,6 +43,13 @@ def register(commands: Any) -> None:
     worker.add_argument(
         "--skip-checks", action="store_true", help="start without checking Redis and WeChat"
     )
+    worker.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="S",
+        help="keep retrying the checks for up to S seconds (Redis or WeChat still starting)",
+    )
     worker.set_defaults(run=run_worker)
 
     status = commands.add_parser(
@@ -93,7 +100,16 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         raise SettingsError("--processes and --threads must be at least 1")
     settings = Settings.from_env()
     if not args.skip_checks:
-        preflight(settings)
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                preflight(settings)
+                break
+            except SettingsError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                print(f"tagsync worker: waiting: {exc}", file=sys.stderr, flush=True)
+                time.sleep(1)
     command = dramatiq_command(processes=args.processes, threads=args.threads)
     print(
         f"tagsync worker: {args.processes} processes x {args.threads} threads",

@@ -130,6 +130,8 @@ class Batch:
     op: Op
     openids: list[str]
     ts: list[float]
+    #: 1 for a tag's first try, more while its failure streak lasts.
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,14 @@ class PendingStore:
         """Move the next batch to in-flight (renewing the lease); see ``take.lua``."""
         keys = TagKeys(account, tag_id)
         answer = self._scripts["take"](
-            keys=[keys.pending_tag, keys.pending_untag, keys.inflight, keys.lease, keys.since],
+            keys=[
+                keys.pending_tag,
+                keys.pending_untag,
+                keys.inflight,
+                keys.lease,
+                keys.since,
+                keys.failures,
+            ],
             args=[owner, self.linger_ms, MAX_BATCH, lease_ms],
         )
         kind = _text(answer[0])
@@ -253,13 +262,14 @@ class PendingStore:
         if kind == "wait":
             return Take("wait", wait_ms=int(answer[1]), restored=int(answer[2]))
         op = _text(answer[1])
-        pairs = answer[3:]
+        pairs = answer[4:]
         batch = Batch(
             account,
             tag_id,
             "untag" if op == "untag" else "tag",
             [_text(o) for o in pairs[0::2]],
             [float(t) for t in pairs[1::2]],
+            attempt=int(answer[3]),
         )
         return Take("batch", batch=batch, restored=int(answer[2]))
 

@@ -2,10 +2,11 @@
 -- one op, moved from pending to in-flight. A batch left in flight by a dead flush is
 -- first returned to pending. A partial batch is only taken once it has lingered.
 -- KEYS[1] pending:tag  KEYS[2] pending:untag  KEYS[3] inflight  KEYS[4] lease  KEYS[5] since
+-- KEYS[6] failures (the tag's failure streak: the batch's attempt is one more)
 -- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] max batch  ARGV[4] lease ms
 -- Returns {'lost'} | {'empty', restored} | {'wait', ms, restored}
---       | {'batch', op, restored, openid1, ts1, openid2, ts2, ...}
-local k_tag, k_untag, k_inflight, k_lease, k_since = unpack(KEYS)
+--       | {'batch', op, restored, attempt, openid1, ts1, openid2, ts2, ...}
+local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures = unpack(KEYS)
 local owner, linger, max_batch, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 if redis.call('GET', k_lease) ~= owner then return {'lost'} end
 redis.call('PEXPIRE', k_lease, lease_ms)
@@ -47,6 +48,6 @@ else
   redis.call('DEL', k_since)
 end
 
-local result = {'batch', op, restored}
+local result = {'batch', op, restored, (tonumber(redis.call('GET', k_failures)) or 0) + 1}
 for i = 1, #taken do result[#result + 1] = taken[i] end
 return result
