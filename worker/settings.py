@@ -28,6 +28,7 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_BACKOFF_MAX_MS": "longest retry backoff (default 300000)",
     "TAGSYNC_ORDERING_WINDOW": "seconds an out-of-order intent may lag (default 3600)",
     "TAGSYNC_METRICS_PORT": "port of the Prometheus metrics (default 9191)",
+    "TAGSYNC_METRICS_HOST": "address the metrics endpoint binds (default 0.0.0.0)",
     "TAGSYNC_LOG_FORMAT": "json or console (default: console on a terminal, else json)",
     "TAGSYNC_INGEST_TOKEN": "bearer token the HTTP ingest requires",
     "TAGSYNC_WECHAT_TIMEOUT_S": "read timeout of a WeChat call; leases outlive it (default 10)",
