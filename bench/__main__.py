@@ -11,10 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import simulator
+from bench import ingest, pipeline, simulator
 
 #: Every scenario, by name, in the order they run.
-SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {"simulator": simulator.run}
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "ingest_bulk": ingest.run_bulk,
+    "ingest_single": ingest.run_single,
+    "fill": pipeline.run_fill,
+    "rate": pipeline.run_rate,
+    "latency": pipeline.run_latency,
+    "memory": pipeline.run_memory,
+    "simulator": simulator.run,
+}
 
 
 def main() -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from worker.launch import dramatiq_command, dramatiq_env
+from worker.launch import WorkerGroup as Worker
 from worker.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
@@ -194,60 +193,6 @@ def env(sim: Sim, redis_url: str) -> dict[str, str]:
 
 
 # -- real worker processes -----------------------------------------------------------------
-
-
-class Worker:
-    """A ``dramatiq worker.actors`` process group started by a test."""
-
-    def __init__(self, env: dict[str, str], *, processes: int = 2, threads: int = 4) -> None:
-        self.env = env
-        self.processes = processes
-        # Closed (and removed) by stop(); the worker writes to it meanwhile.
-        self.log = tempfile.NamedTemporaryFile(prefix="tagsync-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process = subprocess.Popen(
-            dramatiq_command(processes=processes, threads=threads),
-            env=dramatiq_env(env),
-            stdout=self.log,
-            stderr=self.log,
-            start_new_session=True,
-        )
-
-    def logs(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as log:
-            return log.read()
-
-    def wait_ready(self, timeout_s: float = 30) -> Worker:
-        """Wait until every worker process says it is ready."""
-        deadline = time.monotonic() + timeout_s
-        while self.logs().count("ready for action") < self.processes:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.logs()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def children(self) -> list[int]:
-        """The pids of the worker processes (children of the dramatiq master)."""
-        path = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
-        with open(path) as children:
-            return [int(pid) for pid in children.read().split()]
-
-    def kill(self) -> None:
-        """kill -9 the whole process group at once."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
-        self.log.close()
-        os.unlink(self.log.name)
 
 
 @pytest.fixture

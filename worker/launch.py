@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 
 #: How often (ms) an idle dramatiq consumer looks at its queue again. dramatiq's 1,000 ms
@@ -46,3 +49,69 @@ def dramatiq_env(env: Mapping[str, str]) -> dict[str, str]:
         "dramatiq_prom_db": directory,
         "dramatiq_prom_port": port,
     }
+
+
+class WorkerGroup:
+    """A ``dramatiq worker.actors`` process group (tests, benchmarks), logging to a file."""
+
+    def __init__(self, env: dict[str, str], *, processes: int = 2, threads: int = 4) -> None:
+        self.env = env
+        self.processes = processes
+        # Closed (and removed) by stop(); the worker writes to it meanwhile.
+        self.log = tempfile.NamedTemporaryFile(prefix="tagsync-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            dramatiq_command(processes=processes, threads=threads),
+            env=dramatiq_env(env),
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        """Everything the group logged so far."""
+        with open(self.log.name, encoding="utf-8", errors="replace") as log:
+            return log.read()
+
+    def wait_ready(self, timeout_s: float = 30) -> WorkerGroup:
+        """Wait until every worker process says it is ready."""
+        deadline = time.monotonic() + timeout_s
+        while self.logs().count("ready for action") < self.processes:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.logs()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def children(self) -> list[int]:
+        """The pids of the worker processes (children of the dramatiq master)."""
+        path = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
+        with open(path) as children:
+            return [int(pid) for pid in children.read().split()]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker processes together."""
+        total = 0
+        for pid in self.children():
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def kill(self) -> None:
+        """kill -9 the whole process group at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the group (SIGKILL if it lingers) and remove the log."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        os.unlink(self.log.name)

@@ -16,7 +16,7 @@ from producers.intents import Intent, InvalidIntent, make_intent
 from worker.cli.admin import make_client
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
-from worker.pending import PendingStore, TagKeys
+from worker.pending import PendingStore
 from worker.settings import Settings, SettingsError
 
 
@@ -176,13 +176,7 @@ def _quota_reset(args: argparse.Namespace) -> int:
         client.clear_quota()
         lifted = _gate(settings, connection).resume(client.appid)
         # Tags waiting out the pause are woken by the sweep within seconds.
-        store = PendingStore(connection)
-        for account, tag_id in store.tags():
-            if (
-                account == client.appid
-                and connection.get(TagKeys(account, tag_id).sched) == b"backoff"
-            ):
-                connection.delete(TagKeys(account, tag_id).sched)
+        PendingStore(connection).wake(client.appid)
     print(
         "quota cleared"
         + ("; the account's pause is lifted" if lifted else "; the account was not paused")

@@ -360,6 +360,18 @@ class PendingStore:
             ]
         )  # fmt: skip
 
+    def wake(self, account: str) -> int:
+        """Forget the delayed flushes of an account's tags that wait out a backoff or pause.
+
+        The sweep then sends their flushes within seconds (after a pause is lifted).
+        """
+        woken = 0
+        for tag_account, tag_id in self.tags():
+            key = TagKeys(tag_account, tag_id).sched
+            if tag_account == account and self.redis.get(key) == b"backoff":
+                woken += int(self.redis.delete(key))
+        return woken
+
     def gone_tags(self) -> list[tuple[str, int]]:
         """Every (account, tag) marked gone."""
         found = []

@@ -1,0 +1,133 @@
+"""What every pipeline benchmark needs: a Redis, the simulator, workers, and ways to wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import requests
+
+import producers
+from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from worker.gate import AccountGate
+from worker.launch import WorkerGroup
+from worker.pending import PendingStore
+from worker.redis_server import RedisServer, free_port
+from worker.wechat.client import WeChatClient
+
+#: The account every benchmark works for (the simulator's default).
+ACCOUNT = DEFAULT_APPID
+
+
+@dataclass
+class Stack:
+    """A running Redis, simulator and worker group."""
+
+    redis: redis.Redis
+    redis_url: str
+    sim_url: str
+    client: WeChatClient
+    workers: WorkerGroup | None
+    env: dict[str, str]
+    metrics_port: int
+
+    def sim_get(self, path: str, **params: Any) -> Any:
+        return requests.get(f"{self.sim_url}{path}", params=params, timeout=60).json()
+
+    def sim_post(self, path: str, body: Any) -> Any:
+        return requests.post(f"{self.sim_url}{path}", json=body, timeout=60).json()
+
+    def fans(self, count: int) -> list[str]:
+        total = int(self.sim_get("/_sim/fans", limit=0)["total"])
+        if total < count:
+            self.sim_post("/_sim/fans", {"count": count - total})
+        return list(self.sim_get("/_sim/fans", limit=count)["openids"])
+
+    def pending(self) -> int:
+        """Intents pending or in flight, over every tag."""
+        return sum(
+            t.pending_tag + t.pending_untag + t.inflight for t in PendingStore(self.redis).status()
+        )
+
+    def pause(self) -> None:
+        """Pause the account's WeChat calls: intents pile up in the pending buffers."""
+        AccountGate(self.redis, rate=1).pause(
+            ACCOUNT, reason="bench", errcode=None, how="for", ms=3_600_000
+        )
+
+    def resume(self) -> None:
+        """Lift the pause and wake the paused tags at once (as `tagsync quota reset` does)."""
+        AccountGate(self.redis, rate=1).resume(ACCOUNT)
+        PendingStore(self.redis).wake(ACCOUNT)
+
+    def batch_calls(self) -> dict[str, Any]:
+        stats = self.sim_get("/_sim/stats")
+        sizes: dict[int, int] = {}
+        for kind in ("tagging", "untagging"):
+            for size, count in stats["batch_sizes"][kind].items():
+                sizes[int(size)] = sizes.get(int(size), 0) + int(count)
+        return {"sizes": sizes, "calls": sum(sizes.values()), "stats": stats}
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout_s: float, what: str, poll_s: float = 0.05
+) -> float:
+    """Wait until ``condition()``; return the seconds waited (raise on timeout)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+@contextmanager
+def stack(
+    *, fans: int = 10_000, processes: int = 2, threads: int = 8, workers: bool = True, **env: str
+) -> Iterator[Stack]:
+    """Start Redis, the simulator and (unless ``workers=False``) a worker group; stop them after."""
+    with RedisServer() as server:
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        group: WorkerGroup | None = None
+        try:
+            assert simulator.stdout is not None
+            sim_url = simulator.stdout.readline().split("listening on ")[1].split()[0]
+            metrics_port = free_port()
+            full_env = {
+                **{
+                    k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))
+                },
+                "TAGSYNC_REDIS_URL": server.url,
+                "WECHAT_APPID": ACCOUNT,
+                "WECHAT_SECRET": DEFAULT_SECRET,
+                "WECHAT_API_BASE": sim_url,
+                "TAGSYNC_LOG_FORMAT": "json",
+                "TAGSYNC_METRICS_PORT": str(metrics_port),
+                "TAGSYNC_METRICS_HOST": "127.0.0.1",
+                **env,
+            }
+            connection = redis.Redis.from_url(server.url)
+            producers.configure(redis_url=server.url)
+            if workers:
+                group = WorkerGroup(full_env, processes=processes, threads=threads).wait_ready()
+            client = WeChatClient(appid=ACCOUNT, secret=DEFAULT_SECRET, api_base=sim_url)
+            yield Stack(connection, server.url, sim_url, client, group, full_env, metrics_port)
+        finally:
+            producers.configure(None)
+            if group is not None:
+                group.stop()
+            simulator.terminate()
+            simulator.wait(timeout=10)
+            if simulator.stdout:
+                simulator.stdout.close()
