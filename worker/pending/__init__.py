@@ -20,6 +20,7 @@ account holds at most 100 tags, so it stays small. ``tagsync:gone`` indexes gone
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from redis import Redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from producers.intents import Intent, Op
 from worker.lua import script_text
@@ -39,6 +41,8 @@ GONE_INDEX = "tagsync:gone"
 MAX_BATCH = 50
 #: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its delay.
 SCHED_GRACE_MS = 30_000
+#: Seconds after which a process puts its tags in the index again.
+INDEX_REFRESH_S = 60.0
 #: Intents per ingest script call (keeps one call short: Redis runs nothing else meanwhile).
 INGEST_CHUNK = 500
 
@@ -172,6 +176,10 @@ class PendingStore:
         self.linger_ms = linger_ms
         self.ordering_window_s = ordering_window_s
         self._scripts: dict[str, Script] = {}
+        #: Tags this process put in the index lately (re-sent every minute, in case Redis
+        #: lost the index, e.g. restarted without persistence).
+        self._indexed: set[str] = set()
+        self._indexed_at = time.monotonic()
         lib = script_text("worker.pending", "restore.lib.lua")
         for name in (
             "ingest",
@@ -198,10 +206,8 @@ class PendingStore:
         result = IngestResult()
         if not groups:
             return result
-        pipe = self.redis.pipeline(transaction=False)
-        # Indexed before the intents land, so the sweep can always find a tag with pending.
-        pipe.sadd(TAG_INDEX, *(f"{account}:{tag_id}" for account, tag_id in groups))
         calls: list[list[Intent]] = []
+        commands: list[tuple[str, list[Any]]] = []
         for (account, tag_id), members in groups.items():
             keys = TagKeys(account, tag_id)
             for start in range(0, len(members), INGEST_CHUNK):
@@ -209,16 +215,13 @@ class PendingStore:
                 args: list[Any] = [self.linger_ms, SCHED_GRACE_MS, MAX_BATCH]
                 for intent in chunk:
                     args += (intent.op, intent.openid, repr(intent.ts))
-                self._scripts["ingest"](
-                    keys=[
-                        keys.pending_tag, keys.pending_untag, keys.inflight, keys.applied,
-                        keys.sched, keys.since, keys.gone, keys.attempts, keys.first_seen,
-                    ],
-                    args=args,
-                    client=pipe,
-                )  # fmt: skip
+                tag_keys = [
+                    keys.pending_tag, keys.pending_untag, keys.inflight, keys.applied,
+                    keys.sched, keys.since, keys.gone, keys.attempts, keys.first_seen,
+                ]  # fmt: skip
+                commands.append((f"{account}:{tag_id}", [*tag_keys, *args]))
                 calls.append(chunk)
-        answers = pipe.execute()[1:]
+        answers = self._run_ingest(commands)
         for chunk, (added, superseded, stale, delay, gone) in zip(calls, answers, strict=True):
             account, tag_id = chunk[0].account, chunk[0].tag_id
             if gone:
@@ -233,6 +236,35 @@ class PendingStore:
                     delay if current is None else min(current, delay)
                 )
         return result
+
+    def _run_ingest(self, commands: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Run ingest scripts in one round trip (EVALSHA in a plain pipeline).
+
+        redis-py checks SCRIPT EXISTS before every pipeline holding Script objects, which
+        would double the round trips of one-intent messages; the script is loaded here
+        once, and again only if Redis answers NOSCRIPT (after a restart).
+        """
+        script = self._scripts["ingest"]
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            # Indexed before the intents land, so the sweep always finds a tag with pending.
+            if time.monotonic() - self._indexed_at > INDEX_REFRESH_S:
+                self._indexed, self._indexed_at = set(), time.monotonic()
+            fresh = {member for member, _ in commands} - self._indexed
+            if fresh:
+                pipe.sadd(TAG_INDEX, *fresh)
+            for _, command in commands:
+                pipe.evalsha(script.sha, 9, *command)
+            try:
+                answers = pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.redis.script_load(script.script)
+                continue
+            self._indexed |= fresh
+            return answers[1:] if fresh else answers
+        raise AssertionError("unreachable")
 
     # -- the flush's side ----------------------------------------------------------------
 
