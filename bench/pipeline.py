@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import requests
 
 import producers
 from bench.harness import ACCOUNT, Stack, stack, wait_for
+from worker.pending import PendingStore
 
 TAGS = 20
 
@@ -50,9 +52,7 @@ def run_fill(*, quick: bool = False) -> dict[str, Any]:
     }
 
 
-def run_rate(*, quick: bool = False) -> dict[str, Any]:
-    """Simulator rate_per_sec = TAGSYNC_RATE = 50, 4 worker processes, a backlog."""
-    per_tag = 250 if quick else 1_000
+def _rate_run(per_tag: int) -> dict[str, Any]:
     with stack(fans=10_000, processes=4, threads=4, TAGSYNC_RATE="50") as s:
         tags = _make_tags(s, TAGS)
         fans = s.fans(per_tag)
@@ -66,13 +66,26 @@ def run_rate(*, quick: bool = False) -> dict[str, Any]:
         calls = s.batch_calls()
     stats = calls["stats"]
     span = stats["last_batch_at"] - stats["first_batch_at"]
-    achieved = (calls["calls"] - 1) / span / 50
-    rejected = int(stats["errcodes"].get("45011", 0))
     return {
         "calls": calls["calls"],
-        "span_s": round(span, 2),
+        "span": span,
+        "achieved": (calls["calls"] - 1) / span / 50,
+        "max_second": stats["max_calls_in_any_second"],
+        "rejected": int(stats["errcodes"].get("45011", 0)),
+    }
+
+
+def run_rate(*, quick: bool = False) -> dict[str, Any]:
+    """Simulator rate_per_sec = TAGSYNC_RATE = 50, 4 worker processes, a backlog (median of 3)."""
+    per_tag, repeats = (250, 1) if quick else (1_000, 3)
+    runs = [_rate_run(per_tag) for _ in range(repeats)]
+    achieved = statistics.median(r["achieved"] for r in runs)
+    rejected = sum(r["rejected"] for r in runs)
+    return {
+        "calls_per_run": runs[0]["calls"],
         "achieved_over_limit": round(achieved, 4),
-        "max_calls_in_any_second": stats["max_calls_in_any_second"],
+        "runs": [round(r["achieved"], 4) for r in runs],
+        "max_calls_in_any_second": max(r["max_second"] for r in runs),
         "errcode_45011": rejected,
         "target": ">= 0.95; 0",
         "met": achieved >= 0.95 and rejected == 0,
@@ -142,6 +155,19 @@ def run_memory(*, quick: bool = False) -> dict[str, Any]:
     small = 10_000
     with stack(processes=2, threads=8) as s:
         s.pause()
+        # Warm-up: a burst for a tag marked gone runs the whole ingest path (and fills
+        # dramatiq's prefetch of 1,000-intent messages) but leaves nothing pending, so
+        # both RSS figures below are of warm processes.
+        PendingStore(s.redis).tag_gone(ACCOUNT, 999)
+        producers.send(
+            {"op": "tag", "tag_id": 999, "openid": f"owarm{i:023d}", "account": ACCOUNT}
+            for i in range(100_000)
+        )
+        wait_for(
+            lambda: s.redis.llen("dramatiq:tagsync.intents") == 0, timeout_s=300, what="warm-up"
+        )
+        time.sleep(2)
+        s.redis.delete("tagsync:dead_letters")
         baseline = int(s.redis.info("memory")["used_memory"])
 
         def ingest(start: int, stop: int) -> None:
