@@ -230,7 +230,7 @@ def backlog(connection: redis.Redis) -> int:
     """Intents not yet settled: pending, in flight, or in queue messages not yet ingested.
 
     Flush messages are not counted: a delayed one (a paused account looks again every
-    minute) may wait long after its tag has nothing left to do.
+    few seconds) may wait after its tag has nothing left to do.
     """
     from worker.pending import PendingStore
 

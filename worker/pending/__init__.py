@@ -392,16 +392,21 @@ class PendingStore:
             ]
         )  # fmt: skip
 
-    def wake(self, account: str) -> int:
+    def wake(self, account: str, *, settle_s: float = 0.5) -> int:
         """Forget the delayed flushes of an account's tags that wait out a backoff or pause.
 
-        The sweep then sends their flushes within seconds (after a pause is lifted).
+        The sweep then sends their flushes within seconds (after a pause is lifted). A
+        flush that met the pause just before it was lifted may still be scheduling its
+        wait, so the look is repeated once after ``settle_s``.
         """
         woken = 0
-        for tag_account, tag_id in self.tags():
-            key = TagKeys(tag_account, tag_id).sched
-            if tag_account == account and self.redis.get(key) == b"backoff":
-                woken += int(self.redis.delete(key))
+        for look in range(2):
+            if look:
+                time.sleep(settle_s)
+            for tag_account, tag_id in self.tags():
+                key = TagKeys(tag_account, tag_id).sched
+                if tag_account == account and self.redis.get(key) == b"backoff":
+                    woken += int(self.redis.delete(key))
         return woken
 
     def gone_tags(self) -> list[tuple[str, int]]:
