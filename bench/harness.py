@@ -126,6 +126,10 @@ def stack(
         finally:
             producers.configure(None)
             if group is not None:
+                keep = os.environ.get("BENCH_KEEP_LOGS")
+                if keep:
+                    with open(os.path.join(keep, f"worker-{time.time():.0f}.log"), "w") as log:
+                        log.write(group.logs())
                 group.stop()
             simulator.terminate()
             simulator.wait(timeout=10)

@@ -40,7 +40,7 @@ GONE_INDEX = "tagsync:gone"
 #: Most openids in one WeChat batch call.
 MAX_BATCH = 50
 #: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its delay.
-SCHED_GRACE_MS = 30_000
+SCHED_GRACE_MS = 10_000
 #: Seconds after which a process puts its tags in the index again.
 INDEX_REFRESH_S = 60.0
 #: Intents per ingest script call (keeps one call short: Redis runs nothing else meanwhile).
