@@ -255,6 +255,26 @@ def wait_drained(connection: redis.Redis, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[redis.Redis]:
+    """Producers pointed at the test Redis; yields a client of it to look at the queue."""
+    import producers
+
+    producers.configure(redis_url=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+    producers.configure(None)
+
+
+def ensure_fans(sim: Sim, count: int) -> list[str]:
+    """The first ``count`` fans of the simulator, adding fans if it has fewer."""
+    total = sim.get("/_sim/fans", limit=0)["total"]
+    if total < count:
+        sim.post("/_sim/fans", {"count": count - total})
+    return sim.fans(count)
+
+
 def fans_of(sim: Sim, tag_id: int) -> set[str]:
     """The fans the simulator has on a tag."""
     return set(sim.state()["tags"].get(str(tag_id), {}).get("fans", []))

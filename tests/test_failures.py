@@ -6,36 +6,19 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
 import producers
-from tests.conftest import APPID, SECRET, Sim, backlog, fans_of, wait_drained
+from tests.conftest import APPID, SECRET, Sim, backlog, ensure_fans, fans_of, wait_drained
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.pending import PendingStore
 from worker.sweep import revive_tags
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def queue(redis_url: str) -> Iterator[redis.Redis]:
-    producers.configure(redis_url=redis_url)
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-    producers.configure(None)
-
-
-def ensure_fans(sim: Sim, count: int) -> list[str]:
-    total = sim.get("/_sim/fans", limit=0)["total"]
-    if total < count:
-        sim.post("/_sim/fans", {"count": count - total})
-    return sim.fans(count)
 
 
 def letters(connection: redis.Redis) -> list[DeadLetter]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,30 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import producers
-from tests.conftest import APPID, Sim, backlog, fans_of, wait_drained
+from tests.conftest import APPID, Sim, backlog, ensure_fans, fans_of, wait_drained
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def producer_redis(redis_url: str) -> Iterator[redis.Redis]:
-    producers.configure(redis_url=redis_url)
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-    producers.configure(None)
-
-
 def make_tags(client: WeChatClient, count: int) -> list[int]:
     return [client.create_tag(f"t{i}").id for i in range(count)]
-
-
-def ensure_fans(sim: Sim, count: int) -> list[str]:
-    total = sim.get("/_sim/fans", limit=0)["total"]
-    if total < count:
-        sim.post("/_sim/fans", {"count": count - total})
-    return sim.fans(count)
 
 
 def expected_state(
@@ -67,7 +50,7 @@ def send_events(events: list[tuple[int, str, str, float]], *, per_call: int = 1)
 
 
 def test_intents_reach_wechat(
-    sim: Sim, client: WeChatClient, producer_redis: redis.Redis, start_worker: Any
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
     """Tag and untag through the producers end as memberships in WeChat."""
     # Given
@@ -77,13 +60,13 @@ def test_intents_reach_wechat(
     # When
     producers.tag(tag, fans, account=APPID, ts=time.time())
     producers.untag(tag, fans[:20], account=APPID, ts=time.time() + 1)
-    wait_drained(producer_redis)
+    wait_drained(queue)
     # Then
     assert fans_of(sim, tag) == set(fans[20:])
 
 
 def test_random_interleavings_end_in_last_write_wins(
-    sim: Sim, client: WeChatClient, producer_redis: redis.Redis, start_worker: Any
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
     """Random tag/untag interleavings, sent out of ts order, end in the last-write-wins state."""
     # Given: a worker, three tags and eight fans shared by every example
@@ -106,7 +89,7 @@ def test_random_interleavings_end_in_last_write_wins(
         events = [(t, o, op, base + order[i] * 0.001) for i, (t, o, op) in enumerate(shapes)]
         # When
         send_events(events, per_call=per_call)
-        wait_drained(producer_redis)
+        wait_drained(queue)
         # Then
         expected = expected_state(events, start)
         assert {t: fans_of(sim, t) for t in tags} == {t: expected.get(t, set()) for t in tags}
@@ -115,7 +98,7 @@ def test_random_interleavings_end_in_last_write_wins(
 
 
 def test_worker_killed_mid_flush_loses_nothing(
-    sim: Sim, client: WeChatClient, producer_redis: redis.Redis, start_worker: Any
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
     """kill -9 of every worker process mid-flush, then a restart: the final state is right."""
     # Given: slow answers, so that flushes are in the middle of calls when the kill comes
@@ -134,18 +117,18 @@ def test_worker_killed_mid_flush_loses_nothing(
     while sum(sim.stats()["batch_sizes"]["tagging"].values()) < 10:
         assert time.monotonic() < deadline, "no batch was sent"
         time.sleep(0.05)
-    assert backlog(producer_redis) > 0  # the kill comes with work under way
+    assert backlog(queue) > 0  # the kill comes with work under way
     # When
     first.kill()
     start_worker(processes=2, threads=4)
-    wait_drained(producer_redis, timeout_s=120)
+    wait_drained(queue, timeout_s=120)
     # Then
     expected = expected_state(events, {})
     assert {t: fans_of(sim, t) for t in tags} == {t: expected.get(t, set()) for t in tags}
 
 
 def test_one_tag_is_never_flushed_twice_at_once(
-    sim: Sim, client: WeChatClient, producer_redis: redis.Redis, start_worker: Any
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
     """Two worker processes with four threads each never send two batches of one tag at once."""
     # Given
@@ -157,7 +140,7 @@ def test_one_tag_is_never_flushed_twice_at_once(
     base = time.time()
     events = [(tags[i % 3], fans[i % 2000], "tag", base + i * 1e-4) for i in range(6000)]
     send_events(events, per_call=100)
-    wait_drained(producer_redis, timeout_s=120)
+    wait_drained(queue, timeout_s=120)
     # Then
     stats = sim.stats()
     assert sum(stats["batch_sizes"]["tagging"].values()) >= 120
@@ -166,7 +149,7 @@ def test_one_tag_is_never_flushed_twice_at_once(
 
 
 def test_backlog_on_one_tag_goes_in_full_batches(
-    sim: Sim, client: WeChatClient, producer_redis: redis.Redis, start_worker: Any
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
     """10,000 pending intents on one tag: at least 99% of the calls carry 50 openids."""
     # Given
@@ -175,7 +158,7 @@ def test_backlog_on_one_tag_goes_in_full_batches(
     start_worker(processes=2, threads=4)
     # When
     producers.tag(tag, fans, account=APPID)
-    wait_drained(producer_redis, timeout_s=120)
+    wait_drained(queue, timeout_s=120)
     # Then
     sizes = sim.stats()["batch_sizes"]["tagging"]
     calls = sum(sizes.values())

@@ -25,14 +25,10 @@ OPENID = "o" + "A" * 27
 
 
 @pytest.fixture
-def queue(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """Producers pointed at the test Redis; yields a client to look at the queue."""
+def queue(queue: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> redis.Redis:
+    """The shared producer queue, with WECHAT_APPID as the default account."""
     monkeypatch.setenv("WECHAT_APPID", APPID)
-    producers.configure(redis_url=redis_url)
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-    producers.configure(None)
+    return queue
 
 
 def queued_intents(queue: redis.Redis) -> list[list[Any]]:
