@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ingest, pipeline, simulator
+from worker.logs import configure_logging
 
 #: Every scenario, by name, in the order they run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -34,6 +36,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the size: a smoke test")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
+    # The table is the output; the client's per-call debug events would drown it.
+    configure_logging("console", level=logging.WARNING)
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
