@@ -20,7 +20,7 @@ from worker.wechat.client import WeChatClient
 log = structlog.get_logger("tagsync.sweep")
 
 #: Seconds between sweeps (across all processes: one sweeps per interval).
-SWEEP_INTERVAL_S = 3.0
+SWEEP_INTERVAL_S = 1.0
 #: The lock that makes one process sweep per interval.
 SWEEP_LOCK = "tagsync:sweep"
 #: The lock that makes one process look at gone tags per interval (one tags/get call).
