@@ -20,6 +20,7 @@ import redis
 import requests
 
 from worker.launch import WorkerGroup as Worker
+from worker.processes import stop_process
 from worker.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
@@ -109,20 +110,6 @@ def start_simulator(*extra: str) -> tuple[subprocess.Popen[str], str]:
         raise RuntimeError(f"fakewechat did not start: {line}{errors.read()}")
     errors.close()
     return process, line.split("listening on ")[1].split()[0]
-
-
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    """Terminate a child process, killing it if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
 
 
 @pytest.fixture(scope="session")

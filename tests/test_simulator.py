@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from fakewechat.openids import OPENID_PATTERN, FanDirectory, prefix_for
-from tests.conftest import APPID, FANS, Sim, start_simulator, stop_process
+from tests.conftest import APPID, FANS, Sim, start_simulator
+from worker.processes import stop_process
 
 
 def test_fans_are_deterministic_28_char_openids_with_the_appid_prefix() -> None:

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import redis
 
-from worker.processes import die_with_parent
+from worker.processes import die_with_parent, stop_process
 
 
 class RedisUnavailable(RuntimeError):
@@ -99,15 +99,8 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process is not None and process.stderr:
-            process.stderr.close()
+        if process is not None:
+            stop_process(process, timeout_s=5)
         self._dir.cleanup()
 
     def __enter__(self) -> RedisServer:
