@@ -7,6 +7,7 @@ names an account this worker has no credentials for, is dead-lettered, not raise
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import structlog
@@ -74,8 +75,9 @@ def ingest_rows(
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
     result = store.ingest(intents)
-    for intent in intents:
-        INTENTS_RECEIVED.labels(intent.op).inc()
+    # One counter update per op, not per intent: messages carry up to 1,000 intents.
+    for op, count in Counter(intent.op for intent in intents).items():
+        INTENTS_RECEIVED.labels(op).inc(count)
     INTENTS_SUPERSEDED.inc(result.superseded)
     INTENTS_STALE.inc(result.stale)
     if result.gone:

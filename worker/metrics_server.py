@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker.dead_letters import DeadLetters
+from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.settings import Settings
 
@@ -70,8 +71,6 @@ class BacklogCollector(Collector):
             oldest.add_metric(
                 [status.account, tag], max(0.0, now - status.oldest_ts) if status.oldest_ts else 0.0
             )
-        from worker.gate import AccountGate
-
         gate = AccountGate(self.redis, rate=self.settings.rate)
         for account in sorted(accounts):
             pause = gate.paused(account)

@@ -180,17 +180,23 @@ def run(args: argparse.Namespace) -> int:
         return _verify(desired, http, api_base, sent, drained)
 
 
+def _batch_calls(stats: dict[str, Any]) -> tuple[int, float]:
+    """(batch calls made, average openids per call) from the simulator's stats."""
+    sizes = [
+        (int(size), count)
+        for kind in ("tagging", "untagging")
+        for size, count in stats["batch_sizes"][kind].items()
+    ]
+    calls = sum(count for _, count in sizes)
+    return calls, sum(size * count for size, count in sizes) / calls if calls else 0.0
+
+
 def _progress(
     connection: redis.Redis, http: requests.Session, api_base: str, sent: int, note: str
 ) -> dict[str, Any]:
     stats = http.get(f"{api_base}/_sim/stats", timeout=10).json()
     totals = collect_status(connection)["totals"]
-    sizes = {**stats["batch_sizes"]["tagging"]}
-    for size, count in stats["batch_sizes"]["untagging"].items():
-        sizes[size] = sizes.get(size, 0) + count
-    calls = sum(sizes.values())
-    openids = sum(int(size) * count for size, count in sizes.items())
-    average = openids / calls if calls else 0.0
+    calls, average = _batch_calls(stats)
     # On a terminal the line is redrawn in place; in a log, one line per report.
     print(
         "\r" if sys.stdout.isatty() else "",
@@ -269,14 +275,7 @@ def _verify(
     wrong = 0
     for tag_id in set(actual) | set(wanted):
         wrong += len(actual.get(tag_id, set()) ^ wanted.get(tag_id, set()))
-    stats = http.get(f"{api_base}/_sim/stats", timeout=10).json()
-    sizes = [
-        (int(size), count)
-        for kind in ("tagging", "untagging")
-        for size, count in stats["batch_sizes"][kind].items()
-    ]
-    calls = sum(count for _, count in sizes)
-    average = sum(size * count for size, count in sizes) / calls if calls else 0.0
+    calls, average = _batch_calls(http.get(f"{api_base}/_sim/stats", timeout=10).json())
     ok = drained and wrong == 0
     print(
         f"{'PASS' if ok else 'FAIL'}: {sent} intents for {len(desired.latest)} (tag, fan) pairs -> "
