@@ -53,13 +53,14 @@ class Stack:
     def pending(self) -> int:
         """Intents pending or in flight, over every tag."""
         return sum(
-            t.pending_tag + t.pending_untag + t.inflight for t in PendingStore(self.redis).status()
+            t.pending_tag + t.pending_untag + t.inflight + t.splitting
+            for t in PendingStore(self.redis).status()
         )
 
     def pause(self) -> None:
         """Pause the account's WeChat calls: intents pile up in the pending buffers."""
         AccountGate(self.redis, rate=1).pause(
-            ACCOUNT, reason="bench", errcode=None, how="for", ms=3_600_000
+            ACCOUNT, reason="bench", errcode=None, until="for", ms=3_600_000
         )
 
     def resume(self) -> None:

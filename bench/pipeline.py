@@ -158,7 +158,10 @@ def run_memory(*, quick: bool = False) -> dict[str, Any]:
         # Warm-up: a burst for a tag marked gone runs the whole ingest path (and fills
         # dramatiq's prefetch of 1,000-intent messages) but leaves nothing pending, so
         # both RSS figures below are of warm processes.
-        PendingStore(s.redis).tag_gone(ACCOUNT, 999)
+        store = PendingStore(s.redis)
+        store.acquire(ACCOUNT, 999, "bench", 60_000)
+        store.tag_gone(ACCOUNT, 999, "bench")
+        store.release(ACCOUNT, 999, "bench")
         producers.send(
             {"op": "tag", "tag_id": 999, "openid": f"owarm{i:023d}", "account": ACCOUNT}
             for i in range(100_000)

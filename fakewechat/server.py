@@ -126,6 +126,16 @@ class _Handler(socketserver.StreamRequestHandler):
         )
         self.wfile.write(head.encode("latin-1") + payload)
 
+    def _send_raw(self, status: int, text: str, content_type: str, *, keep_alive: bool) -> None:
+        payload = text.encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        )
+        self.wfile.write(head.encode("latin-1") + payload)
+
     def _dispatch(self, method: str, target: str, body: Any, keep_alive: bool) -> None:
         parts = urlsplit(target)
         query = dict(parse_qsl(parts.query))
@@ -149,6 +159,12 @@ class _Handler(socketserver.StreamRequestHandler):
             # The answer never arrives within the client's read timeout.
             time.sleep(answer.hang_s)
             raise ConnectionAbortedError
+        if answer.reset:
+            # The call was carried out; the connection drops before the answer.
+            raise ConnectionResetError
+        if answer.raw is not None:
+            self._send_raw(answer.status, answer.raw, answer.content_type, keep_alive=keep_alive)
+            return
         self._send(answer.status, answer.body, keep_alive=keep_alive)
 
 
@@ -170,6 +186,7 @@ _REASONS = {
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    502: "Bad Gateway",
 }
 
 

@@ -80,7 +80,18 @@ def default_config() -> dict[str, Any]:
         "page_size": 10_000,
         # {path: errcode}: every call of that path answers the errcode (e.g. 48001, 40164).
         "forced_errcodes": {},
+        # Batch calls on tags that exist answer 45159 at this rate (as WeChat does right
+        # after a tag's creation and under concurrent calls on one fan); nothing is applied.
+        "spurious_45159_rate": 0.0,
+        # Answers that are not WeChat's JSON, at this rate: see MALFORMED_KINDS.
+        "malformed_rate": 0.0,
+        "malformed_kind": "mixed",
     }
+
+
+#: Garbled answers the simulator can give: a 200 whose body is not JSON, a proxy's HTML
+#: 502 page, JSON without errcode, and a connection reset after the call was carried out.
+MALFORMED_KINDS = ("not_json", "html_502", "no_errcode", "reset")
 
 
 class ConfigError(ValueError):
@@ -103,6 +114,11 @@ def _check_config(changes: dict[str, Any]) -> None:
                 or value[0] > value[1]
             ):
                 raise ConfigError("latency_ms must be [low, high] milliseconds")
+        elif key == "malformed_kind":
+            if value not in (*MALFORMED_KINDS, "mixed"):
+                raise ConfigError(
+                    f"malformed_kind must be one of {', '.join(MALFORMED_KINDS)}, mixed"
+                )
         elif key == "forced_errcodes":
             if not isinstance(value, dict) or not all(isinstance(v, int) for v in value.values()):
                 raise ConfigError("forced_errcodes must map API paths to errcodes")
@@ -143,6 +159,13 @@ class Answer:
     delay_s: float = 0.0
     #: The tag of a batch call while it is being answered (for overlap detection).
     batch_tag: int | None = None
+    #: A body sent as is instead of ``body`` (a garbled answer), with its content type.
+    raw: str | None = None
+    content_type: str = "application/json; charset=utf-8"
+    #: Close the connection instead of answering (the call was carried out).
+    reset: bool = False
+    #: How the answer counts in ``errcodes`` when it is not WeChat's JSON.
+    stat_code: str | None = None
 
 
 def error(code: int, detail: str = "") -> dict[str, Any]:
@@ -260,7 +283,7 @@ class Simulator:
             else:
                 answer = self._api_call(path, query, body, handlers[path])
             code = answer.body.get("errcode", 0) if answer.status == 200 else answer.status
-            self._errcodes[str(code)] += 1
+            self._errcodes[answer.stat_code or str(code)] += 1
             self._enter_batch(path, body, answer)
         return answer
 
@@ -340,8 +363,24 @@ class Simulator:
             return Answer(200, error(-1), delay_s=delay)
         if body is _BAD_JSON:
             return Answer(200, error(47001))
+        malformed = ""
+        if cfg["malformed_rate"] and self._random.random() < cfg["malformed_rate"]:
+            malformed = cfg["malformed_kind"]
+            if malformed == "mixed":
+                malformed = self._random.choice(MALFORMED_KINDS)
+            if malformed != "reset":
+                return _garbled(malformed, delay)
+        if (
+            cfg["spurious_45159_rate"]
+            and path.startswith("tags/members/")
+            and self._random.random() < cfg["spurious_45159_rate"]
+        ):
+            return Answer(200, error(45159), delay_s=delay)
         result = handler(body if isinstance(body, dict) else {})
         answer = Answer(200, result, delay_s=delay)
+        if malformed == "reset":
+            answer.reset = True
+            answer.stat_code = "reset"
         if cfg["timeout_rate"] and self._random.random() < cfg["timeout_rate"]:
             # The call is carried out; only its answer is lost, as with a real timeout.
             answer.hang_s = float(cfg["timeout_hang_s"])
@@ -376,7 +415,9 @@ class Simulator:
         if params.get("appid") != self.appid:
             return error(40013)
         if params.get("secret") != self._secret:
-            return error(40125)
+            # WeChat's `token` calls a wrong secret an invalid credential; `stable_token`
+            # names it.
+            return error(40001 if path == "token" else 40125)
         self._token_fetches += 1
         forced = self.config["forced_errcodes"].get(path)
         if forced is not None:
@@ -533,6 +574,23 @@ class Simulator:
         limit = limit if limit is not None else UNLIMITED_DAILY_QUOTA
         used = self._daily_used[path]
         return {**OK, "quota": {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}}
+
+
+def _garbled(kind: str, delay: float) -> Answer:
+    """An answer that is not WeChat's JSON (nothing was carried out)."""
+    if kind == "html_502":
+        page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+        return Answer(502, {}, delay_s=delay, raw=page, content_type="text/html", stat_code="502")
+    if kind == "no_errcode":
+        return Answer(200, {"result": "ok?"}, delay_s=delay, stat_code="no_errcode")
+    return Answer(
+        200,
+        {},
+        delay_s=delay,
+        raw="system error <br/>",
+        content_type="text/plain",
+        stat_code="not_json",
+    )
 
 
 #: What `openapi/quota/get` reports as the daily limit when `daily_quota` is not set.

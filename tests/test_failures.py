@@ -161,7 +161,8 @@ def test_gone_tag_revives_when_listed_again(
 ) -> None:
     """A gone tag id is accepted again once tags/get lists it."""
     store = PendingStore(redis_client)
-    store.tag_gone(APPID, 101)
+    store.acquire(APPID, 101, "test", 10_000)
+    store.tag_gone(APPID, 101, "test")
     assert revive_tags(store, client) == 0
     client.create_tag("a")  # id 100
     client.create_tag("b")  # id 101: listed now
@@ -188,7 +189,8 @@ def test_daily_quota_pauses_until_quota_reset(
     time.sleep(1)
     # Then: paused, shown in status, the rest still pending
     status = json.loads(tagsync(worker_env, "status", "--json").stdout)
-    pause = status["accounts"][APPID]["paused"]
+    assert status["accounts"][APPID]["paused"] is None  # the account itself runs on
+    pause = status["accounts"][APPID]["pauses"]["tags/members/batchtagging"]
     assert pause["reason"] == "quota" and pause["errcode"] == "45009"
     assert status["totals"]["pending"] + status["totals"]["in_flight"] == 500 - 150
     assert sim.stats()["errcodes"]["45009"] == 1  # no call while paused

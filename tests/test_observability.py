@@ -176,7 +176,7 @@ def test_metrics_endpoint_serves_every_process_and_the_backlog(
     assert f'tag="{tags[0]}"' in text
     labels = set(re.findall(r'[{,](\w+)="', text))
     assert "openid" not in labels and labels <= {
-        "account", "tag", "op", "reason", "errcode", "endpoint", "outcome", "le", "queue",
+        "account", "tag", "op", "reason", "errcode", "endpoint", "outcome", "le", "queue", "api",
         "queue_name", "actor_name", "pid",
     }, labels  # fmt: skip
 

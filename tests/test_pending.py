@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from producers.intents import Intent, make_intent
-from worker.pending import PendingStore, TagKeys
+from worker.pending import LeaseLost, PendingStore, TagKeys
 
 ACCOUNT = "wxpending"
 
@@ -24,7 +24,7 @@ def store(redis_client: redis.Redis) -> PendingStore:
 
 def pending(store: PendingStore, op: str, tag_id: int = 7) -> dict[str, float]:
     keys = TagKeys(ACCOUNT, tag_id)
-    key = keys.pending_tag if op == "tag" else keys.pending_untag
+    key = keys.key(f"pending:{op}")
     members: list[tuple[bytes, float]] = store.redis.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
     return {member.decode(): score for member, score in members}
 
@@ -57,7 +57,7 @@ def test_older_than_applied_is_stale(store: PendingStore) -> None:
     """After a batch is applied, an older intent for the same fan is dropped as stale."""
     # Given: tag a @ 20 applied
     store.ingest([intent("tag", "a", 20)])
-    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)  # lingered long enough
+    store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)  # lingered long enough
     assert store.acquire(ACCOUNT, 7, "me", 10_000)
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
@@ -73,7 +73,7 @@ def test_older_than_applied_is_stale(store: PendingStore) -> None:
 def test_older_than_in_flight_is_stale_newer_waits(store: PendingStore) -> None:
     """While a batch is in flight, older intents for its fans drop, newer ones wait."""
     store.ingest([intent("tag", "a", 20), intent("tag", "b", 20)])
-    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
     store.acquire(ACCOUNT, 7, "me", 10_000)
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None and sorted(took.batch.openids) == ["a", "b"]
@@ -128,10 +128,14 @@ def test_lease_is_exclusive_and_a_lost_lease_cannot_settle(store: PendingStore) 
     assert not store.acquire(ACCOUNT, 7, "b", 200)
     took = store.take(ACCOUNT, 7, "a", 200)
     assert took.batch is not None
-    time.sleep(0.3)
+    store.redis.delete(TagKeys(ACCOUNT, 7).key("lease"))  # as if it expired
     assert store.acquire(ACCOUNT, 7, "b", 10_000)
-    assert store.ack(took.batch, "a") == -1
-    assert store.take(ACCOUNT, 7, "a", 10_000).kind == "lost"
+    with pytest.raises(LeaseLost):
+        store.ack(took.batch, "a")
+    with pytest.raises(LeaseLost):
+        store.take(ACCOUNT, 7, "a", 10_000)
+    with pytest.raises(LeaseLost):
+        store.renew(ACCOUNT, 7, "a", 10_000)
 
 
 def test_a_dead_flushs_batch_returns_to_pending(store: PendingStore) -> None:
@@ -142,7 +146,7 @@ def test_a_dead_flushs_batch_returns_to_pending(store: PendingStore) -> None:
     store.ingest([intent("untag", "o0", 2)])  # newer than its in-flight intent
     time.sleep(0.15)
     store.acquire(ACCOUNT, 7, "next", 10_000)
-    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
     took = store.take(ACCOUNT, 7, "next", 10_000)
     assert took.restored == 49 and took.batch is not None
     assert (took.batch.op, len(took.batch.openids)) == ("tag", 49)
@@ -156,26 +160,26 @@ def test_nack_restores_and_counts_the_streak(store: PendingStore) -> None:
     for expected in (1, 2):
         took = store.take(ACCOUNT, 7, "me", 10_000)
         assert took.batch is not None
-        restored, streak, exhausted = store.nack(took.batch, "me", max_attempts=30)
-        assert (restored, streak, exhausted) == (50, expected, [])
+        result = store.retry(took.batch, "me", max_attempts=30)
+        assert (result.restored, result.streak, result.exhausted) == (50, expected, [])
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
     store.ack(took.batch, "me")
-    assert store.redis.get(TagKeys(ACCOUNT, 7).failures) is None
+    assert store.redis.get(TagKeys(ACCOUNT, 7).key("failures")) is None
 
 
 def test_a_returned_partial_batch_is_retried_without_lingering_again(store: PendingStore) -> None:
     """After a failed partial batch, its intents are taken again at once: they waited already."""
     store.ingest([intent("tag", f"o{i}", 1) for i in range(5)])
-    store.redis.set(TagKeys(ACCOUNT, 7).since, 0)
+    store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
     store.acquire(ACCOUNT, 7, "me", 10_000)
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
-    store.nack(took.batch, "me", max_attempts=30)
+    store.retry(took.batch, "me", max_attempts=30)
     again = store.take(ACCOUNT, 7, "me", 10_000)
     assert again.batch is not None and len(again.batch.openids) == 5
-    store.nack(again.batch, "me", max_attempts=30)
-    assert store.release(ACCOUNT, 7, "me", backoff_ms=None) == 0
+    store.retry(again.batch, "me", max_attempts=30)
+    assert store.release(ACCOUNT, 7, "me") == 0
 
 
 def test_release_reschedules_when_work_remains(store: PendingStore) -> None:
@@ -187,19 +191,19 @@ def test_release_reschedules_when_work_remains(store: PendingStore) -> None:
     store.ack(took.batch, "me")
     delay = store.release(ACCOUNT, 7, "me")
     assert 0 <= delay <= 200
-    assert store.redis.get(TagKeys(ACCOUNT, 7).sched) in (b"now", b"later")
+    assert store.redis.get(TagKeys(ACCOUNT, 7).key("sched")) in (b"now", b"later")
     assert store.release(ACCOUNT, 7, "me") == -1  # not the holder any more
-    assert store.release(ACCOUNT, 7, "nobody", backoff_ms=5) == -1
+    assert store.release(ACCOUNT, 7, "nobody", delay_ms=5) == -1
 
 
 def test_sweep_claims_only_orphaned_tags(store: PendingStore) -> None:
     """The sweep sends a flush for a tag with work and no flush scheduled or running."""
     store.ingest([intent("tag", "a", 1, tag_id=1), intent("tag", "b", 1, tag_id=2)])
     assert store.sweep() == []  # both have a flush scheduled
-    store.redis.delete(TagKeys(ACCOUNT, 1).sched)
+    store.redis.delete(TagKeys(ACCOUNT, 1).key("sched"))
     assert store.sweep() == [(ACCOUNT, 1)]
     assert store.sweep() == []  # claimed now
-    store.redis.delete(TagKeys(ACCOUNT, 2).sched)
+    store.redis.delete(TagKeys(ACCOUNT, 2).key("sched"))
     store.acquire(ACCOUNT, 2, "busy", 10_000)
     assert store.sweep() == []  # a flush is running
 
@@ -207,13 +211,6 @@ def test_sweep_claims_only_orphaned_tags(store: PendingStore) -> None:
 def test_keys_share_one_cluster_slot_per_tag() -> None:
     """Every key of one (account, tag) carries the same hash tag."""
     keys = TagKeys(ACCOUNT, 7)
-    names = [
-        keys.pending_tag,
-        keys.pending_untag,
-        keys.inflight,
-        keys.applied,
-        keys.sched,
-        keys.since,
-        keys.lease,
-    ]
+    names = [keys.key(name) for name in ("pending:tag", "pending:untag", "inflight", "lease")]
+    names += [keys.split("tag"), *keys.for_script("take"), *keys.for_script("ingest")]
     assert all("{wxpending:7}" in name and name.startswith("tagsync:") for name in names)

@@ -459,9 +459,10 @@ def test_table_holds_every_errcode_of_the_seed_and_design() -> None:
     named |= {45056, 45057, 45058, 45059, 45157, 45158, 45159, 48001, 49003, 61004}
     assert named <= set(ERRCODES)
     assert {row.error_class for row in ERRCODES.values()} == set(ErrorClass)
-    assert ERRCODES[40003].action is Action.BISECT
-    assert ERRCODES[45159].action is Action.DEAD_LETTER_TAG
-    assert ERRCODES[40032].action is Action.DEAD_LETTER_BUG
+    assert ERRCODES[40003].action is Action.SPLIT
+    assert ERRCODES[45159].action is Action.VERIFY_TAG
+    assert ERRCODES[40032].action is Action.DEAD_LETTER
+    assert (ERRCODES[45009].pause_scope, ERRCODES[45011].pause_scope) == ("api", "account")
 
 
 def test_exceptions_carry_call_errcode_and_errmsg(client: WeChatClient) -> None:

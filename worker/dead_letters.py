@@ -1,7 +1,10 @@
 """The dead-letter store: intents that can never be applied, kept for a human to look at.
 
 A bounded Redis stream (``tagsync:dead_letters``, trimmed to about ``max_len`` entries).
-An entry holds what is needed to understand and replay the intent, never a secret.
+An entry holds what is needed to understand and replay the intent, never a secret. Each
+intent (account, tag, op, openid, event ts) is written once: ``dead_letter.lua`` remembers
+the intents it wrote for a day, so a flush that repeats a dead letter after a crash or a
+lost lease writes nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from typing import Any
 
 from redis import Redis
 
+from worker.lua import load_script
 from worker.metrics import INTENTS_DEAD_LETTERED
 from worker.redaction import redact
 
 #: The stream of dead letters.
 STREAM = "tagsync:dead_letters"
+#: The intents written lately (a zset in the stream's Redis Cluster slot).
+SEEN = "{tagsync:dead_letters}:seen"
 #: About how many dead letters are kept (older ones are trimmed).
 DEFAULT_MAX_LEN = 100_000
+#: How long an intent is remembered as written: far longer than a lease or a restart.
+SEEN_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ class DeadLetter:
         """The stream entry's fields (empty values omitted)."""
         return {k: str(v) for k, v in asdict(self).items() if v not in (None, "")}
 
+    @property
+    def intent_id(self) -> str:
+        """What makes the intent itself unique: written once per id."""
+        return f"{self.account}|{self.tag_id}|{self.op}|{self.openid}|{self.ts!r}"
+
 
 class DeadLetters:
     """Append to and read the dead-letter stream."""
@@ -49,25 +62,30 @@ class DeadLetters:
     def __init__(self, redis: Redis, *, max_len: int = DEFAULT_MAX_LEN) -> None:
         self.redis = redis
         self.max_len = max_len
+        self._write = load_script(redis, "worker", "dead_letter.lua")
 
     def add(self, letters: Iterable[DeadLetter]) -> int:
-        """Append dead letters (errmsg redacted); return how many."""
+        """Append dead letters (errmsg redacted), each intent once; return how many were new."""
         now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        labels: list[tuple[str, str, str]] = []
-        for letter in letters:
-            fields = letter.fields()
-            fields["errmsg"] = redact(letter.errmsg)[:500]
-            fields["dead_lettered_at"] = str(letter.dead_lettered_at or now)
-            pipe.xadd(STREAM, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-            labels.append(
-                (letter.op, letter.reason, "" if letter.errcode is None else str(letter.errcode))
-            )
-        if labels:
-            pipe.execute()
-        for op, reason, errcode in labels:
-            INTENTS_DEAD_LETTERED.labels(op, reason, errcode).inc()
-        return len(labels)
+        batch = list(letters)
+        written = 0
+        for start in range(0, len(batch), 500):
+            chunk = batch[start : start + 500]
+            args: list[Any] = [self.max_len, SEEN_MS, max(self.max_len, 10_000)]
+            for letter in chunk:
+                fields = letter.fields()
+                fields["errmsg"] = redact(letter.errmsg)[:500]
+                fields["dead_lettered_at"] = str(letter.dead_lettered_at or now)
+                args += [letter.intent_id, len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
+            answers = self._write(keys=[STREAM, SEEN], args=args)
+            for letter, new in zip(chunk, answers, strict=True):
+                if new:
+                    written += 1
+                    errcode = "" if letter.errcode is None else str(letter.errcode)
+                    INTENTS_DEAD_LETTERED.labels(letter.op, letter.reason, errcode).inc()
+        return written
 
     def count(self) -> int:
         """How many dead letters are kept."""

@@ -1,26 +1,36 @@
-"""Flushing one (account, tag): lease it, send batches of up to 50, settle each answer.
+"""Flushing one (account, tag): lease it, send its batches, settle every answer by the table.
 
-A flush never sleeps long: when it must wait (linger, backoff, rate limit, pause) it ends
-and schedules the next flush with that delay, so dramatiq's threads stay free for other
-tags. After a few batches it ends too and re-enqueues itself behind other tags' flushes.
+One flush message = one ``Flusher.flush``:
 
-Every failed call is settled by the action its errcode has in the table
-(``worker.wechat.errcodes``): retry with backoff, pause the account, bisect the batch to
-find the bad openids, dead-letter the tag, or dead-letter a bug.
+1. take the tag's lease (another flush holds it: nothing to do; it looks again before
+   letting go);
+2. ``take`` the tag's next work: a split under way (``worker.split``) or a fresh batch of up
+   to 50 openids of one op whose API is not paused;
+3. ask the gate for a call slot; renew the lease; call WeChat;
+4. settle the answer by its errcode's row in ``worker.wechat.errcodes``: apply, split,
+   retry with backoff, pause, verify the tag, or dead-letter;
+5. after a few calls, or at the first wait (linger, backoff, pause, a call slot further
+   ahead than a short sleep), give the lease back and schedule the next flush with that
+   delay, so dramatiq's threads stay free for other tags.
+
+Every write of a flush checks its lease; once it is lost (``LeaseLost``) the flush stops at
+once, logs ``flush.lease_lost`` and writes nothing more, so two flushes never work on one
+tag. A dead letter is written once per intent (``worker.dead_letters``).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.gate import CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
+from worker.gate import BATCH_API, CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
 from worker.metrics import (
     BATCH_SIZE,
     INTENT_AGE,
@@ -29,23 +39,26 @@ from worker.metrics import (
     RATE_LIMIT_DEFERRALS,
     RATE_LIMIT_WAIT,
 )
-from worker.pending import Batch, PendingStore
+from worker.pending import Batch, LeaseLost, PendingStore
+from worker.queues import SendFlush
+from worker.split import SplitPlan, Verdict
 from worker.wechat.client import WeChatClient
-from worker.wechat.errcodes import Action
-from worker.wechat.errors import OpenidError, WeChatError
+from worker.wechat.errcodes import UNKNOWN_ERRCODE_ATTEMPTS, Action, Errcode
+from worker.wechat.errors import WeChatError
 
 log = structlog.get_logger("tagsync.flush")
 
-#: Batches one flush sends before it yields to other tags.
-BATCHES_PER_FLUSH = 4
-#: How much longer than the slowest WeChat call a lease lasts (it is renewed per batch).
+#: WeChat calls one flush makes before it yields to other tags (splits included).
+CALLS_PER_FLUSH = 8
+#: The most one flush sleeps for call slots in all; a later slot reschedules it.
+SLEEP_BUDGET_MS = 1000
+#: How much longer than the slowest WeChat call a lease lasts (renewed before each call).
 LEASE_MARGIN_MS = 5_000
 #: A paused account's tags look again this often, so a lifted pause takes effect soon
 #: (a flush is one Redis round trip: cheap even for 100 tags).
 PAUSE_RECHECK_MS = 5_000
-
-#: Sends a flush message: (account, tag_id, delay_ms).
-SendFlush = Callable[[str, int, int], None]
+#: How long a ``tags/get`` answer is trusted when checking a 45159 (one call for a burst).
+TAG_LIST_TTL_S = 2.0
 
 
 def backoff_ms(streak: int, *, min_ms: int, max_ms: int, rng: random.Random | None = None) -> int:
@@ -54,33 +67,45 @@ def backoff_ms(streak: int, *, min_ms: int, max_ms: int, rng: random.Random | No
     return int((rng or random).uniform(0, cap))
 
 
-@dataclass
-class Outcome:
-    """How one batch ended."""
+@dataclass(frozen=True)
+class Wait:
+    """Why and how long a tag waits before its next flush."""
 
-    applied: int = 0
-    dead_lettered: int = 0
-    errcode: int | None = 0
-    calls: int = 1
-    #: Set when the tag must wait before its next batch.
-    wait_ms: int | None = None
+    ms: int
+    why: Literal["backoff", "slot"] = "backoff"
+    #: For a slot wait: the slot the gate reserved (the next flush comes back for it).
+    slot_at: int | None = None
+
+
+@dataclass
+class _Run:
+    """One flush's lease and budgets."""
+
+    account: str
+    tag_id: int
+    owner: str
+    lease_ms: int
+    slot_at: int | None
+    calls_left: int = CALLS_PER_FLUSH
+    sleep_left_ms: int = SLEEP_BUDGET_MS
+    paused_ops: set[str] = field(default_factory=set)
 
 
 class Flusher:
-    """Runs flushes for one account's WeChat client against the pending store."""
+    """Runs flushes of one account's tags (one per process; thread-safe)."""
 
     def __init__(
         self,
+        *,
         store: PendingStore,
         client: WeChatClient,
         gate: AccountGate,
         dead_letters: DeadLetters,
         send_flush: SendFlush,
-        *,
         max_attempts: int = 30,
         backoff_min_ms: int = 1000,
         backoff_max_ms: int = 300_000,
-        batches_per_flush: int = BATCHES_PER_FLUSH,
+        calls_per_flush: int = CALLS_PER_FLUSH,
     ) -> None:
         self.store = store
         self.client = client
@@ -90,265 +115,408 @@ class Flusher:
         self.max_attempts = max_attempts
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
-        self.batches_per_flush = batches_per_flush
+        self.calls_per_flush = calls_per_flush
         connect, read = client.timeouts
         self.lease_ms = int((connect + read) * 1000) + LEASE_MARGIN_MS
+        self._tag_list: tuple[float, frozenset[int]] = (0.0, frozenset())
+        self._tag_list_lock = threading.Lock()
 
-    def flush(self, account: str, tag_id: int) -> None:
+    def flush(self, account: str, tag_id: int, *, slot_at: int | None = None) -> None:
         """Send the tag's next batches, then schedule what comes after."""
         owner = uuid.uuid4().hex
         if not self.store.acquire(account, tag_id, owner, self.lease_ms):
             # Another flush holds the tag; it looks at pending again before letting go.
             return
-        wait: int | None = None
+        run = _Run(account, tag_id, owner, self.lease_ms, slot_at, calls_left=self.calls_per_flush)
         try:
-            for _ in range(self.batches_per_flush):
-                took = self.store.take(account, tag_id, owner, self.lease_ms)
-                if took.restored:
-                    log.warning(
-                        "flush.recovered", account=account, tag=tag_id, restored=took.restored
-                    )
-                if took.batch is None:
-                    break
-                wait = self._send(took.batch, owner).wait_ms
-                if wait is not None:
-                    break
-        finally:
-            delay = self.store.release(account, tag_id, owner, backoff_ms=wait)
-            if delay >= 0:
-                self.send_flush(account, tag_id, delay)
+            wait = self._work(run)
+        except LeaseLost:
+            log.warning("flush.lease_lost", account=account, tag=tag_id)
+            return
+        except BaseException:
+            # A bug or Redis trouble: hand the tag back (the sweep reschedules it).
+            self.store.release(account, tag_id, owner, delay_ms=self.backoff_min_ms)
+            raise
+        delay = self.store.release(
+            account,
+            tag_id,
+            owner,
+            delay_ms=None if wait is None else wait.ms,
+            why="backoff" if wait is None else wait.why,
+        )
+        if delay >= 0:
+            slot = wait.slot_at if wait is not None and wait.why == "slot" else None
+            self.send_flush(account, tag_id, delay, slot_at=slot)
 
-    # -- one batch -------------------------------------------------------------------------
+    def _work(self, run: _Run) -> Wait | None:
+        """Take and send work until it runs out, must wait, or the budget is spent."""
+        paused, pause_ms = self.gate.paused_ops(run.account)
+        run.paused_ops = paused
+        while run.calls_left > 0:
+            took = self.store.take(
+                run.account, run.tag_id, run.owner, run.lease_ms, paused_ops=run.paused_ops
+            )
+            if took.restored:
+                log.warning(
+                    "flush.recovered", account=run.account, tag=run.tag_id, restored=took.restored
+                )
+            if took.kind == "gone":
+                self._tag_gone(run, None)
+                return None
+            if took.kind in ("empty", "wait"):
+                return None  # release() schedules the linger's end if anything is left
+            if took.kind == "paused":
+                pause_ms = pause_ms or self.gate.paused_ops(run.account)[1]
+                return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS))
+            assert took.batch is not None
+            wait = self._send(run, took.batch)
+            if wait is not None:
+                return wait
+        return None
 
-    def _call(self, batch: Batch, openids: list[str]) -> None:
-        BATCH_SIZE.labels(batch.op).observe(len(openids))
-        call = self.client.batch_tag if batch.op == "tag" else self.client.batch_untag
-        call(batch.tag_id, openids)
+    # -- one batch --------------------------------------------------------------------------
 
-    def _applied(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
-        """Acknowledge applied openids (all of the batch by default); count them and their age."""
-        acked = self.store.ack(batch, owner, openids)
-        if acked < 0:
-            log.warning("flush.lease_lost", account=batch.account, tag=batch.tag_id, op=batch.op)
-            return 0
-        INTENTS_APPLIED.labels(batch.op).inc(acked)
-        now = time.time()
-        applied = set(openids) if openids is not None else None
-        for openid, ts in zip(batch.openids, batch.ts, strict=True):
-            if applied is None or openid in applied:
-                INTENT_AGE.observe(max(0.0, now - ts))
-        return acked
-
-    def _admit(self, batch: Batch) -> int | None:
-        """Wait for a call slot; None to go, else how long the tag must wait."""
-        admission = self.gate.admit(batch.account)
-        if admission.kind == "go":
-            RATE_LIMIT_WAIT.observe(admission.wait_ms / 1000)
-            if admission.wait_ms:
-                time.sleep(admission.wait_ms / 1000)
-            return None
-        if admission.kind == "paused":
-            return min(admission.wait_ms, PAUSE_RECHECK_MS)
-        RATE_LIMIT_DEFERRALS.inc()
-        # Come back when a slot is near enough to sleep for, not when it is due.
-        return max(0, admission.wait_ms - MAX_SLEEP_MS)
-
-    def _send(self, batch: Batch, owner: str) -> Outcome:
+    def _send(self, run: _Run, batch: Batch) -> Wait | None:
+        """Settle a batch: one call for a fresh one, the plan's steps for a split."""
+        if batch.plan is not None:
+            return self._split(run, batch)
         started = time.perf_counter()
-        wait = self._admit(batch)
+        wait = self._slot(run, batch)
         if wait is not None:
-            # Not sent: back to pending as it was, no attempt counted.
-            self.store.putback(batch, owner)
-            return Outcome(errcode=None, calls=0, wait_ms=wait)
-        try:
-            self._call(batch, batch.openids)
-        except WeChatError as exc:
-            outcome = self._on_failure(batch, owner, exc)
-        else:
-            outcome = Outcome(applied=self._applied(batch, owner))
+            self.store.putback(batch, run.owner)  # never reached WeChat: no attempt counted
+            return wait
+        openids = batch.openids
+        failure = self._call(run, batch, openids)
+        if failure is None:
+            applied = self._applied(run, batch, openids)
+            self._log_batch(batch, len(openids), 0, applied=applied, calls=1, started=started)
+            return None
+        if failure.row.action is Action.SPLIT:
+            plan = SplitPlan.after_refusal(openids, failure.errcode, failure.errmsg)
+            self.store.suspect(batch, run.owner, plan)
+            log.info(
+                "split.start",
+                account=run.account,
+                tag=run.tag_id,
+                op=batch.op,
+                size=len(openids),
+                errcode=failure.errcode,
+            )
+            return self._split(run, batch)
+        return self._on_failure(run, batch, openids, failure, started=started)
+
+    def _split(self, run: _Run, batch: Batch) -> Wait | None:
+        """Run the split's plan until every openid is settled, or it must wait."""
+        plan = batch.plan
+        assert plan is not None
+        started = time.perf_counter()
+        applied = dead = 0
+        while not plan.done:
+            step = plan.next_step()
+            if isinstance(step, Verdict):
+                plan.settle(step)
+                dead += self._dead_letter(
+                    run, batch, [step.openid], "permanent", step.errcode, step.errmsg
+                )
+                continue
+            if step is None:
+                break
+            if run.calls_left <= 0:
+                return None  # the plan is saved; the next flush resumes it
+            wait = self._slot(run, batch)
+            if wait is not None:
+                return wait
+            failure = self._call(run, batch, step.openids)
+            if failure is None:
+                plan.clean(step)
+                applied += self._applied(run, batch, step.openids)
+            elif failure.row.action is Action.SPLIT:
+                found = plan.refused(step, failure.errcode, failure.errmsg)
+                if found:
+                    dead += self._dead_letter(
+                        run, batch, found, "permanent", failure.errcode, failure.errmsg
+                    )
+                else:
+                    self.store.save_plan(batch, run.owner)
+            else:
+                return self._on_failure(run, batch, step.openids, failure, started=started)
         log.info(
             "batch",
-            account=batch.account,
-            tag=batch.tag_id,
+            account=run.account,
+            tag=run.tag_id,
             op=batch.op,
-            size=len(batch.openids),
-            errcode=outcome.errcode,
+            size=applied + dead,
+            errcode=0,
             attempt=batch.attempt,
-            applied=outcome.applied,
-            dead_lettered=outcome.dead_lettered,
-            calls=outcome.calls,
+            applied=applied,
+            dead_lettered=dead,
+            calls=plan.calls,
+            split=True,
             duration=round(time.perf_counter() - started, 4),
         )
-        return outcome
+        return None
 
-    # -- failures --------------------------------------------------------------------------
+    def _slot(self, run: _Run, batch: Batch) -> Wait | None:
+        """Wait for a call slot of the batch's API; None when the call may go now."""
+        admission = self.gate.admit(run.account, api=BATCH_API[batch.op], slot_at=run.slot_at)
+        run.slot_at = None  # a reserved slot is used once
+        if admission.kind == "paused":
+            if admission.scope == "api":
+                run.paused_ops.add(batch.op)
+            return Wait(min(admission.wait_ms, PAUSE_RECHECK_MS))
+        if admission.kind == "wait" or admission.wait_ms > run.sleep_left_ms:
+            RATE_LIMIT_DEFERRALS.inc()
+            # Come back shortly before the slot, which stays reserved for this tag.
+            return Wait(max(0, admission.wait_ms - MAX_SLEEP_MS), "slot", admission.slot_at)
+        RATE_LIMIT_WAIT.observe(admission.wait_ms / 1000)
+        if admission.wait_ms:
+            time.sleep(admission.wait_ms / 1000)
+            run.sleep_left_ms -= admission.wait_ms
+        return None
 
-    def _on_failure(self, batch: Batch, owner: str, exc: WeChatError) -> Outcome:
-        """Settle a failed batch by the action of its errcode in the table."""
-        action = exc.row.action if exc.row is not None else Action.RETRY
-        if action is Action.BISECT and isinstance(exc, OpenidError):
-            return self._bisect(batch, owner, exc)
-        if action in (Action.PAUSE_MINUTE, Action.PAUSE_DAY, Action.PAUSE_ALARM):
-            return self._pause(batch, owner, exc, action)
-        if action is Action.DEAD_LETTER_TAG:
-            return self._tag_gone(batch, exc)
-        if action in (Action.DEAD_LETTER_BUG, Action.REPORT):
+    def _call(self, run: _Run, batch: Batch, openids: list[str]) -> WeChatError | None:
+        """One batch call, under a freshly renewed lease; the failure, if any."""
+        self.store.renew(run.account, run.tag_id, run.owner, run.lease_ms)
+        run.calls_left -= 1
+        BATCH_SIZE.labels(batch.op).observe(len(openids))
+        call = self.client.batch_tag if batch.op == "tag" else self.client.batch_untag
+        try:
+            call(batch.tag_id, openids)
+        except WeChatError as exc:
+            return exc
+        return None
+
+    def _applied(self, run: _Run, batch: Batch, openids: list[str]) -> int:
+        """Acknowledge applied openids; count them and their age."""
+        ts = {openid: batch.ts.get(openid) for openid in openids}
+        acked = self.store.ack(batch, run.owner, openids)
+        INTENTS_APPLIED.labels(batch.op).inc(acked)
+        now = time.time()
+        for value in ts.values():
+            if value is not None:
+                INTENT_AGE.observe(max(0.0, now - value))
+        return acked
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _on_failure(
+        self,
+        run: _Run,
+        batch: Batch,
+        openids: list[str],
+        exc: WeChatError,
+        *,
+        started: float,
+    ) -> Wait | None:
+        """Settle a failed call by the action of its errcode's row."""
+        row = exc.row
+        if row.action is Action.PAUSE:
+            return self._pause(run, batch, exc, row)
+        if row.action is Action.VERIFY_TAG:
+            listed = self._tag_listed(run, batch)
+            if listed is False:
+                self._tag_gone(run, exc)
+                return None
+            # Listed (WeChat said 45159 for a tag that exists: right after its creation,
+            # or under concurrent calls), or unknown for now: a counted retry.
+            return self._retry(run, batch, openids, exc, row, started=started)
+        if row.action is Action.DEAD_LETTER:
             log.error(
-                "batch.programming_error",
-                account=batch.account,
-                tag=batch.tag_id,
-                errcode=exc.errcode,
+                "batch.programming_error", account=run.account, tag=run.tag_id, errcode=exc.errcode
             )
-            dead = self._dead_letter(batch, owner, batch.openids, "programming_error", exc)
-            return Outcome(errcode=exc.errcode, dead_lettered=dead)
-        # RETRY, and REFRESH_TOKEN when the resend with a fresh token failed too.
-        return self._retry(batch, owner, exc)
+            self._dead_letter(
+                run, batch, openids, row.dead_letter or "programming_error", exc.errcode, exc.errmsg
+            )
+            if batch.plan is None and batch.ts:
+                self.store.putback(batch, run.owner)
+            return None
+        # RETRY, RETRY_FEW, REPORT (no batch call should answer one), and REFRESH_TOKEN when
+        # the resend with a fresh token failed too.
+        return self._retry(run, batch, openids, exc, row, started=started)
 
-    def _retry(self, batch: Batch, owner: str, exc: WeChatError) -> Outcome:
-        _, streak, exhausted = self.store.nack(batch, owner, max_attempts=self.max_attempts)
+    def _retry(
+        self,
+        run: _Run,
+        batch: Batch,
+        openids: list[str],
+        exc: WeChatError,
+        row: Errcode,
+        *,
+        started: float,
+    ) -> Wait:
+        # An errcode the table does not know is retried a few times only.
+        few = row.action in (Action.RETRY_FEW, Action.REPORT)
+        limit = min(self.max_attempts, UNKNOWN_ERRCODE_ATTEMPTS) if few else self.max_attempts
+        if batch.plan is None:
+            result = self.store.retry(batch, run.owner, max_attempts=limit)
+        else:
+            result = self.store.hold(batch, run.owner, openids, max_attempts=limit)
         dead = 0
-        if exhausted:
-            by_openid = {e.openid: e for e in exhausted}
+        if result.exhausted:
+            reason = (row.dead_letter or "unknown_errcode") if few else "retries_exhausted"
             dead = self._dead_letter(
-                batch, owner, list(by_openid), "retries_exhausted", exc,
-                attempts={o: e.attempts for o, e in by_openid.items()},
-                first_seen={o: e.first_seen for o, e in by_openid.items()},
-            )  # fmt: skip
-        wait = backoff_ms(streak, min_ms=self.backoff_min_ms, max_ms=self.backoff_max_ms)
+                run,
+                batch,
+                [e.openid for e in result.exhausted],
+                reason,
+                exc.errcode,
+                exc.errmsg,
+                attempts={e.openid: e.attempts for e in result.exhausted},
+                first_seen={e.openid: e.first_seen for e in result.exhausted},
+            )
+        wait = backoff_ms(result.streak, min_ms=self.backoff_min_ms, max_ms=self.backoff_max_ms)
         log.warning(
             "batch.retry",
-            account=batch.account,
-            tag=batch.tag_id,
+            account=run.account,
+            tag=run.tag_id,
+            op=batch.op,
+            size=len(openids),
             errcode=exc.errcode,
             error=str(exc),
-            streak=streak,
+            attempt=batch.attempt,
+            streak=result.streak,
             backoff_ms=wait,
-            exhausted=len(exhausted),
+            dead_lettered=dead,
+            duration=round(time.perf_counter() - started, 4),
         )
-        return Outcome(errcode=exc.errcode, dead_lettered=dead, wait_ms=wait)
+        return Wait(wait)
 
-    def _pause(self, batch: Batch, owner: str, exc: WeChatError, action: Action) -> Outcome:
-        how = {Action.PAUSE_MINUTE: "minute", Action.PAUSE_DAY: "day"}.get(action, "for")
-        reason = "credentials" if action is Action.PAUSE_ALARM else "quota"
+    def _pause(self, run: _Run, batch: Batch, exc: WeChatError, row: Errcode) -> Wait | None:
+        """Pause the account or the API; keep every intent; no attempt counted."""
+        api = BATCH_API[batch.op] if row.pause_scope == "api" else None
+        until = "for" if row.pause_length == "alarm" else (row.pause_length or "for")
+        reason = "credentials" if row.error_class.value == "credential" else "quota"
         ends = self.gate.pause(
-            batch.account,
+            run.account,
+            api=api,
             reason=reason,
             errcode=exc.errcode,
-            how=how,
+            until=until,
             ms=CREDENTIAL_PAUSE_MS,
             message=str(exc),
         )
-        self.store.putback(batch, owner)
+        if batch.plan is None:
+            self.store.putback(batch, run.owner)
         PAUSES.labels(reason, str(exc.errcode)).inc()
-        level = log.error if action is Action.PAUSE_ALARM else log.warning
+        level = log.error if row.level == "error" else log.warning
         level(
             "account.paused",
-            account=batch.account,
+            account=run.account,
+            api=api or "all",
             reason=reason,
             errcode=exc.errcode,
-            meaning=exc.row.meaning if exc.row else "",
+            meaning=row.meaning,
             until=ends,
         )
-        return Outcome(
-            errcode=exc.errcode,
-            wait_ms=min(PAUSE_RECHECK_MS, max(0, int((ends - time.time()) * 1000))),
-        )
+        if api is not None:
+            # Only this API: the tag's other op may go on in this same flush.
+            run.paused_ops.add(batch.op)
+            return None
+        return Wait(min(PAUSE_RECHECK_MS, max(0, int((ends - time.time()) * 1000))))
 
-    def _bisect(self, batch: Batch, owner: str, first: OpenidError) -> Outcome:
-        """Split the batch until the bad openids stand alone; apply the rest, dead-letter those.
+    def _tag_listed(self, run: _Run, batch: Batch) -> bool | None:
+        """Does ``tags/get`` list the tag? None when no call slot is near (unknown)."""
+        with self._tag_list_lock:
+            fetched_at, ids = self._tag_list
+            if time.monotonic() - fetched_at < TAG_LIST_TTL_S:
+                return batch.tag_id in ids
+        admission = self.gate.admit(run.account, api="tags/get")
+        if admission.kind != "go" or admission.wait_ms > run.sleep_left_ms:
+            return None
+        if admission.wait_ms:
+            time.sleep(admission.wait_ms / 1000)
+            run.sleep_left_ms -= admission.wait_ms
+        try:
+            listed = frozenset(tag.id for tag in self.client.list_tags())
+        except WeChatError as exc:
+            log.warning("tag.verify_failed", account=run.account, tag=run.tag_id, error=str(exc))
+            return None
+        with self._tag_list_lock:
+            self._tag_list = (time.monotonic(), listed)
+        return batch.tag_id in listed
 
-        k bad openids among 50 cost at most 2 * k * 6 more calls (six halvings from 50 to 1).
-        """
-        outcome = Outcome(errcode=first.errcode)
-        parts: list[tuple[list[str], OpenidError]] = [(batch.openids, first)]
-        while parts:
-            openids, error = parts.pop()
-            if len(openids) == 1:
-                outcome.dead_lettered += self._dead_letter(
-                    batch, owner, openids, "permanent", error
-                )
-                continue
-            middle = (len(openids) + 1) // 2
-            for half in (openids[middle:], openids[:middle]):
-                wait = self._admit(batch)
-                if wait is not None:
-                    # Out of call slots: the unsettled openids go back to pending.
-                    self.store.putback(batch, owner)
-                    outcome.wait_ms = wait
-                    return outcome
-                outcome.calls += 1
-                try:
-                    self._call(batch, half)
-                except OpenidError as exc:
-                    parts.append((half, exc))
-                except WeChatError as exc:
-                    # Something else went wrong meanwhile: settle what is left by its own rule.
-                    settled = self._on_failure(batch, owner, exc)
-                    settled.applied += outcome.applied
-                    settled.dead_lettered += outcome.dead_lettered
-                    settled.calls += outcome.calls
-                    return settled
-                else:
-                    outcome.applied += self._applied(batch, owner, half)
-        return outcome
-
-    def _tag_gone(self, batch: Batch, exc: WeChatError) -> Outcome:
+    def _tag_gone(self, run: _Run, exc: WeChatError | None) -> None:
         """The tag does not exist: dead-letter all its intents; ingest refuses new ones."""
-        entries = self.store.tag_gone(batch.account, batch.tag_id)
+        entries = self.store.tag_gone(run.account, run.tag_id, run.owner)
         now = time.time()
-        self.dead_letters.add(
+        dead = self.dead_letters.add(
             DeadLetter(
-                batch.account,
-                batch.tag_id,
+                run.account,
+                run.tag_id,
                 op,
                 openid,
                 ts,
                 reason="tag_gone",
-                errcode=exc.errcode,
-                errmsg=exc.errmsg,
+                errcode=45159 if exc is None else exc.errcode,
+                errmsg="the tag does not exist" if exc is None else exc.errmsg,
                 first_seen=now,
             )
             for op, openid, ts in entries
         )
-        self.store.drop_tag(batch.account, batch.tag_id)
-        log.error("tag.gone", account=batch.account, tag=batch.tag_id, dead_lettered=len(entries))
-        return Outcome(errcode=exc.errcode, dead_lettered=len(entries))
+        self.store.drop_tag(run.account, run.tag_id, run.owner)
+        log.error("tag.gone", account=run.account, tag=run.tag_id, dead_lettered=dead)
 
     def _dead_letter(
         self,
+        run: _Run,
         batch: Batch,
-        owner: str,
         openids: list[str],
         reason: str,
-        exc: WeChatError,
+        errcode: int | None,
+        errmsg: str,
         *,
         attempts: dict[str, int] | None = None,
         first_seen: dict[str, float | None] | None = None,
     ) -> int:
-        """Write the dead letters, then drop them from flight: a crash between repeats them."""
-        ts_of = dict(zip(batch.openids, batch.ts, strict=True))
+        """Write the dead letters (once per intent), then drop them from the batch."""
+        self.store.renew(run.account, run.tag_id, run.owner, run.lease_ms)
         self.dead_letters.add(
             DeadLetter(
                 batch.account,
                 batch.tag_id,
                 batch.op,
                 openid,
-                ts_of.get(openid, 0.0),
+                batch.ts.get(openid, 0.0),
                 reason=reason,
-                errcode=exc.errcode,
-                errmsg=exc.errmsg,
+                errcode=errcode,
+                errmsg=errmsg,
                 attempts=(attempts or {}).get(openid, 1),
                 first_seen=(first_seen or {}).get(openid),
             )
             for openid in openids
         )
-        self.store.drop(batch, owner, openids)
+        self.store.drop(batch, run.owner, openids)
         log.warning(
             "dead_letter",
             account=batch.account,
             tag=batch.tag_id,
+            op=batch.op,
             reason=reason,
-            errcode=exc.errcode,
+            errcode=errcode,
             count=len(openids),
         )
         return len(openids)
+
+    def _log_batch(
+        self,
+        batch: Batch,
+        size: int,
+        errcode: int | None,
+        *,
+        applied: int,
+        calls: int,
+        started: float,
+    ) -> None:
+        log.info(
+            "batch",
+            account=batch.account,
+            tag=batch.tag_id,
+            op=batch.op,
+            size=size,
+            errcode=errcode,
+            attempt=batch.attempt,
+            applied=applied,
+            dead_lettered=0,
+            calls=calls,
+            duration=round(time.perf_counter() - started, 4),
+        )

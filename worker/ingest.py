@@ -14,9 +14,9 @@ import structlog
 
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.flush import SendFlush
 from worker.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
 from worker.pending import IngestResult, PendingStore
+from worker.queues import SendFlush
 
 log = structlog.get_logger("tagsync.ingest")
 

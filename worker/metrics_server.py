@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
+from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE
 from worker.settings import Settings
 
 #: Address the metrics endpoint binds (all interfaces unless told otherwise).
@@ -52,8 +53,8 @@ class BacklogCollector(Collector):
         )
         paused = GaugeMetricFamily(
             "tagsync_account_paused",
-            "1 while the account's calls are paused.",
-            labels=["account", "reason"],
+            "1 while the account's calls (api=all) or one API's calls are paused.",
+            labels=["account", "reason", "api"],
         )
         queued = GaugeMetricFamily(
             "tagsync_queue_messages", "Messages waiting in a dramatiq queue.", labels=["queue"]
@@ -67,15 +68,19 @@ class BacklogCollector(Collector):
             tag = str(status.tag_id)
             pending.add_metric([status.account, tag, "tag"], status.pending_tag)
             pending.add_metric([status.account, tag, "untag"], status.pending_untag)
-            inflight.add_metric([status.account, tag], status.inflight)
+            inflight.add_metric([status.account, tag], status.inflight + status.splitting)
             oldest.add_metric(
                 [status.account, tag], max(0.0, now - status.oldest_ts) if status.oldest_ts else 0.0
             )
         gate = AccountGate(self.redis, rate=self.settings.rate)
         for account in sorted(accounts):
-            pause = gate.paused(account)
-            paused.add_metric([account, pause.reason if pause else ""], 1.0 if pause else 0.0)
-        for queue in ("tagsync.intents", "tagsync.flush"):
+            pauses = gate.pauses(account)
+            if not pauses:
+                paused.add_metric([account, "", "all"], 0.0)
+            for scope, pause in pauses.items():
+                api = "all" if scope == "account" else scope
+                paused.add_metric([account, pause.reason, api], 1.0)
+        for queue in (INTENTS_QUEUE, FLUSH_QUEUE):
             queued.add_metric([queue], float(self.redis.llen(f"dramatiq:{queue}")))
         yield from (pending, inflight, oldest, paused, queued)
         yield GaugeMetricFamily(

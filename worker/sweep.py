@@ -7,14 +7,16 @@ sending it, a flush message lost with its worker, a lease left by a dead flush.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
 import structlog
 from dramatiq import Middleware
 
-from worker.flush import SendFlush
+from worker.gate import AccountGate
 from worker.pending import PendingStore
+from worker.queues import SendFlush
 from worker.wechat.client import WeChatClient
 
 log = structlog.get_logger("tagsync.sweep")
@@ -29,11 +31,20 @@ REVIVE_LOCK = "tagsync:revive"
 REVIVE_INTERVAL_MS = 60_000
 
 
-def revive_tags(store: PendingStore, client: WeChatClient) -> int:
-    """Accept intents again for gone tags that ``tags/get`` lists again; return how many."""
+def revive_tags(store: PendingStore, client: WeChatClient, gate: AccountGate | None = None) -> int:
+    """Accept intents again for gone tags that ``tags/get`` lists again; return how many.
+
+    The ``tags/get`` call passes the account's gate (rate, budget, pauses) like any other;
+    without a slot near, the look waits for the next sweep.
+    """
     gone = [tag_id for account, tag_id in store.gone_tags() if account == client.appid]
     if not gone:
         return 0
+    if gate is not None:
+        admission = gate.admit(client.appid, api="tags/get")
+        if admission.kind != "go":
+            return 0
+        time.sleep(admission.wait_ms / 1000)
     existing = {tag.id for tag in client.list_tags()}
     revived = [tag_id for tag_id in gone if tag_id in existing]
     for tag_id in revived:
@@ -47,6 +58,7 @@ def sweep_once(
     send_flush: SendFlush,
     *,
     client: WeChatClient | None = None,
+    gate: AccountGate | None = None,
     interval_s: float = SWEEP_INTERVAL_S,
 ) -> int:
     """Sweep unless another process did within the interval; return flushes sent."""
@@ -54,7 +66,7 @@ def sweep_once(
     if not store.redis.set(SWEEP_LOCK, owner, nx=True, px=int(interval_s * 1000)):
         return 0
     if client is not None and store.redis.set(REVIVE_LOCK, owner, nx=True, px=REVIVE_INTERVAL_MS):
-        revive_tags(store, client)
+        revive_tags(store, client, gate)
     claimed = store.sweep()
     for account, tag_id in claimed:
         send_flush(account, tag_id, 0)

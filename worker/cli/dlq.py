@@ -142,6 +142,10 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long after lifting a pause ``quota reset`` looks again for tags waiting it out.
+WAKE_SETTLE_S = 0.5
+
+
 def _gate(settings: Settings, connection: redis.Redis) -> AccountGate:
     return AccountGate(
         connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
@@ -159,11 +163,11 @@ def _quota_get(args: argparse.Namespace) -> int:
             budget = settings.daily_budget or "no"
             used = gate.budget_used(client.appid)
             print(f"tagsync budget: {used} calls counted today, {budget} budget")
-            pause = gate.paused(client.appid)
-            if pause:
+            for scope, pause in gate.pauses(client.appid).items():
                 until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.until))
+                what = "the account" if scope == "account" else scope
                 print(
-                    f"paused ({pause.reason}, errcode {pause.errcode or '-'}) "
+                    f"paused: {what} ({pause.reason}, errcode {pause.errcode or '-'}) "
                     f"until {until}: {pause.message}"
                 )
     return 0
@@ -175,10 +179,12 @@ def _quota_reset(args: argparse.Namespace) -> int:
     with make_client(settings) as client:
         client.clear_quota()
         lifted = _gate(settings, connection).resume(client.appid)
-        # Tags waiting out the pause are woken by the sweep within seconds.
-        PendingStore(connection).wake(client.appid)
-    print(
-        "quota cleared"
-        + ("; the account's pause is lifted" if lifted else "; the account was not paused")
-    )
+        # Tags waiting out the pause are woken by the sweep within seconds. A flush that
+        # met the pause just before it was lifted may still be scheduling its wait: look
+        # twice.
+        store = PendingStore(connection)
+        store.wake(client.appid)
+        time.sleep(WAKE_SETTLE_S)
+        store.wake(client.appid)
+    print("quota cleared" + ("; the pause is lifted" if lifted else "; the account was not paused"))
     return 0

@@ -125,24 +125,25 @@ def account_status(connection: redis.Redis, settings: Settings, account: str) ->
     gate = AccountGate(
         connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
     )
-    pause = gate.paused(account)
-    token_ms = int(connection.pttl(f"tagsync:{{{account}}}:token"))
-    (seconds, micros) = connection.time()
-    tat = float(connection.get(f"tagsync:{{{account}}}:rate") or 0)
-    return {
-        "paused": None
-        if pause is None
-        else {
+    pauses = {
+        scope: {
             "reason": pause.reason,
             "errcode": pause.errcode,
             "until": pause.until,
             "message": pause.message,
-        },
+        }
+        for scope, pause in gate.pauses(account).items()
+    }
+    token_ms = int(connection.pttl(f"tagsync:{{{account}}}:token"))
+    return {
+        # The whole account's pause; `pauses` also holds each paused API (45009 is per API).
+        "paused": pauses.get("account"),
+        "pauses": pauses,
         "rate": {
             "limit_per_s": settings.rate,
             "burst": settings.burst,
             # How far ahead call slots are already reserved: near 0 idle, growing under load.
-            "reserved_ahead_ms": max(0, round(tat - (seconds * 1000 + micros / 1000))),
+            "reserved_ahead_ms": gate.reserved_ahead_ms(account),
         },
         "budget": {"limit": settings.daily_budget, "used_today": gate.budget_used(account)},
         "token": {
@@ -164,7 +165,8 @@ def collect_status(connection: redis.Redis, settings: Settings | None = None) ->
                 "account": tag.account,
                 "tag_id": tag.tag_id,
                 "pending": {"tag": tag.pending_tag, "untag": tag.pending_untag},
-                "in_flight": tag.inflight,
+                "in_flight": tag.inflight + tag.splitting,
+                "splitting": tag.splitting,
                 "oldest_pending_age_s": round(now - tag.oldest_ts, 3) if tag.oldest_ts else None,
                 "flushing": tag.leased,
                 "scheduled": tag.scheduled,
@@ -207,16 +209,16 @@ def run_status(args: argparse.Namespace) -> int:
             f"{tag['in_flight']:>9} {'-' if age is None else f'{age:.1f}s':>9}  {state}"
         )
     for account, state in report["accounts"].items():
-        pause = state["paused"]
         token = state["token"]
+        paused = [
+            f"PAUSED{'' if scope == 'account' else ' ' + scope} ({pause['reason']}, errcode "
+            f"{pause['errcode'] or '-'}) until "
+            f"{time.strftime('%H:%M:%S', time.localtime(pause['until']))}: {pause['message']}"
+            for scope, pause in state["pauses"].items()
+        ]
         print(
             f"account {account}: "
-            + (
-                f"PAUSED ({pause['reason']}, errcode {pause['errcode'] or '-'}) until "
-                f"{time.strftime('%H:%M:%S', time.localtime(pause['until']))}: {pause['message']}"
-                if pause
-                else "running"
-            )
+            + ("; ".join(paused) if paused else "running")
             + f"; rate {state['rate']['limit_per_s']:g}/s, slots reserved "
             f"{state['rate']['reserved_ahead_ms']} ms ahead; {state['budget']['used_today']} calls "
             f"today (budget {state['budget']['limit'] or 'none'}); token "

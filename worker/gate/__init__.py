@@ -1,13 +1,17 @@
 """The account gate: every WeChat call of an account passes it, in every process.
 
 On Redis's clock (``TIME`` inside Lua), shared by all workers of all hosts:
-- a rate limit, GCRA: ``TAGSYNC_RATE`` calls/s with ``TAGSYNC_BURST``; it answers how long to
-  wait, reserving the slot when the wait is short, so nobody spins or burns a retry on it;
+- a rate limit, GCRA: ``TAGSYNC_RATE`` calls/s with ``TAGSYNC_BURST``. It reserves a call
+  slot for each caller in the order they ask and answers how long to wait for it, so
+  nobody spins or burns a retry, and tags waiting for slots take turns: a caller whose
+  slot lies further ahead than it may sleep keeps it and comes back for it;
 - a daily budget, ``TAGSYNC_DAILY_BUDGET`` calls per Asia/Shanghai day;
-- pauses: after 45011 to the next minute, after 45009 (or the budget) to 00:00 Shanghai,
-  after a credential error for a while, with the reason kept for ``tagsync status``.
+- pauses, of the whole account (45011 to the next minute, credential errors for a while,
+  the budget to 00:00 Shanghai) or of one API (45009 to 00:00 Shanghai: WeChat counts
+  daily quotas per API), with the reason kept for ``tagsync status``.
 
-Keys: ``tagsync:{account}:rate``, ``:pause`` and ``:budget``, in the account's slot.
+Keys: ``tagsync:{account}:rate``, ``:pause``, ``:pause:api:<path>`` and ``:budget``, in
+the account's slot.
 """
 
 from __future__ import annotations
@@ -25,24 +29,37 @@ from worker.lua import load_script
 #: spaced 1/(0.97 * rate) apart tolerate 1/0.97 - 1 = 31 ms of such jitter before one
 #: calendar second on WeChat's side could see more calls than the rate.
 RATE_SAFETY = 0.97
-#: The longest wait for a slot that a flush sleeps through; a longer one reschedules it.
+#: The longest wait for a slot that a flush sleeps through; a longer one reschedules it,
+#: to come back this long before its slot (dramatiq delivers a delayed message within
+#: about 200 ms: two polls of 100 ms).
 MAX_SLEEP_MS = 250
+#: How late a caller may still use its reserved slot (a later one takes a new slot: using
+#: an old one late would bunch calls).
+SLOT_TOLERANCE_MS = 10
 #: How long a credential error pauses the account before a call tries again.
 CREDENTIAL_PAUSE_MS = 5 * 60 * 1000
+#: The WeChat APIs of the worker's batch calls, per op.
+BATCH_API = {"tag": "tags/members/batchtagging", "untag": "tags/members/batchuntagging"}
+
+PauseUntil = Literal["minute", "day", "for"]
 
 
 @dataclass(frozen=True)
 class Admission:
-    """The gate's answer: go (after ``wait_ms``), wait (``wait_ms``), or paused."""
+    """The gate's answer: go (after ``wait_ms``), wait for a reserved slot, or paused."""
 
     kind: Literal["go", "wait", "paused"]
     wait_ms: int
+    #: The reserved slot (ms on Redis's clock); pass it back to ``admit`` after a wait.
+    slot_at: int | None = None
     reason: str = ""
+    #: For a pause: 'account' or 'api'.
+    scope: str = ""
 
 
 @dataclass(frozen=True)
 class Pause:
-    """Why and until when an account's calls are paused."""
+    """Why and until when an account's (or one API's) calls are paused."""
 
     reason: str
     errcode: str
@@ -71,40 +88,93 @@ class AccountGate:
         self._pause = load_script(redis, "worker.gate", "pause.lua")
 
     @staticmethod
-    def _keys(account: str) -> tuple[str, str, str]:
-        base = f"tagsync:{{{account}}}"
-        return f"{base}:rate", f"{base}:pause", f"{base}:budget"
+    def key(account: str, name: str) -> str:
+        """The gate's key ``name`` of ``account`` (rate, pause, budget, pause:api:<path>)."""
+        return f"tagsync:{{{account}}}:{name}"
 
-    def admit(self, account: str, *, max_sleep_ms: int = MAX_SLEEP_MS) -> Admission:
-        """Ask for a call slot; a granted slot is reserved ``wait_ms`` from now."""
+    def admit(
+        self,
+        account: str,
+        *,
+        api: str,
+        slot_at: int | None = None,
+        max_sleep_ms: int = MAX_SLEEP_MS,
+    ) -> Admission:
+        """Ask for a call slot of ``api`` (or come back for ``slot_at``, reserved earlier)."""
         answer = self._admit(
-            keys=list(self._keys(account)),
-            args=[f"{self.interval_ms:.3f}", self.burst, max_sleep_ms, self.daily_budget],
+            keys=[
+                self.key(account, "rate"),
+                self.key(account, "pause"),
+                self.key(account, "budget"),
+                self.key(account, f"pause:api:{api}"),
+            ],
+            args=[
+                f"{self.interval_ms:.3f}",
+                self.burst,
+                max_sleep_ms,
+                self.daily_budget,
+                "" if slot_at is None else slot_at,
+                SLOT_TOLERANCE_MS,
+            ],
         )
         kind = _text(answer[0])
-        reason = _text(answer[2]) if len(answer) > 2 else ""
-        return Admission(kind, int(answer[1]), reason)  # type: ignore[arg-type]
+        if kind == "paused":
+            return Admission(
+                "paused", int(answer[1]), reason=_text(answer[2]), scope=_text(answer[3])
+            )
+        return Admission(kind, int(answer[1]), slot_at=int(answer[2]))  # type: ignore[arg-type]
 
     def pause(
         self,
         account: str,
         *,
+        api: str | None = None,
         reason: str,
         errcode: int | None,
-        how: str,
+        until: PauseUntil,
         ms: int = 0,
         message: str = "",
     ) -> float:
-        """Pause the account ('minute', 'day' or 'for' ``ms``); return the end in epoch seconds."""
+        """Pause the account (or one ``api``) to the next 'minute', Shanghai's next 'day', or
+        'for' ``ms``; return the end in epoch seconds."""
+        name = "pause" if api is None else f"pause:api:{api}"
         ends = self._pause(
-            keys=[self._keys(account)[1]],
-            args=[reason, "" if errcode is None else errcode, how, ms, message[:300]],
+            keys=[self.key(account, name)],
+            args=[reason, "" if errcode is None else errcode, until, ms, message[:300]],
         )
         return int(ends) / 1000
 
     def paused(self, account: str) -> Pause | None:
-        """The account's pause, if any."""
-        fields = self.redis.hgetall(self._keys(account)[1])
+        """The account-wide pause, if any."""
+        return self._read_pause(self.key(account, "pause"))
+
+    def pauses(
+        self, account: str, apis: tuple[str, ...] = tuple(BATCH_API.values())
+    ) -> dict[str, Pause]:
+        """Every pause in force: 'account' and each paused API path."""
+        found: dict[str, Pause] = {}
+        account_pause = self.paused(account)
+        if account_pause is not None:
+            found["account"] = account_pause
+        for api in apis:
+            pause = self._read_pause(self.key(account, f"pause:api:{api}"))
+            if pause is not None:
+                found[api] = pause
+        return found
+
+    def paused_ops(self, account: str) -> tuple[set[str], int]:
+        """The ops whose API is paused (both when the account is), and the shortest wait, ms."""
+        pauses = self.pauses(account)
+        if "account" in pauses:
+            ops = set(BATCH_API)
+        else:
+            ops = {op for op, api in BATCH_API.items() if api in pauses}
+        ends = [p.until for p in pauses.values()]
+        wait_ms = max(0, int((min(ends) - time.time()) * 1000)) if ends else 0
+        return ops, wait_ms
+
+    def _read_pause(self, key: str) -> Pause | None:
+        fields = self.redis.hgetall(key)
         if not fields:
             return None
         values = {_text(k): _text(v) for k, v in fields.items()}
@@ -115,13 +185,20 @@ class AccountGate:
             values.get("reason", ""), values.get("errcode", ""), until, values.get("message", "")
         )
 
-    def resume(self, account: str) -> bool:
-        """Lift the account's pause and reset today's budget count; True if it was paused."""
-        _, pause, budget = self._keys(account)
-        lifted = bool(self.redis.delete(pause))
-        self.redis.hset(budget, "used", 0)
+    def resume(self, account: str, apis: tuple[str, ...] = tuple(BATCH_API.values())) -> bool:
+        """Lift the account's pauses (its own and its APIs') and reset today's budget count;
+        True if anything was paused."""
+        keys = [self.key(account, "pause")] + [self.key(account, f"pause:api:{a}") for a in apis]
+        lifted = bool(self.redis.delete(*keys))
+        self.redis.hset(self.key(account, "budget"), "used", 0)
         return lifted
 
     def budget_used(self, account: str) -> int:
         """Calls counted against today's budget."""
-        return int(self.redis.hget(self._keys(account)[2], "used") or 0)
+        return int(self.redis.hget(self.key(account, "budget"), "used") or 0)
+
+    def reserved_ahead_ms(self, account: str) -> int:
+        """How far ahead call slots are already reserved (near 0 when idle)."""
+        seconds, micros = self.redis.time()
+        tat = float(self.redis.get(self.key(account, "rate")) or 0)
+        return max(0, round(tat - (seconds * 1000 + micros / 1000)))

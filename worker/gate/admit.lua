@@ -1,22 +1,37 @@
--- May the account make one WeChat call now? Checks, on Redis's clock, the account's pause,
--- its daily budget (Asia/Shanghai days) and its rate (GCRA), and reserves a slot.
--- KEYS[1] rate (string: theoretical arrival time, ms)  KEYS[2] pause (hash)
--- KEYS[3] budget (hash: day, used)
--- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest wait to reserve, ms
--- ARGV[4] daily budget (0: none)
--- Returns {'go', wait_ms}: a slot is reserved wait_ms from now (sleep, then call);
---         {'wait', wait_ms}: no slot within the longest wait; nothing reserved;
---         {'paused', ms_left, reason}.
-local k_rate, k_pause, k_budget = unpack(KEYS)
-local interval, burst, max_wait, budget =
+-- May the account make one WeChat call of an API now? Checks, on Redis's clock, the
+-- account's pause, the API's pause (WeChat counts daily quotas per API), the daily budget
+-- (Asia/Shanghai days) and the rate (GCRA), and reserves a call slot.
+-- Slots are handed out in the order they are asked for: a caller told to wait keeps its
+-- reserved slot and comes back for it (ARGV[5]), so tags waiting for slots take turns.
+-- KEYS[1] rate (string: theoretical arrival time, ms)  KEYS[2] account pause (hash)
+-- KEYS[3] budget (hash: day, used)  KEYS[4] the API's pause (hash)
+-- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
+-- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
+-- ARGV[6] how late a reserved slot may still be used, ms
+-- Returns {'go', wait_ms, slot_ms}: the call may go at slot_ms, wait_ms from now (sleep);
+--         {'wait', wait_ms, slot_ms}: a slot is reserved at slot_ms, further than the
+--           longest sleep: come back shortly before it and pass it as ARGV[5];
+--         {'paused', ms_left, reason, scope}: scope is 'account' or 'api'.
+local k_rate, k_pause, k_budget, k_api_pause = unpack(KEYS)
+local interval, burst, max_sleep, budget =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local reserved, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 
-local pause_until = tonumber(redis.call('HGET', k_pause, 'until'))
-if pause_until and pause_until > now then
-  return {'paused', math.ceil(pause_until - now), redis.call('HGET', k_pause, 'reason')}
+for _, pair in ipairs({{k_pause, 'account'}, {k_api_pause, 'api'}}) do
+  local pause_until = tonumber(redis.call('HGET', pair[1], 'until'))
+  if pause_until and pause_until > now then
+    return {'paused', math.ceil(pause_until - now), redis.call('HGET', pair[1], 'reason'), pair[2]}
+  end
 end
+
+local function answer(slot)
+  local wait = math.max(0, math.ceil(slot - now))
+  return {wait <= max_sleep and 'go' or 'wait', wait, string.format('%.0f', slot)}
+end
+
+if reserved and reserved >= now - tolerance then return answer(reserved) end
 
 if budget > 0 then
   -- Asia/Shanghai is UTC+8 all year: its day starts at 16:00 UTC.
@@ -30,14 +45,13 @@ if budget > 0 then
     redis.call('HSET', k_pause, 'reason', 'daily_budget', 'until', midnight, 'errcode', '',
       'message', 'TAGSYNC_DAILY_BUDGET reached')
     redis.call('PEXPIREAT', k_pause, math.ceil(midnight) + 1000)
-    return {'paused', math.ceil(midnight - now), 'daily_budget'}
+    return {'paused', math.ceil(midnight - now), 'daily_budget', 'account'}
   end
 end
 
 local tat = math.max(tonumber(redis.call('GET', k_rate)) or 0, now)
-local wait = tat - now - (burst - 1) * interval
-if wait > max_wait then return {'wait', math.ceil(wait)} end
+local slot = math.max(now, tat - (burst - 1) * interval)
 local next_tat = tat + interval
 redis.call('SET', k_rate, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 if budget > 0 then redis.call('HINCRBY', k_budget, 'used', 1) end
-return {'go', math.max(0, math.ceil(wait))}
+return answer(slot)

@@ -1,4 +1,4 @@
--- Pause an account's calls, on Redis's clock; a longer pause already in place stays.
+-- Pause an account's calls, or one API's, on Redis's clock; a longer pause in place stays.
 -- KEYS[1] pause (hash: reason, errcode, until, message)
 -- ARGV[1] reason  ARGV[2] errcode  ARGV[3] how: 'minute' (to the next minute), 'day' (to
 -- 00:00 Asia/Shanghai) or 'for' (ARGV[4] ms from now)  ARGV[4] ms  ARGV[5] message

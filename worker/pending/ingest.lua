@@ -1,15 +1,16 @@
 -- Merge intents of one (account, tag) into its pending buffers, last write wins by ts.
 -- KEYS[1] pending:tag (zset openid -> ts)   KEYS[2] pending:untag (zset)
--- KEYS[3] inflight (hash openid -> ts, '~op')  KEYS[4] applied (zset openid -> ts)
--- KEYS[5] sched (string: now|later|backoff)   KEYS[6] since (ms the pending buffer filled)
+-- KEYS[3] inflight (hash openid -> ts)       KEYS[4] applied (zset openid -> ts)
+-- KEYS[5] sched (string: now|later|backoff|slot)  KEYS[6] since (ms the pending buffer filled)
 -- KEYS[7] gone (set when WeChat said the tag does not exist)
 -- KEYS[8] attempts (hash openid -> n)  KEYS[9] first_seen (hash openid -> ms)
+-- KEYS[10] split:tag  KEYS[11] split:untag (openids of a batch being split, see split.py)
 -- ARGV[1] linger_ms  ARGV[2] sched grace ms  ARGV[3] max batch
 -- ARGV[4..] triples: op, openid, ts
 -- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled), gone}:
 -- gone = 1 means nothing was merged; the caller dead-letters the intents.
-local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first =
-  unpack(KEYS)
+local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first,
+  k_split_tag, k_split_untag = unpack(KEYS)
 if redis.call('EXISTS', k_gone) == 1 then return {0, 0, 0, -1, 1} end
 local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -22,10 +23,25 @@ for i = 4, #ARGV, 3 do
   local other = (op == 'untag') and k_tag or k_untag
   local applied = redis.call('ZSCORE', k_applied, openid)
   local inflight = redis.call('HGET', k_inflight, openid)
-  if (applied and ts < tonumber(applied)) or (inflight and ts < tonumber(inflight)) then
+  local split_key = k_split_tag
+  local in_split = redis.call('HGET', k_split_tag, openid)
+  if not in_split then
+    split_key = k_split_untag
+    in_split = redis.call('HGET', k_split_untag, openid)
+  end
+  if (applied and ts < tonumber(applied)) or (inflight and ts < tonumber(inflight))
+      or (in_split and ts < tonumber(in_split)) then
     -- Older than what was already sent for this fan: applying it would undo a newer one.
     stale = stale + 1
   else
+    if in_split then
+      -- A split may wait long (a paused API): its older intent for this fan is dropped.
+      redis.call('HDEL', split_key, openid)
+      prune(split_key)
+      redis.call('HDEL', k_attempts, openid)
+      redis.call('HDEL', k_first, openid)
+      superseded = superseded + 1
+    end
     local o = redis.call('ZSCORE', other, openid)
     if o then
       -- The fan has a pending intent of the other op: the later of the two wins.
@@ -47,7 +63,7 @@ for i = 4, #ARGV, 3 do
         end
       else
         redis.call('ZADD', same, ARGV[i + 2], openid)
-        added = added + 1
+        if not in_split then added = added + 1 end
       end
     end
   end
@@ -59,7 +75,7 @@ if was_empty then redis.call('SET', k_since, now) end
 
 local sched = redis.call('GET', k_sched)
 if n_tag >= max_batch or n_untag >= max_batch then
-  if sched ~= 'now' and sched ~= 'backoff' then
+  if not sched or sched == 'later' then
     redis.call('SET', k_sched, 'now', 'PX', grace)
     return {added, superseded, stale, 0, 0}
   end

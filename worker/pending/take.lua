@@ -1,26 +1,53 @@
--- Take the next batch of one (account, tag) under its lease: up to max_batch openids of
--- one op, moved from pending to in-flight. A batch left in flight by a dead flush is
--- first returned to pending. A partial batch is only taken once it has lingered.
+-- Take the next work of one (account, tag) under its lease: a split to resume, or up to
+-- max_batch openids of one op moved from pending to in-flight. A batch left in flight by
+-- a dead flush is first returned to pending. A partial batch is only taken once it has
+-- lingered. Ops whose API is paused are skipped.
 -- KEYS[1] pending:tag  KEYS[2] pending:untag  KEYS[3] inflight  KEYS[4] lease  KEYS[5] since
 -- KEYS[6] failures (the tag's failure streak: the batch's attempt is one more)
+-- KEYS[7] split:tag  KEYS[8] split:untag  KEYS[9] gone
 -- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] max batch  ARGV[4] lease ms
--- Returns {'lost'} | {'empty', restored} | {'wait', ms, restored}
---       | {'batch', op, restored, attempt, openid1, ts1, openid2, ts2, ...}
-local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures = unpack(KEYS)
+-- ARGV[5] paused ops: '', 'tag', 'untag' or 'tag,untag'
+-- Returns {'lost'} | {'gone'} | {'empty', restored} | {'paused', restored}
+--       | {'wait', ms, restored}
+--       | {'batch', op, restored, attempt, plan, openid1, ts1, openid2, ts2, ...}
+--         (plan = '' for a fresh batch, else the JSON of a split being resumed)
+local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures, k_split_tag, k_split_untag,
+  k_gone = unpack(KEYS)
 local owner, linger, max_batch, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-if redis.call('GET', k_lease) ~= owner then return {'lost'} end
+local paused = {}
+for op in string.gmatch(ARGV[5], '[^,]+') do paused[op] = true end
+if not owns(k_lease, owner) then return {'lost'} end
 redis.call('PEXPIRE', k_lease, lease_ms)
 
 local restored = 0
 if redis.call('EXISTS', k_inflight) == 1 then
   restored = restore(k_tag, k_untag, k_inflight)
 end
+if redis.call('EXISTS', k_gone) == 1 then return {'gone'} end
+local attempt = (tonumber(redis.call('GET', k_failures)) or 0) + 1
+
+-- A split goes first: its openids were waiting longest, and no other batch of the op may
+-- carry them meanwhile (ingest removes a fan from a split when a newer intent arrives).
+for _, pair in ipairs({{'tag', k_split_tag}, {'untag', k_split_untag}}) do
+  if not paused[pair[1]] and redis.call('EXISTS', pair[2]) == 1 then
+    local result = {'batch', pair[1], restored, attempt, redis.call('HGET', pair[2], '~plan') or ''}
+    local flat = entries_of(pair[2])
+    for i = 1, #flat do result[#result + 1] = flat[i] end
+    return result
+  end
+end
 
 local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)
 if n_tag + n_untag == 0 then
   redis.call('DEL', k_since)
+  if redis.call('EXISTS', k_split_tag) + redis.call('EXISTS', k_split_untag) > 0 then
+    return {'paused', restored}
+  end
   return {'empty', restored}
 end
+if paused['tag'] then n_tag = 0 end
+if paused['untag'] then n_untag = 0 end
+if n_tag + n_untag == 0 then return {'paused', restored} end
 local now = now_ms()
 if n_tag < max_batch and n_untag < max_batch then
   local since = tonumber(redis.call('GET', k_since)) or 0
@@ -48,6 +75,6 @@ else
   redis.call('DEL', k_since)
 end
 
-local result = {'batch', op, restored, (tonumber(redis.call('GET', k_failures)) or 0) + 1}
+local result = {'batch', op, restored, attempt, ''}
 for i = 1, #taken do result[#result + 1] = taken[i] end
 return result

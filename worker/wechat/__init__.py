@@ -19,6 +19,8 @@ from worker.wechat.errors import (
     RejectedError,
     TagError,
     TokenError,
+    TokenRefused,
+    TokenUnavailable,
     TransientError,
     WeChatError,
 )
@@ -45,6 +47,8 @@ __all__ = [
     "TagError",
     "TokenError",
     "TokenProvider",
+    "TokenRefused",
+    "TokenUnavailable",
     "TransientError",
     "WeChatClient",
     "WeChatError",

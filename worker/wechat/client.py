@@ -24,6 +24,7 @@ from worker.wechat.errors import (
     NetworkError,
     ProgrammingError,
     TokenError,
+    TokenRefused,
     WeChatError,
     error_for,
 )
@@ -41,6 +42,23 @@ CONNECT_TIMEOUT_S = 3.05
 READ_TIMEOUT_S = 10.0
 
 TokenMode = Literal["stable", "classic"]
+
+#: What a successful answer of each call must carry; a 200 without it is garbled (a proxy's
+#: page, a truncated body) and is retried, never taken for success.
+ANSWER_FIELDS: dict[str, str] = {
+    "tags/members/batchtagging": "errcode",
+    "tags/members/batchuntagging": "errcode",
+    "tags/update": "errcode",
+    "tags/delete": "errcode",
+    "clear_quota": "errcode",
+    "tags/create": "tag",
+    "tags/get": "tags",
+    "user/tag/get": "count",
+    "tags/getidlist": "tagid_list",
+    "openapi/quota/get": "quota",
+    "token": "access_token",
+    "stable_token": "access_token",
+}
 
 log = structlog.get_logger("tagsync.wechat")
 
@@ -135,12 +153,20 @@ class WeChatClient:
         """Create a tag (``tags/create``); at most 100 per account."""
         check_tag_name(name)
         answer = self._call("tags/create", {"tag": {"name": name}})
-        return Tag(int(answer["tag"]["id"]), str(answer["tag"]["name"]))
+        try:
+            return Tag(int(answer["tag"]["id"]), str(answer["tag"]["name"]))
+        except (KeyError, TypeError, ValueError):
+            raise NetworkError("tags/create", None, "garbled answer") from None
 
     def list_tags(self) -> list[Tag]:
         """Every tag of the account with its fan count (``tags/get``)."""
         answer = self._call("tags/get", None, method="GET")
-        return [Tag(int(t["id"]), str(t["name"]), int(t.get("count", 0))) for t in answer["tags"]]
+        try:
+            return [
+                Tag(int(t["id"]), str(t["name"]), int(t.get("count", 0))) for t in answer["tags"]
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise NetworkError("tags/get", None, "garbled tag list") from None
 
     def rename_tag(self, tag_id: int, name: str) -> None:
         """Rename a tag (``tags/update``); tags 0, 1 and 2 are reserved."""
@@ -206,18 +232,29 @@ class WeChatClient:
         Prefer ``self.tokens.token()``, which shares one token among all processes.
         """
         secret = self._secret.reveal()
-        if self.token_mode == "stable":
-            body = {
-                "grant_type": "client_credential",
-                "appid": self.appid,
-                "secret": secret,
-                "force_refresh": force_refresh,
-            }
-            answer = self._send("stable_token", "POST", body, params={})
-        else:
-            params = {"grant_type": "client_credential", "appid": self.appid, "secret": secret}
-            answer = self._send("token", "GET", None, params=params)
-        return str(answer["access_token"]), int(answer.get("expires_in", 7200))
+        try:
+            if self.token_mode == "stable":
+                body = {
+                    "grant_type": "client_credential",
+                    "appid": self.appid,
+                    "secret": secret,
+                    "force_refresh": force_refresh,
+                }
+                answer = self._send("stable_token", "POST", body, params={})
+            else:
+                params = {"grant_type": "client_credential", "appid": self.appid, "secret": secret}
+                answer = self._send("token", "GET", None, params=params)
+        except WeChatError as exc:
+            if exc.errcode is None or exc.errcode == -1:
+                raise
+            # Here even 40001 means a wrong secret: no retry helps, a human must look.
+            raise TokenRefused(exc.call, exc.errcode, exc.errmsg) from None
+        try:
+            return str(answer["access_token"]), int(answer.get("expires_in", 7200))
+        except (TypeError, ValueError) as exc:
+            raise NetworkError(
+                "token", None, f"garbled token answer: {type(exc).__name__}"
+            ) from None
 
     # -- transport -----------------------------------------------------------------------
 
@@ -281,7 +318,14 @@ class WeChatClient:
             return NetworkError(call, None, "answer is not a JSON object"), {}
         errcode = answer.get("errcode") or 0
         if errcode != 0:
-            return error_for(call, int(errcode), str(answer.get("errmsg", ""))), answer
+            try:
+                code = int(errcode)
+            except (TypeError, ValueError):
+                return NetworkError(call, None, "errcode is not a number"), {}
+            return error_for(call, code, str(answer.get("errmsg", ""))), answer
         if response.status_code >= 400:
             return ProgrammingError(call, None, f"HTTP {response.status_code}"), {}
+        expected = ANSWER_FIELDS.get(call)
+        if expected is not None and expected not in answer:
+            return NetworkError(call, None, f"answer lacks {expected!r}: not WeChat's"), {}
         return None, answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from worker.redaction import redact
-from worker.wechat.errcodes import Errcode, ErrorClass, lookup
+from worker.wechat.errcodes import Errcode, ErrorClass, lookup, token_endpoint_row
 
 
 class WeChatError(Exception):
@@ -22,9 +22,9 @@ class WeChatError(Exception):
         super().__init__(f"{call}: {code}{self.errmsg}")
 
     @property
-    def row(self) -> Errcode | None:
-        """This error's row of the errcode table (None for network failures)."""
-        return None if self.errcode is None else lookup(self.errcode)
+    def row(self) -> Errcode:
+        """This error's row of the errcode table (``NETWORK`` below the API)."""
+        return lookup(self.errcode)
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -42,7 +42,18 @@ class TransientError(WeChatError):
 
 
 class NetworkError(TransientError):
-    """No usable answer: a timeout, a refused connection, HTTP 5xx, a body that is not JSON."""
+    """No usable answer: a timeout, a refused or reset connection, HTTP 5xx, a body that is
+    not WeChat's JSON (an HTML error page, no errcode, fields missing)."""
+
+
+class TokenUnavailable(NetworkError):
+    """No access token could be had in time (another process held the fetch lock)."""
+
+    def __init__(self, errmsg: str) -> None:
+        super().__init__("token", None, errmsg)
+
+    def __reduce__(self) -> tuple[type[WeChatError], tuple[str, int | None, str]]:
+        return (NetworkError, (self.call, self.errcode, self.errmsg))
 
 
 class TokenError(WeChatError):
@@ -73,6 +84,15 @@ class CredentialError(WeChatError):
     """The AppID, secret, IP whitelist or API permission is wrong; only a human can fix it."""
 
     error_class = ErrorClass.CREDENTIAL
+
+
+class TokenRefused(CredentialError):
+    """The token endpoint refused the AppID and secret (any errcode there but -1)."""
+
+    @property
+    def row(self) -> Errcode:
+        """A credential row, whatever the code means on other endpoints."""
+        return token_endpoint_row(self.errcode if self.errcode is not None else 0)
 
 
 class RejectedError(WeChatError):

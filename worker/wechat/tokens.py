@@ -21,6 +21,7 @@ from redis import Redis
 from worker.lua import load_script
 from worker.metrics import TOKEN_REFRESHES
 from worker.redaction import REDACTOR
+from worker.wechat.errors import TokenUnavailable
 
 #: A token is refreshed once less than this share of its lifetime is left...
 REFRESH_SHARE = 0.25
@@ -37,10 +38,6 @@ POLL_INTERVAL_S = 0.05
 
 #: Fetches a token: ``fetch(force_refresh)`` -> (access_token, expires_in seconds).
 Fetcher = Callable[[bool], tuple[str, int]]
-
-
-class TokenUnavailable(RuntimeError):
-    """No token could be had: another process held the fetch lock for too long."""
 
 
 class TokenStore(Protocol):

@@ -1,0 +1,487 @@
+"""``PendingStore``: the Redis side of coalescing, leasing, taking and settling intents.
+
+Every multi-key change is one Lua script beside this module (``*.lua``, each with a
+KEYS/ARGV/Returns header); ``keys.SCRIPT_KEYS`` says which keys each one gets and
+``_run`` is the one way a script is called. Scripts that settle a batch check the flush's
+lease and answer "lost" when another flush took the tag; the store raises ``LeaseLost``
+then, and the flush stops without writing anything more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from producers.intents import Intent, Op
+from worker.lua import script_text
+from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, parse_member
+from worker.split import SplitPlan
+
+#: Most openids in one WeChat batch call.
+MAX_BATCH = 50
+#: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its delay.
+SCHED_GRACE_MS = 10_000
+#: Seconds after which a process puts its tags in the index again.
+INDEX_REFRESH_S = 60.0
+#: Intents per ingest script call (keeps one call short: Redis runs nothing else meanwhile).
+INGEST_CHUNK = 500
+
+
+class LeaseLost(Exception):
+    """Another flush holds the tag now: the caller must stop and write nothing more."""
+
+
+@dataclass
+class IngestResult:
+    """What merging intents did, and which flushes must be sent."""
+
+    added: int = 0
+    superseded: int = 0
+    stale: int = 0
+    #: (account, tag_id) -> delay in ms of a flush to send.
+    flushes: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Intents refused because WeChat said their tag does not exist (to dead-letter).
+    gone: list[Intent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """An intent that used up its attempts (to dead-letter, then drop)."""
+
+    openid: str
+    ts: float
+    attempts: int
+    first_seen: float | None
+
+
+@dataclass(frozen=True)
+class Retried:
+    """The answer of a counted failure: what went back to pending and the failure streak."""
+
+    restored: int
+    streak: int
+    exhausted: list[Exhausted]
+
+
+@dataclass
+class Batch:
+    """Openids of one op of one tag under a flush's lease: fresh from pending, or a split."""
+
+    account: str
+    tag_id: int
+    op: Op
+    #: openid -> event ts of the intent being sent.
+    ts: dict[str, float]
+    #: 1 for a tag's first try, more while its failure streak lasts.
+    attempt: int = 1
+    #: The split under way (None for a fresh batch).
+    plan: SplitPlan | None = None
+
+    @property
+    def openids(self) -> list[str]:
+        """The openids still to settle, in batch order."""
+        return list(self.ts)
+
+    @property
+    def hash_key(self) -> str:
+        """The Redis hash holding the batch: the in-flight batch or the op's split."""
+        keys = TagKeys(self.account, self.tag_id)
+        return keys.key("inflight") if self.plan is None else keys.split(self.op)
+
+    def settled(self, openids: Iterable[str]) -> None:
+        """Forget openids applied or dead-lettered."""
+        for openid in openids:
+            self.ts.pop(openid, None)
+
+
+@dataclass(frozen=True)
+class Take:
+    """The answer of ``take``: work, nothing to do, wait (linger or paused), or a gone tag."""
+
+    kind: Literal["batch", "empty", "wait", "paused", "gone"]
+    batch: Batch | None = None
+    wait_ms: int = 0
+    restored: int = 0
+
+
+@dataclass(frozen=True)
+class TagStatus:
+    """The backlog of one (account, tag)."""
+
+    account: str
+    tag_id: int
+    pending_tag: int
+    pending_untag: int
+    inflight: int
+    splitting: int
+    oldest_ts: float | None
+    leased: bool
+    scheduled: str | None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _exhausted(flat: list[Any]) -> list[Exhausted]:
+    return [
+        Exhausted(_text(flat[i]), float(flat[i + 1]), int(flat[i + 2]), float(flat[i + 3]) / 1000)
+        for i in range(0, len(flat), 4)
+    ]
+
+
+class PendingStore:
+    """The Redis side of coalescing and flushing (one per process; thread-safe)."""
+
+    def __init__(
+        self, redis: Redis, *, linger_ms: int = 1000, ordering_window_s: float = 3600.0
+    ) -> None:
+        self.redis = redis
+        self.linger_ms = linger_ms
+        self.ordering_window_s = ordering_window_s
+        lib = script_text("worker.pending", "lib.lua")
+        self._scripts: dict[str, Script] = {
+            name: redis.register_script(lib + script_text("worker.pending", f"{name}.lua"))
+            for name in SCRIPT_KEYS
+        }
+        #: Tags this process put in the index lately (re-sent every minute, in case Redis
+        #: lost the index, e.g. restarted without persistence).
+        self._indexed: set[str] = set()
+        self._indexed_at = time.monotonic()
+
+    def _run(
+        self,
+        script: str,
+        keys: TagKeys,
+        args: list[Any],
+        *,
+        batch: str | None = None,
+        client: Any = None,
+    ) -> Any:
+        return self._scripts[script](
+            keys=keys.for_script(script, batch=batch), args=args, client=client
+        )
+
+    # -- producers' side -----------------------------------------------------------------
+
+    def ingest(self, intents: Iterable[Intent]) -> IngestResult:
+        """Merge intents into their tags' pending buffers; say which flushes to send."""
+        groups: dict[tuple[str, int], list[Intent]] = defaultdict(list)
+        for intent in intents:
+            groups[(intent.account, intent.tag_id)].append(intent)
+        result = IngestResult()
+        if not groups:
+            return result
+        calls: list[list[Intent]] = []
+        commands: list[tuple[str, list[Any]]] = []
+        for (account, tag_id), members in groups.items():
+            keys = TagKeys(account, tag_id)
+            for start in range(0, len(members), INGEST_CHUNK):
+                chunk = members[start : start + INGEST_CHUNK]
+                args: list[Any] = [self.linger_ms, SCHED_GRACE_MS, MAX_BATCH]
+                for intent in chunk:
+                    args += (intent.op, intent.openid, repr(intent.ts))
+                commands.append((keys.member, [*keys.for_script("ingest"), *args]))
+                calls.append(chunk)
+        answers = self._run_ingest(commands)
+        for chunk, (added, superseded, stale, delay, gone) in zip(calls, answers, strict=True):
+            account, tag_id = chunk[0].account, chunk[0].tag_id
+            if gone:
+                result.gone.extend(chunk)
+                continue
+            result.added += added
+            result.superseded += superseded
+            result.stale += stale
+            if delay >= 0:
+                current = result.flushes.get((account, tag_id))
+                result.flushes[(account, tag_id)] = (
+                    delay if current is None else min(current, delay)
+                )
+        return result
+
+    def _run_ingest(self, commands: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Run ingest scripts in one round trip (EVALSHA in a plain pipeline).
+
+        redis-py checks SCRIPT EXISTS before every pipeline holding Script objects, which
+        would double the round trips of one-intent messages; the script is loaded here
+        once, and again only if Redis answers NOSCRIPT (after a restart).
+        """
+        script = self._scripts["ingest"]
+        n_keys = len(SCRIPT_KEYS["ingest"])
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            # Indexed before the intents land, so the sweep always finds a tag with pending.
+            if time.monotonic() - self._indexed_at > INDEX_REFRESH_S:
+                self._indexed, self._indexed_at = set(), time.monotonic()
+            fresh = {member for member, _ in commands} - self._indexed
+            if fresh:
+                pipe.sadd(TAG_INDEX, *fresh)
+            for _, command in commands:
+                pipe.evalsha(script.sha, n_keys, *command)
+            try:
+                answers = pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.redis.script_load(script.script)
+                continue
+            self._indexed |= fresh
+            return answers[1:] if fresh else answers
+        raise AssertionError("unreachable")
+
+    # -- a flush's side: the lease ---------------------------------------------------------
+
+    def acquire(self, account: str, tag_id: int, owner: str, lease_ms: int) -> bool:
+        """Take the tag's lease unless another flush holds it."""
+        lease = TagKeys(account, tag_id).key("lease")
+        return bool(self.redis.set(lease, owner, nx=True, px=lease_ms))
+
+    def renew(self, account: str, tag_id: int, owner: str, lease_ms: int) -> None:
+        """Extend the lease before a call; raise ``LeaseLost`` if another flush has it."""
+        if not self._run("renew", TagKeys(account, tag_id), [owner, lease_ms]):
+            raise LeaseLost
+
+    def release(
+        self,
+        account: str,
+        tag_id: int,
+        owner: str,
+        *,
+        delay_ms: int | None = None,
+        why: Literal["backoff", "slot"] = "backoff",
+    ) -> int:
+        """Give up the lease; the delay of the next flush to send, or -1 for none.
+
+        ``delay_ms`` overrides the linger (a backoff, a pause, a call slot further ahead).
+        """
+        args = [
+            owner,
+            self.linger_ms,
+            SCHED_GRACE_MS,
+            MAX_BATCH,
+            -1 if delay_ms is None else delay_ms,
+            why,
+        ]
+        return int(self._run("release", TagKeys(account, tag_id), args))
+
+    # -- a flush's side: batches -----------------------------------------------------------
+
+    def take(
+        self,
+        account: str,
+        tag_id: int,
+        owner: str,
+        lease_ms: int,
+        *,
+        paused_ops: Iterable[str] = (),
+    ) -> Take:
+        """The tag's next work: a split to resume or a fresh batch (see ``take.lua``)."""
+        keys = TagKeys(account, tag_id)
+        args = [owner, self.linger_ms, MAX_BATCH, lease_ms, ",".join(sorted(paused_ops))]
+        answer = self._run("take", keys, args)
+        kind = _text(answer[0])
+        if kind == "lost":
+            raise LeaseLost
+        if kind == "gone":
+            return Take("gone")
+        if kind in ("empty", "paused"):
+            return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
+        if kind == "wait":
+            return Take("wait", wait_ms=int(answer[1]), restored=int(answer[2]))
+        op: Op = "untag" if _text(answer[1]) == "untag" else "tag"
+        pairs = answer[5:]
+        ts = {_text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
+        plan = SplitPlan.from_json(answer[4]) if answer[4] else None
+        if plan is not None:
+            # Fans that got a newer intent meanwhile left the split: forget them here too.
+            plan.reconcile(ts)
+        batch = Batch(account, tag_id, op, ts, attempt=int(answer[3]), plan=plan)
+        return Take("batch", batch=batch, restored=int(answer[2]))
+
+    def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
+        """The batch (or ``openids`` of it) was applied; return how many were acknowledged."""
+        plan = batch.plan.to_json() if batch.plan is not None else ""
+        args = [owner, self.ordering_window_s, plan, *(openids or [])]
+        acked = int(self._run("ack", self._keys(batch), args, batch=batch.hash_key))
+        if acked < 0:
+            raise LeaseLost
+        batch.settled(openids if openids is not None else batch.openids)
+        return acked
+
+    def drop(self, batch: Batch, owner: str, openids: list[str]) -> int:
+        """Take dead-lettered openids out of the batch for good."""
+        plan = batch.plan.to_json() if batch.plan is not None else ""
+        dropped = int(
+            self._run("drop", self._keys(batch), [owner, plan, *openids], batch=batch.hash_key)
+        )
+        if dropped < 0:
+            raise LeaseLost
+        batch.settled(openids)
+        return dropped
+
+    def retry(self, batch: Batch, owner: str, *, max_attempts: int) -> Retried:
+        """A fresh batch failed: back to pending with an attempt counted.
+
+        Intents that used up their attempts stay in flight until ``drop``.
+        """
+        answer = self._nack(batch, owner, "count", max_attempts, [])
+        exhausted = _exhausted(answer[2:])
+        batch.settled(set(batch.openids) - {e.openid for e in exhausted})
+        return Retried(int(answer[0]), int(answer[1]), exhausted)
+
+    def hold(self, batch: Batch, owner: str, openids: list[str], *, max_attempts: int) -> Retried:
+        """A split's call failed: count an attempt for ``openids``; all stay in the split."""
+        answer = self._nack(batch, owner, "hold", max_attempts, openids)
+        return Retried(0, int(answer[1]), _exhausted(answer[2:]))
+
+    def putback(self, batch: Batch, owner: str) -> int:
+        """A fresh batch never reached WeChat: back to pending unchanged."""
+        restored = int(self._nack(batch, owner, "putback", 0, [])[0])
+        batch.settled(batch.openids)
+        return restored
+
+    def _nack(
+        self, batch: Batch, owner: str, mode: str, max_attempts: int, openids: list[str]
+    ) -> list[Any]:
+        answer = list(
+            self._run(
+                "nack",
+                self._keys(batch),
+                [owner, mode, max_attempts, *openids],
+                batch=batch.hash_key,
+            )
+        )
+        if int(answer[0]) < 0:
+            raise LeaseLost
+        return answer
+
+    def suspect(self, batch: Batch, owner: str, plan: SplitPlan) -> None:
+        """A fresh batch was refused for a bad openid: keep it as a split with ``plan``."""
+        keys = self._keys(batch)
+        moved = int(self._run("suspect", keys, [owner, plan.to_json()], batch=keys.split(batch.op)))
+        if moved < 0:
+            raise LeaseLost
+        batch.plan = plan
+
+    def save_plan(self, batch: Batch, owner: str) -> None:
+        """Store the split's plan after an answer that settled no openid."""
+        plan = batch.plan.to_json() if batch.plan is not None else ""
+        if int(self._run("plan", self._keys(batch), [owner, plan], batch=batch.hash_key)) < 0:
+            raise LeaseLost
+
+    # -- a gone tag ------------------------------------------------------------------------
+
+    def tag_gone(self, account: str, tag_id: int, owner: str) -> list[tuple[Op, str, float]]:
+        """Mark the tag gone; return every pending, in-flight and split (op, openid, ts)."""
+        keys = TagKeys(account, tag_id)
+        flat = self._run("tag_gone", keys, [owner])
+        if flat and _text(flat[0]) == "lost":
+            raise LeaseLost
+        self.redis.sadd(GONE_INDEX, keys.member)
+        return [
+            (
+                "untag" if _text(flat[i]) == "untag" else "tag",
+                _text(flat[i + 1]),
+                float(flat[i + 2]),
+            )
+            for i in range(0, len(flat), 3)
+        ]
+
+    def drop_tag(self, account: str, tag_id: int, owner: str) -> None:
+        """Forget a gone tag's buffers (after its intents were dead-lettered)."""
+        if int(self._run("drop_tag", TagKeys(account, tag_id), [owner])) < 0:
+            raise LeaseLost
+
+    def gone_tags(self) -> list[tuple[str, int]]:
+        """Every (account, tag) marked gone."""
+        return sorted(parse_member(m) for m in self.redis.smembers(GONE_INDEX))
+
+    def clear_gone(self, account: str, tag_id: int) -> None:
+        """The tag exists again (``tags/get`` lists it): accept its intents again."""
+        keys = TagKeys(account, tag_id)
+        self.redis.delete(keys.key("gone"))
+        self.redis.srem(GONE_INDEX, keys.member)
+
+    # -- sweep, wake-ups and status --------------------------------------------------------
+
+    def tags(self) -> list[tuple[str, int]]:
+        """Every (account, tag) that has had intents."""
+        return sorted(parse_member(m) for m in self.redis.smembers(TAG_INDEX))
+
+    def wake(self, account: str) -> int:
+        """Forget the delayed flushes of an account's tags that wait out a backoff or pause.
+
+        The sweep then sends their flushes within a second or two (after a pause is lifted).
+        """
+        woken = 0
+        for tag_account, tag_id in self.tags():
+            key = TagKeys(tag_account, tag_id).key("sched")
+            if tag_account == account and self.redis.get(key) == b"backoff":
+                woken += int(self.redis.delete(key))
+        return woken
+
+    def sweep(self) -> list[tuple[str, int]]:
+        """Claim a flush for every tag with work but no flush running or scheduled."""
+        tags = self.tags()
+        pipe = self.redis.pipeline(transaction=False)
+        for account, tag_id in tags:
+            self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS], client=pipe)
+        return [tag for tag, claimed in zip(tags, pipe.execute(), strict=True) if claimed]
+
+    def status(self) -> list[TagStatus]:
+        """The backlog of every tag, read in one round trip."""
+        tags = self.tags()
+        pipe = self.redis.pipeline(transaction=False)
+        for account, tag_id in tags:
+            keys = TagKeys(account, tag_id)
+            pipe.zcard(keys.key("pending:tag"))
+            pipe.zcard(keys.key("pending:untag"))
+            pipe.hlen(keys.key("inflight"))
+            pipe.hlen(keys.split("tag"))
+            pipe.hlen(keys.split("untag"))
+            pipe.zrange(keys.key("pending:tag"), 0, 0, withscores=True)
+            pipe.zrange(keys.key("pending:untag"), 0, 0, withscores=True)
+            pipe.exists(keys.key("lease"))
+            pipe.get(keys.key("sched"))
+        answers = pipe.execute()
+        result = []
+        width = 9
+        for i, (account, tag_id) in enumerate(tags):
+            (
+                n_tag,
+                n_untag,
+                inflight,
+                split_tag,
+                split_untag,
+                first_tag,
+                first_untag,
+                leased,
+                sched,
+            ) = answers[i * width : (i + 1) * width]
+            oldest = [score for _, score in (*first_tag, *first_untag)]
+            result.append(
+                TagStatus(
+                    account,
+                    tag_id,
+                    int(n_tag),
+                    int(n_untag),
+                    max(0, int(inflight) - 1),  # the '~op' field is not an openid
+                    # '~op' and '~plan' are not openids
+                    max(0, int(split_tag) - 2) + max(0, int(split_untag) - 2),
+                    min(oldest) if oldest else None,
+                    bool(leased),
+                    _text(sched) if sched else None,
+                )
+            )
+        return result
+
+    @staticmethod
+    def _keys(batch: Batch) -> TagKeys:
+        return TagKeys(batch.account, batch.tag_id)

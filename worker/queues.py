@@ -1,0 +1,28 @@
+"""The dramatiq queues and the flush callback: names any module may import without side effects.
+
+Importing ``worker.actors`` builds a broker; code that only needs to name a queue or to
+send a flush takes these instead (the actors module supplies the real ``send_flush``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from producers.intents import INGEST_ACTOR, QUEUE_NAME
+
+#: The queue of intent messages (producers write it; the ``ingest`` actor reads it).
+INTENTS_QUEUE = QUEUE_NAME
+#: The queue of flush messages (one per (account, tag) at a time).
+FLUSH_QUEUE = "tagsync.flush"
+#: The actors' names.
+INGEST = INGEST_ACTOR
+FLUSH = "flush"
+
+
+class SendFlush(Protocol):
+    """Enqueue a flush of (account, tag) after ``delay_ms``; ``slot_at`` is a call slot the
+    gate reserved for it (ms on Redis's clock), to be used when it runs."""
+
+    def __call__(
+        self, account: str, tag_id: int, delay_ms: int, *, slot_at: int | None = None
+    ) -> None: ...
