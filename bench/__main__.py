@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, pipeline, simulator
+from bench import failures, ingest, pipeline, simulator
 from worker.logs import configure_logging
 
 #: Every scenario, by name, in the order they run.
@@ -21,6 +21,8 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest_single": ingest.run_single,
     "fill": pipeline.run_fill,
     "rate": pipeline.run_rate,
+    "backlog_fill": failures.run_backlog_fill,
+    "bad_openids": failures.run_bad_openids,
     "latency": pipeline.run_latency,
     "memory": pipeline.run_memory,
     "simulator": simulator.run,

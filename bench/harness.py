@@ -57,6 +57,19 @@ class Stack:
             for t in PendingStore(self.redis).status()
         )
 
+    def queued(self) -> int:
+        """Intent messages not yet ingested: in the queue or prefetched by a worker."""
+        waiting = int(self.redis.llen("dramatiq:tagsync.intents"))
+        for key in self.redis.scan_iter("dramatiq:__acks__.*.tagsync.intents"):
+            waiting += int(self.redis.scard(key))
+        return waiting
+
+    def start_workers(self, *, processes: int, threads: int) -> WorkerGroup:
+        """Start the worker group (for a stack made with ``workers=False``)."""
+        assert self.workers is None, "workers already running"
+        self.workers = WorkerGroup(self.env, processes=processes, threads=threads).wait_ready()
+        return self.workers
+
     def pause(self) -> None:
         """Pause the account's WeChat calls: intents pile up in the pending buffers."""
         AccountGate(self.redis, rate=1).pause(
@@ -101,6 +114,7 @@ def stack(
             text=True,
         )
         group: WorkerGroup | None = None
+        made: Stack | None = None
         try:
             assert simulator.stdout is not None
             sim_url = simulator.stdout.readline().split("listening on ")[1].split()[0]
@@ -123,9 +137,12 @@ def stack(
             if workers:
                 group = WorkerGroup(full_env, processes=processes, threads=threads).wait_ready()
             client = WeChatClient(appid=ACCOUNT, secret=DEFAULT_SECRET, api_base=sim_url)
-            yield Stack(connection, server.url, sim_url, client, group, full_env, metrics_port)
+            made = Stack(connection, server.url, sim_url, client, group, full_env, metrics_port)
+            yield made
         finally:
             producers.configure(None)
+            if made is not None:
+                group = made.workers
             if group is not None:
                 keep = os.environ.get("BENCH_KEEP_LOGS")
                 if keep:

@@ -76,19 +76,21 @@ def _rate_run(per_tag: int) -> dict[str, Any]:
 
 
 def run_rate(*, quick: bool = False) -> dict[str, Any]:
-    """Simulator rate_per_sec = TAGSYNC_RATE = 50, 4 worker processes, a backlog (median of 3)."""
-    per_tag, repeats = (250, 1) if quick else (1_000, 3)
+    """Simulator rate_per_sec = TAGSYNC_RATE = 50, 4 worker processes, a backlog (5 runs)."""
+    per_tag, repeats = (250, 1) if quick else (1_000, 5)
     runs = [_rate_run(per_tag) for _ in range(repeats)]
     achieved = statistics.median(r["achieved"] for r in runs)
+    worst = min(r["achieved"] for r in runs)
     rejected = sum(r["rejected"] for r in runs)
     return {
         "calls_per_run": runs[0]["calls"],
         "achieved_over_limit": round(achieved, 4),
+        "worst": round(worst, 4),
         "runs": [round(r["achieved"], 4) for r in runs],
         "max_calls_in_any_second": max(r["max_second"] for r in runs),
         "errcode_45011": rejected,
-        "target": ">= 0.95; 0",
-        "met": achieved >= 0.95 and rejected == 0,
+        "target": "median >= 0.97; worst >= 0.95; 0",
+        "met": achieved >= 0.97 and worst >= 0.95 and rejected == 0,
     }
 
 

@@ -200,6 +200,8 @@ def _test_endpoint(
             return 200, sim.stats()
         if path == "/_sim/state":
             return 200, sim.state()
+        if path == "/_sim/log":
+            return 200, sim.batch_log()
         if path == "/_sim/config":
             return 200, sim.configure(body) if method == "POST" else dict(sim.config)
         if path == "/_sim/reset" and method == "POST":

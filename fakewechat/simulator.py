@@ -13,7 +13,7 @@ import secrets
 import string
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ MAX_BATCH = 50
 MAX_FANS_TO_DELETE = 100_000
 #: How long a token stays valid after a newer one was fetched, in seconds.
 OLD_TOKEN_GRACE_S = 300.0
+#: How many batch calls `/_sim/log` keeps.
+BATCH_LOG_SIZE = 20_000
 #: Calls that fetch tokens: outside the per-second limit and `max_calls_in_any_second`.
 TOKEN_PATHS = frozenset({"token", "stable_token"})
 
@@ -217,6 +219,7 @@ class Simulator:
             self._overlapping_batches = 0
             self._first_call_at: float | None = None
             self._last_call_at: float | None = None
+            self._batch_log: deque[dict[str, Any]] = deque(maxlen=BATCH_LOG_SIZE)
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply `/_sim/config` changes (validated first) and return the whole config."""
@@ -238,6 +241,11 @@ class Simulator:
                 "first_batch_at": self._first_call_at,
                 "last_batch_at": self._last_call_at,
             }
+
+    def batch_log(self) -> dict[str, Any]:
+        """The `/_sim/log` document: the latest batch calls, oldest first."""
+        with self._lock:
+            return {"batches": list(self._batch_log)}
 
     def state(self) -> dict[str, Any]:
         """The `/_sim/state` document: every tag with its name and fans."""
@@ -284,6 +292,16 @@ class Simulator:
                 answer = self._api_call(path, query, body, handlers[path])
             code = answer.body.get("errcode", 0) if answer.status == 200 else answer.status
             self._errcodes[answer.stat_code or str(code)] += 1
+            if path.startswith("tags/members/") and isinstance(body, dict):
+                self._batch_log.append(
+                    {
+                        "at": time.time(),
+                        "op": "untag" if path.endswith("untagging") else "tag",
+                        "tagid": body.get("tagid"),
+                        "openids": list(body.get("openid_list") or [])[:MAX_BATCH + 1],
+                        "errcode": answer.stat_code or str(code),
+                    }
+                )
             self._enter_batch(path, body, answer)
         return answer
 

@@ -56,6 +56,10 @@ class Sim:
     def state(self) -> dict[str, Any]:
         return dict(self.get("/_sim/state"))
 
+    def log(self) -> list[dict[str, Any]]:
+        """The latest batch calls: op, tagid, openids, errcode, at (``/_sim/log``)."""
+        return list(self.get("/_sim/log")["batches"])
+
     def config(self, **changes: Any) -> dict[str, Any]:
         return dict(self.post("/_sim/config", changes))
 
@@ -150,7 +154,10 @@ def sim(simulator_process: str) -> Iterator[Sim]:
     helper = Sim(simulator_process)
     helper.post("/_sim/reset")
     yield helper
+    # G2 in every test: two batch calls of one tag are never answered at the same time.
+    overlapping = helper.stats()["overlapping_batches"]
     helper.http.close()
+    assert overlapping == 0, f"{overlapping} batch calls overlapped another of their tag"
 
 
 @pytest.fixture
@@ -260,6 +267,43 @@ def ensure_fans(sim: Sim, count: int) -> list[str]:
     if total < count:
         sim.post("/_sim/fans", {"count": count - total})
     return sim.fans(count)
+
+
+def wait_until(
+    condition: Any, timeout_s: float = 30, what: str = "condition", poll_s: float = 0.05
+) -> None:
+    """Wait until ``condition()`` is true (polling), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(poll_s)
+
+
+def tagsync(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``tagsync`` command as an operator would; its output and exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def batch_calls(sim: Sim) -> int:
+    """Batch (un)tagging calls the simulator received."""
+    calls = sim.stats()["calls"]
+    return int(
+        calls.get("tags/members/batchtagging", 0) + calls.get("tags/members/batchuntagging", 0)
+    )
+
+
+def make_tags(client: WeChatClient, count: int, prefix: str = "t") -> list[int]:
+    """Create ``count`` tags; their ids."""
+    return [client.create_tag(f"{prefix}{i}").id for i in range(count)]
 
 
 def fans_of(sim: Sim, tag_id: int) -> set[str]:

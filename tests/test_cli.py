@@ -12,20 +12,7 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import APPID, Sim, fans_of
-
-
-def tagsync(
-    env: dict[str, str], *args: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.conftest import APPID, Sim, fans_of, tagsync
 
 
 @pytest.mark.parametrize(

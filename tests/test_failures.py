@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -12,7 +10,18 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import APPID, SECRET, Sim, backlog, ensure_fans, fans_of, wait_drained
+from tests.conftest import (
+    APPID,
+    SECRET,
+    Sim,
+    backlog,
+    batch_calls,
+    ensure_fans,
+    fans_of,
+    tagsync,
+    wait_drained,
+    wait_until,
+)
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.pending import PendingStore
 from worker.sweep import revive_tags
@@ -23,31 +32,6 @@ pytestmark = pytest.mark.slow
 
 def letters(connection: redis.Redis) -> list[DeadLetter]:
     return [letter for _, letter in DeadLetters(connection).scan()]
-
-
-def batch_calls(sim: Sim) -> int:
-    calls = sim.stats()["calls"]
-    return int(
-        calls.get("tags/members/batchtagging", 0) + calls.get("tags/members/batchuntagging", 0)
-    )
-
-
-def tagsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def wait_until(condition: Any, timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_system_busy_is_retried_until_applied(

@@ -12,14 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import producers
-from tests.conftest import APPID, Sim, backlog, ensure_fans, fans_of, wait_drained
+from tests.conftest import APPID, Sim, backlog, ensure_fans, fans_of, make_tags, wait_drained
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
-
-
-def make_tags(client: WeChatClient, count: int) -> list[int]:
-    return [client.create_tag(f"t{i}").id for i in range(count)]
 
 
 def expected_state(

@@ -40,7 +40,7 @@ from worker.metrics import (
     RATE_LIMIT_WAIT,
 )
 from worker.pending import Batch, LeaseLost, PendingStore
-from worker.queues import SendFlush
+from worker.queues import SendFlush, queued_intents
 from worker.split import SplitPlan, Verdict
 from worker.wechat.client import WeChatClient
 from worker.wechat.errcodes import UNKNOWN_ERRCODE_ATTEMPTS, Action, Errcode
@@ -59,6 +59,14 @@ LEASE_MARGIN_MS = 5_000
 PAUSE_RECHECK_MS = 5_000
 #: How long a ``tags/get`` answer is trusted when checking a 45159 (one call for a burst).
 TAG_LIST_TTL_S = 2.0
+#: Intent messages in the queue from which it counts as a backlog: batches then wait for
+#: the backlog to be merged (a steady stream keeps the queue far shorter).
+BACKLOG_MESSAGES = 10
+#: How long a batch waits for a backlog at most, from its oldest intent: a flood that never
+#: ends must not stop every call.
+BACKLOG_HOLD_MS = 30_000
+#: How soon a batch held for a backlog looks again.
+BACKLOG_RECHECK_MS = 250
 
 
 def backoff_ms(streak: int, *, min_ms: int, max_ms: int, rng: random.Random | None = None) -> int:
@@ -152,9 +160,15 @@ class Flusher:
         """Take and send work until it runs out, must wait, or the budget is spent."""
         paused, pause_ms = self.gate.paused_ops(run.account)
         run.paused_ops = paused
+        backlog = queued_intents(self.store.redis) >= BACKLOG_MESSAGES
         while run.calls_left > 0:
             took = self.store.take(
-                run.account, run.tag_id, run.owner, run.lease_ms, paused_ops=run.paused_ops
+                run.account,
+                run.tag_id,
+                run.owner,
+                run.lease_ms,
+                paused_ops=run.paused_ops,
+                hold_ms=BACKLOG_HOLD_MS if backlog else 0,
             )
             if took.restored:
                 log.warning(
@@ -165,6 +179,8 @@ class Flusher:
                 return None
             if took.kind in ("empty", "wait"):
                 return None  # release() schedules the linger's end if anything is left
+            if took.kind == "hold":
+                return Wait(min(took.wait_ms, BACKLOG_RECHECK_MS))
             if took.kind == "paused":
                 pause_ms = pause_ms or self.gate.paused_ops(run.account)[1]
                 return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from redis import Redis
+
 from producers.intents import INGEST_ACTOR, QUEUE_NAME
 
 #: The queue of intent messages (producers write it; the ``ingest`` actor reads it).
@@ -17,6 +19,11 @@ FLUSH_QUEUE = "tagsync.flush"
 #: The actors' names.
 INGEST = INGEST_ACTOR
 FLUSH = "flush"
+
+
+def queued_intents(redis: Redis) -> int:
+    """Intent messages waiting in the queue, not yet fetched by any worker."""
+    return int(redis.llen(f"dramatiq:{INTENTS_QUEUE}"))
 
 
 class SendFlush(Protocol):

@@ -105,7 +105,7 @@ class Batch:
 class Take:
     """The answer of ``take``: work, nothing to do, wait (linger or paused), or a gone tag."""
 
-    kind: Literal["batch", "empty", "wait", "paused", "gone"]
+    kind: Literal["batch", "empty", "wait", "hold", "paused", "gone"]
     batch: Batch | None = None
     wait_ms: int = 0
     restored: int = 0
@@ -281,10 +281,16 @@ class PendingStore:
         lease_ms: int,
         *,
         paused_ops: Iterable[str] = (),
+        hold_ms: int = 0,
     ) -> Take:
-        """The tag's next work: a split to resume or a fresh batch (see ``take.lua``)."""
+        """The tag's next work: a split to resume or a fresh batch (see ``take.lua``).
+
+        ``hold_ms``: intents still wait in the queue; a batch waits for them until its
+        oldest intent has waited this long.
+        """
         keys = TagKeys(account, tag_id)
-        args = [owner, self.linger_ms, MAX_BATCH, lease_ms, ",".join(sorted(paused_ops))]
+        paused = ",".join(sorted(paused_ops))
+        args = [owner, self.linger_ms, MAX_BATCH, lease_ms, paused, hold_ms]
         answer = self._run("take", keys, args)
         kind = _text(answer[0])
         if kind == "lost":
@@ -293,8 +299,8 @@ class PendingStore:
             return Take("gone")
         if kind in ("empty", "paused"):
             return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
-        if kind == "wait":
-            return Take("wait", wait_ms=int(answer[1]), restored=int(answer[2]))
+        if kind in ("wait", "hold"):
+            return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
         op: Op = "untag" if _text(answer[1]) == "untag" else "tag"
         pairs = answer[5:]
         ts = {_text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}

@@ -7,8 +7,10 @@
 -- KEYS[7] split:tag  KEYS[8] split:untag  KEYS[9] gone
 -- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] max batch  ARGV[4] lease ms
 -- ARGV[5] paused ops: '', 'tag', 'untag' or 'tag,untag'
+-- ARGV[6] hold ms: while intents still wait in the queue, no batch leaves before its
+--         oldest intent has waited this long (0: no backlog, no hold)
 -- Returns {'lost'} | {'gone'} | {'empty', restored} | {'paused', restored}
---       | {'wait', ms, restored}
+--       | {'wait', ms, restored} | {'hold', ms, restored}
 --       | {'batch', op, restored, attempt, plan, openid1, ts1, openid2, ts2, ...}
 --         (plan = '' for a fresh batch, else the JSON of a split being resumed)
 local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures, k_split_tag, k_split_untag,
@@ -49,8 +51,14 @@ if paused['tag'] then n_tag = 0 end
 if paused['untag'] then n_untag = 0 end
 if n_tag + n_untag == 0 then return {'paused', restored} end
 local now = now_ms()
+local since = tonumber(redis.call('GET', k_since)) or 0
+local hold = tonumber(ARGV[6])
+if hold > 0 and now - since < hold then
+  -- More intents for this tag may still be in the queue: merged first, they fill batches
+  -- and supersede older intents instead of following them in a second call.
+  return {'hold', since + hold - now, restored}
+end
 if n_tag < max_batch and n_untag < max_batch then
-  local since = tonumber(redis.call('GET', k_since)) or 0
   if now - since < linger then return {'wait', since + linger - now, restored} end
 end
 
