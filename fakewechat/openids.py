@@ -19,7 +19,7 @@ OPENID_LENGTH = 28
 #: Length of the part of an openid that is the same for every fan of one AppID.
 PREFIX_LENGTH = 6
 #: What a well-formed openid looks like (of this AppID or another one).
-OPENID_PATTERN = re.compile(rf"^[A-Za-z0-9_-]{{{OPENID_LENGTH}}}$")
+OPENID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{{OPENID_LENGTH}}}")
 
 
 def prefix_for(appid: str) -> str:
@@ -84,7 +84,7 @@ class FanDirectory:
 
     def is_foreign(self, openid: str) -> bool:
         """True if ``openid`` is well formed but carries another AppID's prefix (49003)."""
-        return bool(OPENID_PATTERN.match(openid)) and not openid.startswith(self.prefix)
+        return bool(OPENID_PATTERN.fullmatch(openid)) and not openid.startswith(self.prefix)
 
     def add_count(self, count: int, *, listed: bool = True) -> list[str]:
         """Add ``count`` new deterministic fans; return their openids if ``listed``."""
@@ -102,7 +102,7 @@ class FanDirectory:
         added: list[str] = []
         with self._lock:
             for openid in openids:
-                if not OPENID_PATTERN.match(openid) or not openid.startswith(self.prefix):
+                if not OPENID_PATTERN.fullmatch(openid) or not openid.startswith(self.prefix):
                     raise ValueError(f"not an openid of this AppID: {openid!r}")
                 if self.is_fan(openid) or openid in added:
                     continue

@@ -21,10 +21,11 @@ QUEUE_NAME = "tagsync.intents"
 INGEST_ACTOR = "ingest"
 #: Most intents in one queue message.
 MAX_INTENTS_PER_MESSAGE = 1000
-#: What an openid may look like (WeChat's are 28 characters of this alphabet).
-OPENID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-#: What an account (AppID) may look like.
-ACCOUNT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: What an openid may look like (WeChat's are 28 characters of this alphabet); matched
+#: against the whole string (``$`` alone would let a trailing newline through).
+OPENID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What an account (AppID) may look like, matched against the whole string.
+ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: How far in the future an event time may lie: more is a wrong clock or milliseconds.
 MAX_FUTURE_S = 86_400.0
 #: The fields of an intent.
@@ -81,7 +82,7 @@ def check_tag_id(tag_id: Any) -> int:
 
 def check_openid(openid: Any) -> str:
     """``openid`` if it is 1 to 64 characters of ``[A-Za-z0-9_-]``."""
-    if not isinstance(openid, str) or not OPENID_PATTERN.match(openid):
+    if not isinstance(openid, str) or not OPENID_PATTERN.fullmatch(openid):
         raise InvalidIntent(
             "openid", f"must be 1 to 64 characters of A-Z a-z 0-9 _ -, not {_show(openid)}"
         )
@@ -104,7 +105,7 @@ def check_account(account: Any) -> str:
     """``account`` if it looks like an AppID."""
     if account is None:
         raise InvalidIntent("account", "missing: pass account= or set WECHAT_APPID")
-    if not isinstance(account, str) or not ACCOUNT_PATTERN.match(account):
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account):
         raise InvalidIntent(
             "account", f"must be 1 to 64 characters of A-Z a-z 0-9 _ -, not {_show(account)}"
         )

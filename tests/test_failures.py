@@ -18,6 +18,7 @@ from tests.conftest import (
     batch_calls,
     ensure_fans,
     fans_of,
+    make_tags,
     tagsync,
     wait_drained,
     wait_until,
@@ -325,3 +326,67 @@ def test_dlq_commands_filter_export_replay_and_purge(
     # Still gone (no such tag): dead-lettered again at ingest, nothing lost
     assert len(letters(queue)) == 2 and {d.tag_id for d in letters(queue)} == {7777}
     assert fans_of(sim, tag) == set(good)
+
+
+def test_tags_beyond_the_fan_limit_settle_without_livelock(
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
+) -> None:
+    """22 tags onto the same 100 fans (20 allowed a fan), 20 calls/s, 4 processes x 4 threads:
+    every fan ends with 20 tags, the 200 refused intents are dead-lettered once each, no
+    refused group goes out whole twice, no batch costs over 55 calls, no 45011."""
+    # Given
+    tags = make_tags(client, 22, prefix="limit")
+    fans = sim.fans(100)
+    time.sleep(1.1 - time.time() % 1)  # the creates stay out of the limited seconds
+    sim.config(rate_per_sec=20)
+    worker = start_worker(processes=4, threads=4, TAGSYNC_RATE="20", TAGSYNC_LOG_FORMAT="json")
+    # When
+    for tag in tags:
+        producers.tag(tag, fans, account=APPID)
+    wait_drained(queue, timeout_s=180)
+    # Then
+    state = sim.state()["tags"]
+    carried: dict[str, int] = {}
+    for tag in state.values():
+        for openid in tag["fans"]:
+            carried[openid] = carried.get(openid, 0) + 1
+    assert carried == dict.fromkeys(fans, 20)
+    dead = letters(queue)
+    assert len(dead) == 200 == len({(d.tag_id, d.openid) for d in dead})
+    assert {(d.reason, d.errcode) for d in dead} == {("permanent", 45059)}
+    stats = sim.stats()
+    assert stats["batch_sizes"]["tagging"]["50"] == 44  # each fresh batch went out whole once
+    assert "45011" not in stats["errcodes"]
+    splits = [
+        json.loads(line)
+        for line in worker.logs().splitlines()
+        if line.startswith("{") and '"split": true' in line
+    ]
+    assert splits and max(event["calls"] for event in splits) <= 55
+
+
+def test_tags_waiting_for_call_slots_finish_together(
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
+) -> None:
+    """20 tags x 10 batches at 25 calls/s over 4 processes: slots go round, so no tag is left
+    to finish alone at the end."""
+    # Given
+    tags = make_tags(client, 20, prefix="fair")
+    fans = ensure_fans(sim, 500)
+    time.sleep(1.1 - time.time() % 1)
+    sim.config(rate_per_sec=25)
+    for tag in tags:
+        producers.tag(tag, fans, account=APPID)
+    # When
+    start_worker(processes=4, threads=4, TAGSYNC_RATE="25")
+    wait_drained(queue, timeout_s=120)
+    # Then: the last tags to finish did so within the last fifth of the run
+    log = sim.log()
+    span = log[-1]["at"] - log[0]["at"]
+    last = {}
+    for call in log:
+        last[call["tagid"]] = call["at"]
+    assert len(last) == 20 and len(log) == 200
+    first_done = min(last.values()) - log[0]["at"]
+    assert first_done >= 0.8 * span, f"a tag was done at {first_done:.1f}s of {span:.1f}s"
+    assert "45011" not in sim.stats()["errcodes"]

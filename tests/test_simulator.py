@@ -16,7 +16,9 @@ def test_fans_are_deterministic_28_char_openids_with_the_appid_prefix() -> None:
     """The same AppID and seed give the same openids; all share one prefix of the AppID."""
     a, b = FanDirectory(APPID, count=5), FanDirectory(APPID, count=5)
     assert a.page(0, 5) == b.page(0, 5)
-    assert all(OPENID_PATTERN.match(o) and o.startswith(prefix_for(APPID)) for o in a.page(0, 5))
+    assert all(
+        OPENID_PATTERN.fullmatch(o) and o.startswith(prefix_for(APPID)) for o in a.page(0, 5)
+    )
     assert len(set(a.page(0, 5))) == 5
     assert FanDirectory(APPID, seed=1, count=1).page(0, 1) != a.page(0, 1)
 
@@ -39,7 +41,7 @@ def test_foreign_openids_are_well_formed_but_not_fans(sim: Sim) -> None:
     """{"count", "foreign": true} answers openids of another AppID, without adding fans."""
     total = sim.get("/_sim/fans", limit=0)["total"]
     foreign = sim.foreign(3)
-    assert all(OPENID_PATTERN.match(o) and not o.startswith(prefix_for(APPID)) for o in foreign)
+    assert all(OPENID_PATTERN.fullmatch(o) and not o.startswith(prefix_for(APPID)) for o in foreign)
     assert sim.get("/_sim/fans", limit=0)["total"] == total
 
 
