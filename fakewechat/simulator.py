@@ -298,7 +298,7 @@ class Simulator:
                         "at": time.time(),
                         "op": "untag" if path.endswith("untagging") else "tag",
                         "tagid": body.get("tagid"),
-                        "openids": list(body.get("openid_list") or [])[:MAX_BATCH + 1],
+                        "openids": list(body.get("openid_list") or [])[: MAX_BATCH + 1],
                         "errcode": answer.stat_code or str(code),
                     }
                 )

@@ -477,3 +477,14 @@ def test_exceptions_carry_call_errcode_and_errmsg(client: WeChatClient) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert (type(copy), copy.errcode, copy.call) == (TagError, 45159, "tags/delete")
     assert not isinstance(error, ProgrammingError)
+
+
+def test_the_readme_shows_the_errcode_table_as_it_is() -> None:
+    """The README's failure-policy table is the errcode table, rendered (`tagsync errcodes`)."""
+    from pathlib import Path
+
+    from worker.wechat.errcodes import markdown_table
+
+    readme = Path(__file__).parent.parent.joinpath("README.md").read_text(encoding="utf-8")
+    shown = readme.split("<!-- errcodes:begin -->\n")[1].split("\n<!-- errcodes:end -->")[0]
+    assert shown == markdown_table()

@@ -8,6 +8,7 @@ import sys
 from worker.cli import admin, demo, dlq, produce, run
 from worker.logs import configure_logging
 from worker.settings import VARIABLES, Settings, SettingsError
+from worker.wechat.errcodes import markdown_table
 from worker.wechat.errors import WeChatError
 
 
@@ -26,7 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.register(commands)
     admin.register(commands)
     demo.register(commands)
+    errcodes = commands.add_parser(
+        "errcodes", help="the failure policy: what the worker does about each WeChat errcode"
+    )
+    errcodes.set_defaults(run=_errcodes)
     return parser
+
+
+def _errcodes(args: argparse.Namespace) -> int:
+    print(markdown_table())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tagsync: {exc}", file=sys.stderr)
         return 2
     except WeChatError as exc:
-        meaning = f" ({exc.row.meaning})" if exc.row else ""
+        meaning = f" ({exc.row.meaning})" if exc.errcode is not None else ""
         print(f"tagsync: {exc.call} failed{meaning}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

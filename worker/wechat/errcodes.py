@@ -3,8 +3,8 @@
 Per code: its meaning, its class (which exception the client raises), and what the worker
 does: the action, the scope and length of a pause, the dead-letter reason and the log
 level. The client raises the exception of the code's class; the flush looks the answer's
-row up here and dispatches on its action, nothing else. ``python -m worker.wechat.errcodes``
-prints the table as the README shows it.
+row up here and dispatches on its action, nothing else. ``tagsync errcodes`` prints the
+table as the README shows it (a test checks that they agree).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Action(StrEnum):
     RETRY = "retry with backoff (a counted attempt), up to TAGSYNC_MAX_ATTEMPTS"
     RETRY_FEW = "retry with backoff at most 5 times, then dead-letter the intents"
     REFRESH_TOKEN = "refresh the token once (single flight) and resend; then as -1"
-    PAUSE = "pause (scope and length in the table); keep every intent; no attempt counted"
+    PAUSE = "pause; keep every intent; no attempt counted"
     SPLIT = "split the batch: apply the good openids, dead-letter each bad one once"
     VERIFY_TAG = "ask `tags/get`: listed, retry as -1; not listed, dead-letter the tag's intents"
     DEAD_LETTER = "dead-letter the batch once, never loop"
@@ -192,7 +192,3 @@ def markdown_table() -> str:
             f"| {_pause_text(row)} | {row.dead_letter or ''} | {row.level} |"
         )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(markdown_table())
