@@ -36,6 +36,10 @@ def _split_events(s: Stack) -> list[dict[str, Any]]:
     return events
 
 
+def _drained(s: Stack) -> Callable[[], bool]:
+    return lambda: s.pending() == 0 and s.queued() == 0
+
+
 def _bad_openids_run(k: int, batches: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     with stack(
@@ -64,7 +68,7 @@ def _bad_openids_run(k: int, batches: int, seed: int) -> dict[str, Any]:
                 {"op": "tag", "tag_id": tag, "openid": o, "ts": base + j / 1000, "account": ACCOUNT}
                 for j, o in enumerate(group)
             )
-        wait_for(lambda: s.pending() == 0, timeout_s=900, what="batches settled", poll_s=0.2)
+        wait_for(_drained(s), timeout_s=900, what="batches settled", poll_s=0.2)
         seconds = time.time() - started
         stats = s.sim_get("/_sim/stats")
         dead = [letter for _, letter in DeadLetters(s.redis).scan()]
@@ -135,10 +139,6 @@ def _minimum_calls(intents: list[Any]) -> int:
             latest[key] = (intent["ts"], intent["op"])
     per: Counter[tuple[int, str]] = Counter((tag, op) for (tag, _), (_, op) in latest.items())
     return sum(math.ceil(n / MAX_BATCH) for n in per.values())
-
-
-def _drained(s: Stack) -> Callable[[], bool]:
-    return lambda: s.pending() == 0 and s.queued() == 0
 
 
 def run_backlog_fill(*, quick: bool = False) -> dict[str, Any]:

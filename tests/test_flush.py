@@ -369,3 +369,17 @@ def test_tags_waiting_for_slots_take_turns(
     # In turn: neither tag gets three slots in a row while the other waits.
     runs = [len(list(group)) for _, group in itertools.groupby(order)]
     assert max(runs) <= 2, order
+
+
+def test_a_duplicate_flush_stands_aside_for_one_holding_a_slot(
+    rig: Rig, sim: Sim, tag: int
+) -> None:
+    """A second flush message of a tag whose flush waits for a reserved slot does nothing:
+    two chains of flushes would each hold a slot, and one of them would go unused."""
+    rig.add(tag, sim.fans(50))
+    rig.redis.set(TagKeys(APPID, tag).key("sched"), "slot", px=10_000)
+    rig.flusher.flush(APPID, tag)
+    assert sim.log() == [] and rig.flushes.sent == []
+    assert rig.gate.reserved_ahead_ms(APPID) == 0  # no slot taken
+    rig.flusher.flush(APPID, tag, slot_at=0)  # the holder (its slot long past): goes ahead
+    assert len(sim.log()) == 1

@@ -37,6 +37,7 @@ from worker.metrics import (
     INTENTS_APPLIED,
     PAUSES,
     RATE_LIMIT_DEFERRALS,
+    RATE_LIMIT_SLOTS_MISSED,
     RATE_LIMIT_WAIT,
 )
 from worker.pending import Batch, LeaseLost, PendingStore
@@ -132,6 +133,11 @@ class Flusher:
     def flush(self, account: str, tag_id: int, *, slot_at: int | None = None) -> None:
         """Send the tag's next batches, then schedule what comes after."""
         owner = uuid.uuid4().hex
+        if slot_at is None and self.store.scheduled(account, tag_id) == "slot":
+            # Another flush of the tag holds a reserved call slot and comes back for it (this
+            # one is a duplicate, e.g. a delayed look-again after a pause was lifted): taking
+            # a second slot would leave one of them unused.
+            return
         if not self.store.acquire(account, tag_id, owner, self.lease_ms):
             # Another flush holds the tag; it looks at pending again before letting go.
             return
@@ -274,8 +280,14 @@ class Flusher:
 
     def _slot(self, run: _Run, batch: Batch) -> Wait | None:
         """Wait for a call slot of the batch's API; None when the call may go now."""
-        admission = self.gate.admit(run.account, api=BATCH_API[batch.op], slot_at=run.slot_at)
-        run.slot_at = None  # a reserved slot is used once
+        reserved, run.slot_at = run.slot_at, None  # a reserved slot is used once
+        admission = self.gate.admit(run.account, api=BATCH_API[batch.op], slot_at=reserved)
+        if reserved is not None and admission.slot_at != reserved and admission.kind != "paused":
+            # Came back too late for it: the slot went unused and a new one was taken.
+            RATE_LIMIT_SLOTS_MISSED.inc()
+            log.info(
+                "gate.slot_missed", account=run.account, tag=run.tag_id, late_ms=admission.late_ms
+            )
         if admission.kind == "paused":
             if admission.scope == "api":
                 run.paused_ops.add(batch.op)

@@ -49,6 +49,10 @@ RATE_LIMIT_WAIT = Histogram(
 RATE_LIMIT_DEFERRALS = Counter(
     "tagsync_rate_limit_deferrals_total", "Flushes rescheduled because no call slot was near."
 )
+RATE_LIMIT_SLOTS_MISSED = Counter(
+    "tagsync_rate_limit_slots_missed_total",
+    "Call slots reserved ahead that their flush came back for too late (the slot went unused).",
+)
 PAUSES = Counter(
     "tagsync_account_pauses_total",
     "Account pauses begun, by reason and errcode.",

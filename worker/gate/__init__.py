@@ -55,6 +55,8 @@ class Admission:
     reason: str = ""
     #: For a pause: 'account' or 'api'.
     scope: str = ""
+    #: How late the caller came back for the slot it passed in, ms (0: in time or none).
+    late_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ class AccountGate:
             return Admission(
                 "paused", int(answer[1]), reason=_text(answer[2]), scope=_text(answer[3])
             )
-        return Admission(kind, int(answer[1]), slot_at=int(answer[2]))  # type: ignore[arg-type]
+        late = 0
+        if slot_at is not None and len(answer) > 3:
+            late = max(0, int(answer[3]) - slot_at)
+        return Admission(kind, int(answer[1]), slot_at=int(answer[2]), late_ms=late)  # type: ignore[arg-type]
 
     def pause(
         self,

@@ -8,9 +8,9 @@
 -- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
 -- ARGV[6] how late a reserved slot may still be used, ms
--- Returns {'go', wait_ms, slot_ms}: the call may go at slot_ms, wait_ms from now (sleep);
---         {'wait', wait_ms, slot_ms}: a slot is reserved at slot_ms, further than the
---           longest sleep: come back shortly before it and pass it as ARGV[5];
+-- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
+--         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
+--           the longest sleep: come back shortly before it and pass it as ARGV[5];
 --         {'paused', ms_left, reason, scope}: scope is 'account' or 'api'.
 local k_rate, k_pause, k_budget, k_api_pause = unpack(KEYS)
 local interval, burst, max_sleep, budget =
@@ -28,7 +28,8 @@ end
 
 local function answer(slot)
   local wait = math.max(0, math.ceil(slot - now))
-  return {wait <= max_sleep and 'go' or 'wait', wait, string.format('%.0f', slot)}
+  return {wait <= max_sleep and 'go' or 'wait', wait, string.format('%.0f', slot),
+    string.format('%.0f', now)}
 end
 
 if reserved and reserved >= now - tolerance then return answer(reserved) end

@@ -248,6 +248,11 @@ class PendingStore:
         if not self._run("renew", TagKeys(account, tag_id), [owner, lease_ms]):
             raise LeaseLost
 
+    def scheduled(self, account: str, tag_id: int) -> str | None:
+        """Why the tag's next flush is on its way (now, later, backoff, slot), if one is."""
+        value = self.redis.get(TagKeys(account, tag_id).key("sched"))
+        return None if value is None else _text(value)
+
     def release(
         self,
         account: str,
