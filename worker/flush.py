@@ -498,6 +498,8 @@ class Flusher:
     ) -> int:
         """Write the dead letters (once per intent), then drop them from the batch."""
         self.store.renew(run.account, run.tag_id, run.owner, run.lease_ms)
+        if batch.plan is not None:
+            batch.plan.forget(openids)  # the plan saved with the drop no longer holds them
         self.dead_letters.add(
             DeadLetter(
                 batch.account,
