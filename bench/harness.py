@@ -20,6 +20,7 @@ from worker.gate import AccountGate
 from worker.launch import WorkerGroup
 from worker.pending import PendingStore
 from worker.redis_server import RedisServer, free_port
+from worker.sweep import lift_pause
 from worker.wechat.client import WeChatClient
 
 #: The account every benchmark works for (the simulator's default).
@@ -78,8 +79,7 @@ class Stack:
 
     def resume(self) -> None:
         """Lift the pause and wake the paused tags at once (as `tagsync quota reset` does)."""
-        AccountGate(self.redis, rate=1).resume(ACCOUNT)
-        PendingStore(self.redis).wake(ACCOUNT)
+        lift_pause(AccountGate(self.redis, rate=1), PendingStore(self.redis), ACCOUNT)
 
     def batch_calls(self) -> dict[str, Any]:
         stats = self.sim_get("/_sim/stats")

@@ -29,6 +29,24 @@ SWEEP_LOCK = "tagsync:sweep"
 REVIVE_LOCK = "tagsync:revive"
 #: How often gone tags are looked up again.
 REVIVE_INTERVAL_MS = 60_000
+#: How long after lifting a pause the paused tags are looked for a second time.
+WAKE_SETTLE_S = 0.5
+
+
+def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
+    """Lift every pause of the account and wake its tags that wait one out; True if it was paused.
+
+    Woken tags lose their delayed look-again and the sweep sends them a flush within a
+    second. A flush that met the pause just before it was lifted may still be scheduling
+    its wait (it saw the pause, then wake ran, then it wrote its wait), so the tags are
+    looked at a second time a moment later; otherwise such a tag would sit out a pause
+    that is over.
+    """
+    lifted = gate.resume(account)
+    store.wake(account)
+    time.sleep(WAKE_SETTLE_S)
+    store.wake(account)
+    return lifted
 
 
 def revive_tags(store: PendingStore, client: WeChatClient, gate: AccountGate | None = None) -> int:

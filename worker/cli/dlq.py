@@ -18,6 +18,7 @@ from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.settings import Settings, SettingsError
+from worker.sweep import lift_pause
 
 
 def register(commands: Any) -> None:
@@ -142,10 +143,6 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-#: How long after lifting a pause ``quota reset`` looks again for tags waiting it out.
-WAKE_SETTLE_S = 0.5
-
-
 def _gate(settings: Settings, connection: redis.Redis) -> AccountGate:
     return AccountGate(
         connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
@@ -178,13 +175,6 @@ def _quota_reset(args: argparse.Namespace) -> int:
     connection = _redis(settings)
     with make_client(settings) as client:
         client.clear_quota()
-        lifted = _gate(settings, connection).resume(client.appid)
-        # Tags waiting out the pause are woken by the sweep within seconds. A flush that
-        # met the pause just before it was lifted may still be scheduling its wait: look
-        # twice.
-        store = PendingStore(connection)
-        store.wake(client.appid)
-        time.sleep(WAKE_SETTLE_S)
-        store.wake(client.appid)
+        lifted = lift_pause(_gate(settings, connection), PendingStore(connection), client.appid)
     print("quota cleared" + ("; the pause is lifted" if lifted else "; the account was not paused"))
     return 0
