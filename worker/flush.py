@@ -84,6 +84,8 @@ class Wait:
     why: Literal["backoff", "slot"] = "backoff"
     #: For a slot wait: the slot the gate reserved (the next flush comes back for it).
     slot_at: int | None = None
+    #: The wait is a pause's: looked at again when the flush lets go of the tag.
+    pause: bool = False
 
 
 @dataclass
@@ -160,6 +162,10 @@ class Flusher:
         )
         if delay >= 0:
             slot = wait.slot_at if wait is not None and wait.why == "slot" else None
+            if wait is not None and wait.pause and not self.gate.paused_ops(account)[0]:
+                # The pause was lifted while this flush was settling its wait (quota reset
+                # wakes waiting tags, but this one was not waiting yet): go again now.
+                delay = 0
             self.send_flush(account, tag_id, delay, slot_at=slot)
 
     def _work(self, run: _Run) -> Wait | None:
@@ -189,7 +195,7 @@ class Flusher:
                 return Wait(min(took.wait_ms, BACKLOG_RECHECK_MS))
             if took.kind == "paused":
                 pause_ms = pause_ms or self.gate.paused_ops(run.account)[1]
-                return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS))
+                return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS), pause=True)
             assert took.batch is not None
             wait = self._send(run, took.batch)
             if wait is not None:
@@ -291,7 +297,7 @@ class Flusher:
         if admission.kind == "paused":
             if admission.scope == "api":
                 run.paused_ops.add(batch.op)
-            return Wait(min(admission.wait_ms, PAUSE_RECHECK_MS))
+            return Wait(min(admission.wait_ms, PAUSE_RECHECK_MS), pause=True)
         if admission.kind == "wait" or admission.wait_ms > run.sleep_left_ms:
             RATE_LIMIT_DEFERRALS.inc()
             # Come back shortly before the slot, which stays reserved for this tag.
@@ -440,7 +446,7 @@ class Flusher:
             # Only this API: the tag's other op may go on in this same flush.
             run.paused_ops.add(batch.op)
             return None
-        return Wait(min(PAUSE_RECHECK_MS, max(0, int((ends - time.time()) * 1000))))
+        return Wait(min(PAUSE_RECHECK_MS, max(0, int((ends - time.time()) * 1000))), pause=True)
 
     def _tag_listed(self, run: _Run, batch: Batch) -> bool | None:
         """Does ``tags/get`` list the tag? None when no call slot is near (unknown)."""
