@@ -4,7 +4,8 @@
                        {"intents": [{"op", "tag_id", "openid", "ts"?, "account"?}, ...]}
         202 {"accepted": n}
         400 {"errors": [{"index", "field", "message"}]}   nothing enqueued
-        401 without the right token; 413 over 1 MiB; 503 if the queue cannot be reached
+        401 without the right token; 413 over 1 MiB or 20,000 intents;
+        503 if the queue cannot be reached
     GET /healthz       200 {"ok": true} (503 when Redis does not answer)
 
 Production: ``gunicorn producers.http:app``; development: ``tagsync ingest --port P``.
@@ -25,6 +26,8 @@ from producers.intents import check_all
 
 #: Largest request body accepted, in bytes.
 MAX_BODY = 1024 * 1024
+#: Most intents in one request (a 1 MiB body holds about 10,000 real ones).
+MAX_INTENTS = 20_000
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -102,8 +105,13 @@ class IngestApp:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return _reply(start_response, 400, _error("body", "not valid JSON"))
+        except RecursionError:
+            return _reply(start_response, 400, _error("body", "JSON nested too deeply"))
         if not isinstance(document, dict) or not isinstance(document.get("intents"), list):
             return _reply(start_response, 400, _error("intents", 'body must be {"intents": [...]}'))
+        if len(document["intents"]) > MAX_INTENTS:
+            message = f"at most {MAX_INTENTS} intents a request; split them"
+            return _reply(start_response, 413, _error("intents", message))
         intents, errors = check_all(document["intents"])
         if errors:
             details = [{"index": e.index, "field": e.field, "message": e.message} for e in errors]

@@ -30,6 +30,8 @@ ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_FUTURE_S = 86_400.0
 #: The fields of an intent.
 FIELDS = frozenset({"op", "tag_id", "openid", "ts", "account"})
+#: The largest tag id: WeChat's tag ids are 32-bit signed integers.
+MAX_TAG_ID = 2**31 - 1
 
 Op = Literal["tag", "untag"]
 
@@ -72,11 +74,11 @@ def check_op(op: Any) -> Op:
 
 
 def check_tag_id(tag_id: Any) -> int:
-    """``tag_id`` if it is a whole number >= 0 (bools are refused)."""
+    """``tag_id`` if it is a whole number from 0 to 2^31 - 1 (bools are refused)."""
     if isinstance(tag_id, bool) or not isinstance(tag_id, int):
         raise InvalidIntent("tag_id", f"must be a whole number >= 0, not {_show(tag_id)}")
-    if tag_id < 0:
-        raise InvalidIntent("tag_id", f"must be >= 0, not {tag_id}")
+    if not 0 <= tag_id <= MAX_TAG_ID:
+        raise InvalidIntent("tag_id", f"must be from 0 to {MAX_TAG_ID}, not {_show(tag_id)}")
     return tag_id
 
 
@@ -90,15 +92,21 @@ def check_openid(openid: Any) -> str:
 
 
 def check_ts(ts: Any, now: float) -> float:
-    """``ts`` if it is a plausible event time in epoch seconds."""
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    """``ts`` if it is a plausible event time in epoch seconds: from 0 to a day from now."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise InvalidIntent("ts", f"must be epoch seconds as a number, not {_show(ts)}")
-    if ts < 0:
-        raise InvalidIntent("ts", f"must be >= 0, not {ts}")
-    if ts > now + MAX_FUTURE_S:
-        hint = " (milliseconds? ts is in seconds)" if ts > now * 100 else ""
-        raise InvalidIntent("ts", f"{ts} lies more than a day in the future{hint}")
-    return float(ts)
+    try:
+        seconds = float(ts)  # an int too large for a float (10**400) raises here
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidIntent("ts", f"must be a finite number of epoch seconds, not {_show(ts)}")
+    if seconds < 0:
+        raise InvalidIntent("ts", f"must be >= 0, not {_show(ts)}")
+    if seconds > now + MAX_FUTURE_S:
+        hint = " (milliseconds? ts is in seconds)" if seconds > now * 100 else ""
+        raise InvalidIntent("ts", f"{seconds:.0f} lies more than a day in the future{hint}")
+    return seconds
 
 
 def check_account(account: Any) -> str:
@@ -137,7 +145,14 @@ def build_intents(
 ) -> list[Intent]:
     """Intents of one op for one tag and one or many openids; the first bad one raises."""
     now = time.time()
-    items: Iterable[Any] = [openids] if isinstance(openids, str) else openids
+    if isinstance(openids, str):
+        items: Iterable[Any] = [openids]
+    elif isinstance(openids, Iterable) and not isinstance(openids, bytes | Mapping):
+        items = openids
+    else:
+        raise InvalidIntent(
+            "openids", f"must be an openid or an iterable of them, not {_show(openids)}"
+        )
     intents = []
     for index, openid in enumerate(items):
         try:
@@ -152,11 +167,11 @@ def parse_intent(value: Any, *, index: int | None = None, now: float | None = No
     try:
         if not isinstance(value, Mapping):
             raise InvalidIntent("intent", f"must be an object, not {_show(value)}")
-        unknown = sorted(set(value) - FIELDS)
+        unknown = [key for key in value if key not in FIELDS]
         if unknown:
-            raise InvalidIntent(
-                str(unknown[0]), f"unknown field (fields are {', '.join(sorted(FIELDS))})"
-            )
+            key = unknown[0]
+            name = key if isinstance(key, str) and key.strip() else _show(key)
+            raise InvalidIntent(name, f"unknown field (fields are {', '.join(sorted(FIELDS))})")
         for required in ("op", "tag_id", "openid"):
             if required not in value:
                 raise InvalidIntent(required, "missing")
@@ -192,6 +207,8 @@ def check_all(
 
 def parse_intents(values: Iterable[Any]) -> list[Intent]:
     """Check every intent; the first bad one raises ``InvalidIntent`` naming its index."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise InvalidIntent("intents", f"must be a list of intent objects, not {_show(values)}")
     now = time.time()
     return [parse_intent(value, index=i, now=now) for i, value in enumerate(values)]
 
@@ -213,5 +230,9 @@ def chunks(intents: list[Intent], size: int = MAX_INTENTS_PER_MESSAGE) -> Iterab
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A short, safe rendering of any value for an error message."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int of over 4,300 digits; deep nesting
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 40 else text[:37] + "..."

@@ -6,7 +6,7 @@ import argparse
 import json
 import socketserver
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import producers
@@ -46,22 +46,40 @@ def register(commands: Any) -> None:
     ingest.set_defaults(run=run_ingest)
 
 
-def read_intents(stream: TextIO, progress: TextIO) -> tuple[list[Intent], list[str]]:
+def _parse_line(raw: bytes) -> Intent | None:
+    """The intent on one line (None for a blank line); ``InvalidIntent`` says what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidIntent("line", f"not UTF-8 (byte {exc.start + 1})") from None
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidIntent("line", f"not JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits; deep nesting
+        raise InvalidIntent("line", f"not readable JSON ({type(exc).__name__})") from None
+    return parse_intent(value)
+
+
+def read_intents(stream: BinaryIO, progress: TextIO) -> tuple[list[Intent], list[str]]:
     """Check every JSON line; return the intents and the error reports (line numbers)."""
     intents: list[Intent] = []
     errors: list[str] = []
     number = 0
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
+    for number, raw in enumerate(stream, start=1):
         try:
-            intents.append(parse_intent(json.loads(line)))
-        except ValueError as exc:  # InvalidIntent and JSONDecodeError both are
-            reason = str(exc) if isinstance(exc, InvalidIntent) else f"not JSON ({exc.msg})"  # type: ignore[attr-defined]
+            intent = _parse_line(raw)
+        except InvalidIntent as exc:
+            reason = exc.message if exc.field == "line" else str(exc)
             errors.append(f"line {number}: {reason}")
             if len(errors) >= MAX_REPORTED_ERRORS:
                 errors.append(f"stopped after {MAX_REPORTED_ERRORS} bad lines")
                 break
+        else:
+            if intent is not None:
+                intents.append(intent)
         if number % PROGRESS_EVERY == 0:
             print(f"checked {number} lines...", file=progress, flush=True)
     return intents, errors
@@ -69,11 +87,15 @@ def read_intents(stream: TextIO, progress: TextIO) -> tuple[list[Intent], list[s
 
 def run_produce(args: argparse.Namespace) -> int:
     """Check a JSON-lines file and enqueue it whole, or report its bad lines."""
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    # Bytes, so that a line that is not UTF-8 is reported with its number.
+    try:
+        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise SettingsError(f"cannot read {args.file}: {exc.strerror}") from None
     try:
         intents, errors = read_intents(stream, sys.stderr)
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
     if errors:
         for error in errors:
