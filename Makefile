@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick fakewechat clean
+.PHONY: demo test chaos lint bench bench-quick fakewechat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The long reliability suite; each scenario appends its figures to chaos-results.jsonl.
+chaos: $(STAMP)
+	rm -f chaos-results.jsonl
+	CHAOS_REPORT=chaos-results.jsonl $(BIN)/python -m pytest -m chaos -p no:cacheprovider
+	$(BIN)/python -m tests.chaos_report chaos-results.jsonl
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

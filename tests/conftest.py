@@ -306,6 +306,21 @@ def make_tags(client: WeChatClient, count: int, prefix: str = "t") -> list[int]:
     return [client.create_tag(f"{prefix}{i}").id for i in range(count)]
 
 
+def expected_state(
+    events: list[tuple[int, str, str, float]], start: dict[int, set[str]]
+) -> dict[int, set[str]]:
+    """Last write wins by ts over ``start``."""
+    latest: dict[tuple[int, str], tuple[float, str]] = {}
+    for tag_id, openid, op, ts in events:
+        if (tag_id, openid) not in latest or ts >= latest[(tag_id, openid)][0]:
+            latest[(tag_id, openid)] = (ts, op)
+    state = {tag_id: set(fans) for tag_id, fans in start.items()}
+    for (tag_id, openid), (_, op) in latest.items():
+        members = state.setdefault(tag_id, set())
+        (members.add if op == "tag" else members.discard)(openid)
+    return state
+
+
 def fans_of(sim: Sim, tag_id: int) -> set[str]:
     """The fans the simulator has on a tag."""
     return set(sim.state()["tags"].get(str(tag_id), {}).get("fans", []))

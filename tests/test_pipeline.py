@@ -12,25 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import producers
-from tests.conftest import APPID, Sim, backlog, ensure_fans, fans_of, make_tags, wait_drained
+from tests.conftest import (
+    APPID,
+    Sim,
+    backlog,
+    ensure_fans,
+    expected_state,
+    fans_of,
+    make_tags,
+    wait_drained,
+)
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
-
-
-def expected_state(
-    events: list[tuple[int, str, str, float]], start: dict[int, set[str]]
-) -> dict[int, set[str]]:
-    """Last write wins by ts over ``start``."""
-    latest: dict[tuple[int, str], tuple[float, str]] = {}
-    for tag_id, openid, op, ts in events:
-        if (tag_id, openid) not in latest or ts >= latest[(tag_id, openid)][0]:
-            latest[(tag_id, openid)] = (ts, op)
-    state = {tag_id: set(fans) for tag_id, fans in start.items()}
-    for (tag_id, openid), (_, op) in latest.items():
-        members = state.setdefault(tag_id, set())
-        (members.add if op == "tag" else members.discard)(openid)
-    return state
 
 
 def send_events(events: list[tuple[int, str, str, float]], *, per_call: int = 1) -> None:

@@ -15,13 +15,14 @@ from typing import Any
 
 import dramatiq
 
-from worker.broker import setup_broker
+from worker.broker import broker_url, setup_broker
 from worker.flush import Flusher
 from worker.ingest import ingest_rows
 from worker.log_context import LogContext
 from worker.logs import configure_logging
 from worker.metrics_server import Metrics
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE
+from worker.recovery import OutageRecovery
 from worker.runtime import runtime
 from worker.settings import Settings
 from worker.sweep import Sweeper, sweep_once
@@ -40,7 +41,9 @@ def _sweep() -> None:
 configure_logging(Settings.from_env().log_format)
 # Metrics only where the launcher prepared their directory (tagsync worker, demo, tests).
 _metrics = [Metrics()] if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else []
-broker = setup_broker(extra_middleware=[*_metrics, LogContext(), Sweeper(_sweep)])
+broker = setup_broker(
+    extra_middleware=[*_metrics, LogContext(), Sweeper(_sweep), OutageRecovery(broker_url())]
+)
 
 _flusher: Flusher | None = None
 

@@ -9,6 +9,8 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from worker.redis_client import retrying_client
+
 #: A worker that misses heartbeats this long is dead: its unacked messages are redelivered.
 HEARTBEAT_TIMEOUT_MS = 15_000
 #: Per million broker commands, how many also run queue maintenance (requeueing the
@@ -16,13 +18,21 @@ HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE = 20_000
 
 
+def broker_url(redis_url: str | None = None) -> str:
+    """The Redis URL of the broker: ``TAGSYNC_REDIS_URL`` unless given."""
+    return redis_url or os.environ.get("TAGSYNC_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
 def setup_broker(
     *, extra_middleware: Sequence[Any] = (), redis_url: str | None = None
 ) -> RedisBroker:
-    """Create the broker from ``TAGSYNC_REDIS_URL`` and make it dramatiq's global one."""
-    url = redis_url or os.environ.get("TAGSYNC_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    """Create the broker from ``TAGSYNC_REDIS_URL`` and make it dramatiq's global one.
+
+    Its client retries every command until Redis answers (``worker.redis_client``): a
+    fetch, an enqueue from an actor or an ack waits out an outage instead of failing.
+    """
     broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=url,
+        client=retrying_client(broker_url(redis_url)),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )

@@ -52,8 +52,10 @@ class DeadLetter:
 
     @property
     def intent_id(self) -> str:
-        """What makes the intent itself unique: written once per id."""
-        return f"{self.account}|{self.tag_id}|{self.op}|{self.openid}|{self.ts!r}"
+        """What makes the intent itself unique: written once per id. A row that is not an
+        intent is told apart by what is wrong with it (its fields may be unreadable)."""
+        intent = f"{self.account}|{self.tag_id}|{self.op}|{self.openid}|{self.ts!r}"
+        return f"{intent}|{self.errmsg}" if self.reason == "invalid_intent" else intent
 
 
 class DeadLetters:

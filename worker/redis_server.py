@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import redis
 
@@ -50,9 +51,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """A redis-server child process on a free loopback port, stopped on ``stop()``/exit."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        appendfsync: Literal["always", "everysec", "no"] = "everysec",
+    ) -> None:
         self.port = port or free_port()
         self._appendonly = appendonly
+        self._appendfsync = appendfsync
         self._dir = tempfile.TemporaryDirectory(prefix="tagsync-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +78,7 @@ class RedisServer:
             "--dir", self._dir.name,
             "--save", "",
             "--appendonly", "yes" if self._appendonly else "no",
+            "--appendfsync", self._appendfsync,
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip
@@ -95,6 +104,15 @@ class RedisServer:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    def kill(self) -> None:
+        """kill -9 the server, keeping its directory: ``start()`` restarts it from its files."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+            if process.stderr:
+                process.stderr.close()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""

@@ -10,6 +10,7 @@ import redis
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
+from worker.redis_client import retrying_client
 from worker.settings import Settings
 from worker.wechat.client import WeChatClient
 
@@ -33,7 +34,8 @@ class Runtime:
             from worker.settings import SettingsError
 
             raise SettingsError("TAGSYNC_REDIS_URL must be set")
-        connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.
+        connection = retrying_client(settings.redis_url)
         return cls(
             settings=settings,
             redis=connection,

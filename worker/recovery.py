@@ -1,0 +1,141 @@
+"""Handing back this worker's own unacked messages when Redis returns after an outage.
+
+dramatiq moves a fetched message into the worker's unacked set (``__acks__.<broker
+id>.<queue>``) and gives it back to the queue only when the worker is dead (no heartbeat
+for 15 s). A fetch whose answer was lost with the connection, or a consumer that dropped
+its prefetched messages on a connection error, leaves messages in that set which this
+live worker will never process: nobody would, as long as it lives.
+
+``OutageRecovery`` watches Redis from a thread of each worker process (a PING every
+``WATCH_INTERVAL_S``). When Redis answers again after failing, it hands back every
+message of the process's unacked sets that the process is not holding: not being
+processed, not waiting in its work queue or delay queues, not prefetched. Handing back
+one it holds after all costs a duplicate, which the pipeline absorbs (ingest is
+idempotent; a flush is guarded by the tag's lease).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+import structlog
+from dramatiq import Middleware
+from dramatiq.message import Message
+
+log = structlog.get_logger("tagsync.recovery")
+
+#: How often each worker process looks whether Redis answers, s.
+WATCH_INTERVAL_S = 0.5
+#: How long a look may take before Redis counts as away, s.
+WATCH_TIMEOUT_S = 1.0
+
+
+class OutageRecovery(Middleware):
+    """Hands back the process's stranded unacked messages when Redis returns."""
+
+    def __init__(self, url: str, *, interval_s: float = WATCH_INTERVAL_S) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        #: redis message ids being processed (from before_process_message to the ack).
+        self._in_progress: set[str] = set()
+        self._stop = threading.Event()
+        self._worker: Any = None
+        self._broker: Any = None
+
+    # -- what the process holds -------------------------------------------------------------
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        with self._lock:
+            self._in_progress.add(_redis_id(message))
+
+    def after_ack(self, broker: Any, message: Any) -> None:
+        with self._lock:
+            self._in_progress.discard(_redis_id(message))
+
+    after_nack = after_ack
+
+    def held(self) -> set[str]:
+        """redis message ids this process holds: processing, queued in memory, prefetched."""
+        with self._lock:
+            ids = set(self._in_progress)
+        worker = self._worker
+        if worker is None:
+            return ids
+        with worker.work_queue.mutex:
+            ids |= {_redis_id(item.message) for item in list(worker.work_queue.queue)}
+        for thread in list(getattr(worker, "consumers", {}).values()):
+            delayed = getattr(thread, "delay_queue", None)
+            if delayed is not None:
+                with delayed.mutex:
+                    ids |= {_redis_id(item.message) for item in list(delayed.queue)}
+            consumer = getattr(thread, "consumer", None)
+            for data in list(getattr(consumer, "message_cache", None) or []):
+                if data:
+                    ids.add(_redis_id(Message.decode(data)))
+        return ids
+
+    # -- the watch --------------------------------------------------------------------------
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._broker, self._worker = broker, worker
+        self._stop.clear()
+        threading.Thread(target=self._watch, name="tagsync-recovery", daemon=True).start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        client = redis.Redis.from_url(
+            self.url, socket_timeout=WATCH_TIMEOUT_S, socket_connect_timeout=WATCH_TIMEOUT_S
+        )
+        away_since: float | None = None
+        while not self._stop.wait(self.interval_s):
+            try:
+                client.ping()
+            except redis.RedisError:
+                if away_since is None:
+                    away_since = _now()
+                    log.warning("redis.away")
+                continue
+            if away_since is not None:
+                outage_s = round(_now() - away_since, 1)
+                away_since = None
+                try:
+                    handed = self.hand_back(client)
+                except redis.RedisError:
+                    away_since = _now()  # gone again: try once it is back
+                    continue
+                log.warning("redis.back", outage_s=outage_s, handed_back=handed)
+
+    def hand_back(self, client: redis.Redis) -> int:
+        """Requeue the process's unacked messages it does not hold; return how many."""
+        broker = self._broker
+        if broker is None:
+            return 0
+        held = self.held()
+        handed = 0
+        queues = set(broker.get_declared_queues()) | set(getattr(broker, "delay_queues", set()))
+        for queue in sorted(queues):
+            key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}"
+            members = {_text(m) for m in client.smembers(key)}
+            stranded = sorted(members - held)
+            if stranded:
+                broker.do_requeue(queue, *stranded)
+                handed += len(stranded)
+        return handed
+
+
+def _redis_id(message: Any) -> str:
+    return str(message.options.get("redis_message_id", ""))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now() -> float:
+    return time.monotonic()
