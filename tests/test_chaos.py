@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -33,6 +33,7 @@ from tests.conftest import (
     fans_of,
     make_tags,
     wait_drained,
+    wait_until,
 )
 from worker.dead_letters import DeadLetters
 from worker.redis_server import RedisServer
@@ -107,7 +108,9 @@ def batch_calls(sim: Sim) -> int:
     )
 
 
-def report(fault: str, size: str, stream: Stream, sim: Sim, recover_s: float | None) -> None:
+def report(
+    fault: str, size: str, stream: Stream, sim: Sim, recover_s: float | None, *, lost: int = 0
+) -> None:
     """Append the scenario's figures to $CHAOS_REPORT, if set."""
     path = os.environ.get("CHAOS_REPORT")
     if not path:
@@ -116,7 +119,7 @@ def report(fault: str, size: str, stream: Stream, sim: Sim, recover_s: float | N
         "fault": fault,
         "size": size,
         "accepted": len(stream.accepted),
-        "lost": 0,  # the test failed otherwise
+        "lost": lost,  # 0 unless a scenario measures a setting that can lose
         "recover_s": None if recover_s is None else round(recover_s, 2),
         "calls": batch_calls(sim),
         "minimum_calls": minimum_calls(stream.accepted),
@@ -284,7 +287,9 @@ def test_system_busy_storm_then_recovery(
         sim.config(busy_rate=0.0)
         return time.time()
 
-    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000"}
+    # Backoff capped at 1 s retries a batch ~20 times in a 15 s storm; the attempts must
+    # outlast it (in production the backoff grows to 5 minutes: 30 attempts take hours).
+    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000", "TAGSYNC_MAX_ATTEMPTS": "200"}
     stream, tags, ended = run_with_fault(
         sim=sim,
         client=client,
@@ -361,7 +366,9 @@ def test_http_500s_and_lost_answers(
         sim.config(http500_rate=0.0, timeout_rate=0.0, malformed_rate=0.0)
         return time.time()
 
-    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000"}
+    # Backoff capped at 1 s retries a batch ~20 times in a 15 s storm; the attempts must
+    # outlast it (in production the backoff grows to 5 minutes: 30 attempts take hours).
+    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000", "TAGSYNC_MAX_ATTEMPTS": "200"}
     stream, tags, ended = run_with_fault(
         sim=sim,
         client=client,
@@ -433,3 +440,66 @@ def test_fuzzed_queue_rows_are_dead_lettered_and_the_rest_applied(
     letters = [letter for _, letter in DeadLetters(connection).scan()]
     assert len(letters) == len(junk) and {d.reason for d in letters} == {"invalid_intent"}
     report("malformed queue rows", f"{len(junk)} rows", stream, sim, None)
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("setting", ["always", "everysec", "no", "none"])
+def test_what_each_persistence_setting_loses_to_a_redis_kill(
+    sim: Sim, client: WeChatClient, worker_env: dict[str, str], start_worker: Any, setting: str
+) -> None:
+    """Redis kill -9 mid-stream, 2 s outage, under each `appendfsync` setting and without
+    persistence: the (tag, fan) pairs whose final state is wrong, for the README.
+
+    A killed process loses nothing its kernel already holds: Redis writes the AOF before it
+    answers, so `always`, `everysec` and `no` lose nothing here; only a power loss or a
+    kernel crash loses the writes not yet fsynced (up to 1 s with everysec, ~30 s with no).
+    Without persistence the restart loses every pending and queued intent.
+    """
+    fsync: dict[str, Literal["always", "everysec", "no"]] = {
+        "always": "always", "everysec": "everysec", "no": "no", "none": "no",
+    }  # fmt: skip
+    server = RedisServer(appendonly=setting != "none", appendfsync=fsync[setting])
+    server.start()
+    producers.configure(redis_url=server.url)
+    try:
+        env = {**worker_env, "TAGSYNC_REDIS_URL": server.url, "TAGSYNC_RATE": "40"}
+        tags = make_tags(client, 6, prefix=f"persist{setting}")
+        fans = ensure_fans(sim, 600)
+        workers = start_worker(processes=2, threads=4, **env)  # noqa: F841 (stopped below)
+        stream = Stream(tags, fans, per_second=300).start()
+        time.sleep(3.0)
+        server.kill()
+        time.sleep(2.0)
+        server.start()
+        time.sleep(3.0)
+        stream.stop()
+        connection = redis.Redis.from_url(server.url)
+        if setting == "none":
+            # Nothing tells the workers what was lost: wait until they are idle.
+            wait_until(lambda: backlog_of(connection) == 0, timeout_s=120)
+        else:
+            wait_drained(connection, timeout_s=180)
+        expected = expected_state(stream.accepted, {})
+        wrong = sum(len(expected.get(t, set()) ^ fans_of(sim, t)) for t in tags)
+        fault = "Redis kill -9, " + (
+            "no persistence" if setting == "none" else f"appendfsync {setting}"
+        )
+        report(fault, "2 s outage", stream, sim, None, lost=wrong)
+        if setting == "none":
+            assert wrong > 0  # the README's warning holds
+        else:
+            assert wrong == 0
+    finally:
+        workers.stop()  # before its Redis goes: a worker waits out a Redis outage
+        producers.configure(None)
+        server.stop()
+
+
+def backlog_of(connection: redis.Redis) -> int:
+    """Intents pending or in flight in the pending buffers (without the queue)."""
+    from worker.pending import PendingStore
+
+    return sum(
+        t.pending_tag + t.pending_untag + t.inflight + t.splitting
+        for t in PendingStore(connection).status()
+    )

@@ -114,4 +114,5 @@ class WorkerGroup:
             except ProcessLookupError:
                 pass
         self.log.close()
-        os.unlink(self.log.name)
+        if os.path.exists(self.log.name):  # stop() may be called twice (a test, then its fixture)
+            os.unlink(self.log.name)
