@@ -461,11 +461,11 @@ def test_what_each_persistence_setting_loses_to_a_redis_kill(
     server = RedisServer(appendonly=setting != "none", appendfsync=fsync[setting])
     server.start()
     producers.configure(redis_url=server.url)
+    env = {**worker_env, "TAGSYNC_REDIS_URL": server.url, "TAGSYNC_RATE": "40"}
+    workers = start_worker(processes=2, threads=4, **env)
     try:
-        env = {**worker_env, "TAGSYNC_REDIS_URL": server.url, "TAGSYNC_RATE": "40"}
         tags = make_tags(client, 6, prefix=f"persist{setting}")
         fans = ensure_fans(sim, 600)
-        workers = start_worker(processes=2, threads=4, **env)  # noqa: F841 (stopped below)
         stream = Stream(tags, fans, per_second=300).start()
         time.sleep(3.0)
         server.kill()
