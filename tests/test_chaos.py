@@ -224,6 +224,39 @@ def test_redis_killed_and_restarted_loses_nothing(
 
 
 @pytest.mark.parametrize(
+    "stall_s", [pytest.param(3.0, id="3s"), pytest.param(12.0, id="12s", marks=pytest.mark.chaos)]
+)
+def test_redis_stalled_loses_nothing(
+    sim: Sim,
+    client: WeChatClient,
+    chaos_env: dict[str, str],
+    durable_redis: RedisServer,
+    start_worker: Any,  # after Redis: its workers stop first at teardown
+    stall_s: float,
+) -> None:
+    """Redis stops answering (SIGSTOP) with connections open, past the 10 s command timeout in
+    the long version, then goes on: nothing lost, calls resume within 2 s."""
+    connection = redis.Redis.from_url(durable_redis.url)
+
+    def stall() -> float:
+        durable_redis.freeze()
+        time.sleep(stall_s)
+        durable_redis.thaw()
+        return time.time()
+
+    stream, tags, back = run_with_fault(
+        sim=sim, client=client, start_worker=start_worker, env=chaos_env,
+        connection=connection, fault=stall, seconds_after=4.0,
+    )  # fmt: skip
+    assert back is not None
+    check_converged(sim, tags, stream)
+    assert DeadLetters(connection).count() == 0
+    resumed = first_call_after(sim, back)
+    assert resumed <= 2.0, f"calls resumed {resumed:.1f}s after Redis went on"
+    report("Redis stalled (SIGSTOP), then SIGCONT", f"{stall_s:g} s", stream, sim, resumed)
+
+
+@pytest.mark.parametrize(
     "kills", [pytest.param(2, id="2"), pytest.param(6, id="6", marks=pytest.mark.chaos)]
 )
 def test_worker_kill_storm_loses_nothing(

@@ -387,6 +387,9 @@ def test_tags_waiting_for_call_slots_finish_together(
     for call in log:
         last[call["tagid"]] = call["at"]
     assert len(last) == 20 and len(log) == 200
-    first_done = min(last.values()) - log[0]["at"]
-    assert first_done >= 0.8 * span, f"a tag was done at {first_done:.1f}s of {span:.1f}s"
+    done = sorted((at - log[0]["at"]) / span for at in last.values())
+    print("tags done at", [round(d, 2) for d in done])
+    # No tail: half the tags are still at work in the last tenth of the run, and none was
+    # done before two thirds of it.
+    assert done[10] >= 0.9 and done[0] >= 0.67, done
     assert "45011" not in sim.stats()["errcodes"]

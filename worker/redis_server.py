@@ -6,6 +6,7 @@ Used by ``tagsync demo`` (embedded defaults) and by the test fixtures.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -114,8 +115,19 @@ class RedisServer:
             if process.stderr:
                 process.stderr.close()
 
+    def freeze(self) -> None:
+        """Stop the server's process (SIGSTOP): a stalled Redis, connections open, no answers."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on (SIGCONT)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
+        self.thaw()
         process, self._process = self._process, None
         if process is not None:
             stop_process(process, timeout_s=5)
