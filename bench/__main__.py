@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import failures, ingest, pipeline, simulator
-from worker.logs import configure_logging
+from worker.observability.logs import configure_logging
 
 #: Every scenario, by name, in the order they run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {

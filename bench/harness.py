@@ -17,9 +17,9 @@ import requests
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.gate import AccountGate
-from worker.launch import WorkerGroup
 from worker.pending import PendingStore
-from worker.redis_server import RedisServer, free_port
+from worker.runtime.launch import WorkerGroup
+from worker.runtime.redis_server import RedisServer, free_port
 from worker.sweep import lift_pause
 from worker.wechat.client import WeChatClient
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 import requests
 
-from worker.launch import WorkerGroup as Worker
-from worker.processes import stop_process
-from worker.redis_server import RedisServer
+from worker.runtime.launch import WorkerGroup as Worker
+from worker.runtime.processes import stop_process
+from worker.runtime.redis_server import RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
 
@@ -208,7 +208,7 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(*, processes: int = 2, threads: int = 4, **env: str) -> Worker:
-        from worker.redis_server import free_port
+        from worker.runtime.redis_server import free_port
 
         settings = {"TAGSYNC_METRICS_PORT": str(free_port()), "TAGSYNC_METRICS_HOST": "127.0.0.1"}
         worker = Worker({**worker_env, **settings, **env}, processes=processes, threads=threads)

@@ -36,7 +36,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker.dead_letters import DeadLetters
-from worker.redis_server import RedisServer
+from worker.runtime.redis_server import RedisServer
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import requests
 
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from tests.conftest import Sim
-from worker.redis_server import free_port
+from worker.runtime.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -192,8 +192,8 @@ def ingest_server(env: dict[str, str]) -> Iterator[str]:
     """`tagsync ingest` on a free port (the development server, real HTTP)."""
     import subprocess
 
-    from worker.processes import stop_process
-    from worker.redis_server import free_port
+    from worker.runtime.processes import stop_process
+    from worker.runtime.redis_server import free_port
 
     port = free_port()
     process = subprocess.Popen(

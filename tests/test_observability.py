@@ -21,11 +21,11 @@ import requests
 from prometheus_client.metrics import MetricWrapperBase
 
 import producers
-import worker.metrics
+import worker.observability.metrics
 from tests.conftest import APPID, SECRET, Sim, wait_drained
-from worker.metrics_server import BacklogCollector
-from worker.redis_server import free_port
-from worker.settings import Settings
+from worker.observability.metrics_server import BacklogCollector
+from worker.runtime.redis_server import free_port
+from worker.runtime.settings import Settings
 from worker.wechat import WeChatClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,9 @@ def dashboard() -> dict[str, Any]:
 def exported_metric_names(connection: redis.Redis) -> set[str]:
     """Every series name the worker's endpoint can serve: ours, the backlog's and dramatiq's."""
     names: set[str] = set()
-    collectors = [v for v in vars(worker.metrics).values() if isinstance(v, MetricWrapperBase)]
+    collectors = [
+        v for v in vars(worker.observability.metrics).values() if isinstance(v, MetricWrapperBase)
+    ]
     for collector in collectors:
         for family in collector.describe():
             kind = family.type

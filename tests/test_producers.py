@@ -18,8 +18,8 @@ import requests
 import producers
 from producers.intents import QUEUE_NAME
 from tests.conftest import APPID
-from worker.processes import stop_process
-from worker.redis_server import free_port
+from worker.runtime.processes import stop_process
+from worker.runtime.redis_server import free_port
 
 QUEUE = f"dramatiq:{QUEUE_NAME}"
 OPENID = "o" + "A" * 27

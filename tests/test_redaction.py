@@ -12,10 +12,10 @@ import redis
 import requests
 
 from tests.conftest import APPID, SECRET, Sim
-from worker.logs import configure_logging
-from worker.redaction import MASK, Redactor, Secret
-from worker.redis_server import free_port
-from worker.settings import Settings
+from worker.observability.logs import configure_logging
+from worker.observability.redaction import MASK, Redactor, Secret
+from worker.runtime.redis_server import free_port
+from worker.runtime.settings import Settings
 from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
 
 

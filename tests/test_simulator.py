@@ -9,7 +9,7 @@ import requests
 
 from fakewechat.openids import OPENID_PATTERN, FanDirectory, prefix_for
 from tests.conftest import APPID, FANS, Sim, start_simulator
-from worker.processes import stop_process
+from worker.runtime.processes import stop_process
 
 
 def test_fans_are_deterministic_28_char_openids_with_the_appid_prefix() -> None:

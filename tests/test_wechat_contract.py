@@ -409,7 +409,7 @@ def test_latency_is_added(client: WeChatClient, sim: Sim) -> None:
 
 def test_connection_refused_is_a_network_error() -> None:
     """No server at all is a NetworkError too."""
-    from worker.redis_server import free_port
+    from worker.runtime.redis_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     wechat = WeChatClient(appid=APPID, secret=SECRET, api_base=url, connect_timeout=0.5)

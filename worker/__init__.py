@@ -1,0 +1,16 @@
+"""tagsync's worker: how an intent becomes a WeChat call, one module per step, in order.
+
+    application  producers.tag(...)       -> queue ``tagsync.intents`` (``queues.py``)
+    1. actors.ingest                      ``actors.py``: the dramatiq actors, the entry point
+    2. ingest.ingest_rows                 ``ingest.py``: check rows; bad ones to dead letters
+    3. PendingStore.ingest                ``pending/``: per-tag buffers in Redis, last write wins
+    4. actors.flush -> Flusher.flush      ``flush.py``: lease the tag, take a batch of <= 50
+    5. AccountGate.admit                  ``gate/``: a call slot (rate, daily budget, pauses)
+    6. WeChatClient.batch_tag             ``wechat/``: the call; ``errcodes.py``: the policy
+    7. settle the answer                  applied: ``pending/`` (ack); refused openids:
+                                          ``split.py``; given up: ``dead_letters.py``
+
+``sweep.py`` sends a flush to any tag that has work but none coming (lost wake-ups);
+``cli/`` is the ``tagsync`` command. Plumbing lives apart: ``runtime/`` (settings, Redis
+clients, the broker, process set-up) and ``observability/`` (metrics, logs, redaction).
+"""

@@ -15,16 +15,16 @@ from typing import Any
 
 import dramatiq
 
-from worker.broker import broker_url, setup_broker
 from worker.flush import Flusher
 from worker.ingest import ingest_rows
-from worker.log_context import LogContext
-from worker.logs import configure_logging
-from worker.metrics_server import Metrics
+from worker.observability.log_context import LogContext
+from worker.observability.logs import configure_logging
+from worker.observability.metrics_server import Metrics
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE
-from worker.recovery import OutageRecovery
-from worker.runtime import runtime
-from worker.settings import Settings
+from worker.runtime.broker import broker_url, setup_broker
+from worker.runtime.parts import runtime
+from worker.runtime.recovery import OutageRecovery
+from worker.runtime.settings import Settings
 from worker.sweep import Sweeper, sweep_once
 
 

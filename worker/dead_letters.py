@@ -16,9 +16,9 @@ from typing import Any
 
 from redis import Redis
 
-from worker.lua import load_script
-from worker.metrics import INTENTS_DEAD_LETTERED
-from worker.redaction import redact
+from worker.observability.metrics import INTENTS_DEAD_LETTERED
+from worker.observability.redaction import redact
+from worker.runtime.lua import load_script
 
 #: The stream of dead letters.
 STREAM = "tagsync:dead_letters"

@@ -31,7 +31,7 @@ import structlog
 
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import BATCH_API, CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
-from worker.metrics import (
+from worker.observability.metrics import (
     BATCH_SIZE,
     INTENT_AGE,
     INTENTS_APPLIED,

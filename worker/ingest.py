@@ -14,7 +14,7 @@ import structlog
 
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
+from worker.observability.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
 from worker.pending import IngestResult, PendingStore
 from worker.queues import SendFlush
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from worker.cli import admin, demo, dlq, produce, run
-from worker.logs import configure_logging
-from worker.settings import VARIABLES, Settings, SettingsError
+from worker.observability.logs import configure_logging
+from worker.runtime.settings import VARIABLES, Settings, SettingsError
 from worker.wechat.errcodes import markdown_table
 from worker.wechat.errors import WeChatError
 

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import redis
 
-from worker.settings import Settings
+from worker.runtime.settings import Settings
 from worker.wechat.client import WeChatClient
 
 

@@ -27,9 +27,9 @@ import requests
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.cli.run import collect_status
-from worker.launch import dramatiq_command, dramatiq_env
-from worker.processes import die_with_parent
-from worker.redis_server import RedisServer, free_port
+from worker.runtime.launch import dramatiq_command, dramatiq_env
+from worker.runtime.processes import die_with_parent
+from worker.runtime.redis_server import RedisServer, free_port
 from worker.wechat.client import WeChatClient
 
 #: Tags the demo creates.

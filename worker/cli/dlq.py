@@ -17,7 +17,7 @@ from worker.cli.admin import make_client
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
-from worker.settings import Settings, SettingsError
+from worker.runtime.settings import Settings, SettingsError
 from worker.sweep import lift_pause
 
 

@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import producers
 from producers.intents import Intent, InvalidIntent, parse_intent
-from worker.settings import Settings, SettingsError
+from worker.runtime.settings import Settings, SettingsError
 
 #: Lines between two progress reports.
 PROGRESS_EVERY = 100_000

@@ -14,9 +14,9 @@ import redis
 from producers.intents import QUEUE_NAME
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
-from worker.launch import dramatiq_command, dramatiq_env
 from worker.pending import PendingStore
-from worker.settings import Settings, SettingsError
+from worker.runtime.launch import dramatiq_command, dramatiq_env
+from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
 from worker.wechat.errors import WeChatError
 

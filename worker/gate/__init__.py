@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from worker.lua import load_script
+from worker.runtime.lua import load_script
 
 #: The share of TAGSYNC_RATE the gate admits. A call reaches WeChat some milliseconds
 #: after its slot (thread wake-up, GIL, network), and not always the same number: slots

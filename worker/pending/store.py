@@ -20,8 +20,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from producers.intents import Intent, Op
-from worker.lua import script_text
 from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, parse_member
+from worker.runtime.lua import script_text
 from worker.split import SplitPlan
 
 #: Most openids in one WeChat batch call.

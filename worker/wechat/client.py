@@ -18,8 +18,8 @@ import structlog
 from redis import Redis
 from requests.adapters import HTTPAdapter
 
-from worker.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
-from worker.redaction import Secret, redact
+from worker.observability.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
+from worker.observability.redaction import Secret, redact
 from worker.wechat.errors import (
     NetworkError,
     ProgrammingError,

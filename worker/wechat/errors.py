@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from worker.redaction import redact
+from worker.observability.redaction import redact
 from worker.wechat.errcodes import Errcode, ErrorClass, lookup, token_endpoint_row
 
 

@@ -18,9 +18,9 @@ from typing import Protocol
 
 from redis import Redis
 
-from worker.lua import load_script
-from worker.metrics import TOKEN_REFRESHES
-from worker.redaction import REDACTOR
+from worker.observability.metrics import TOKEN_REFRESHES
+from worker.observability.redaction import REDACTOR
+from worker.runtime.lua import load_script
 from worker.wechat.errors import TokenUnavailable
 
 #: A token is refreshed once less than this share of its lifetime is left...

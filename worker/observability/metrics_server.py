@@ -22,7 +22,7 @@ from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE
-from worker.settings import Settings
+from worker.runtime.settings import Settings
 
 #: Address the metrics endpoint binds (all interfaces unless told otherwise).
 METRICS_HOST_ENV = "TAGSYNC_METRICS_HOST"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.redaction import REDACTOR
+from worker.observability.redaction import REDACTOR
 
 
 def redact_secrets(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:

@@ -1,7 +1,7 @@
 """tagsync's Prometheus metrics (prometheus-client, multiprocess-safe).
 
 Worker processes write to the directory named by ``PROMETHEUS_MULTIPROC_DIR`` (set by
-``worker.launch`` before any process starts, wiped at start); ``worker.metrics_server``
+``worker.runtime.launch`` before any process starts, wiped at start); ``metrics_server``
 serves them together with dramatiq's own and with backlog gauges read from Redis at
 scrape time. No metric carries an openid.
 """

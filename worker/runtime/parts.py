@@ -10,8 +10,8 @@ import redis
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
-from worker.redis_client import retrying_client
-from worker.settings import Settings
+from worker.runtime.redis_client import retrying_client
+from worker.runtime.settings import Settings
 from worker.wechat.client import WeChatClient
 
 
@@ -31,7 +31,7 @@ class Runtime:
         """Build every part from the settings (Redis and WeChat settings are required)."""
         appid, secret = settings.require_wechat()
         if not settings.redis_url:
-            from worker.settings import SettingsError
+            from worker.runtime.settings import SettingsError
 
             raise SettingsError("TAGSYNC_REDIS_URL must be set")
         # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from worker.redaction import Secret
+from worker.observability.redaction import Secret
 from worker.wechat.client import DEFAULT_API_BASE
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from worker.redis_client import retrying_client
+from worker.runtime.redis_client import retrying_client
 
 #: A worker that misses heartbeats this long is dead: its unacked messages are redelivered.
 HEARTBEAT_TIMEOUT_MS = 15_000
@@ -28,7 +28,7 @@ def setup_broker(
 ) -> RedisBroker:
     """Create the broker from ``TAGSYNC_REDIS_URL`` and make it dramatiq's global one.
 
-    Its client retries every command until Redis answers (``worker.redis_client``): a
+    Its client retries every command until Redis answers (``worker.runtime.redis_client``): a
     fetch, an enqueue from an actor or an ack waits out an outage instead of failing.
     """
     broker = RedisBroker(  # type: ignore[no-untyped-call]

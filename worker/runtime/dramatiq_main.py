@@ -1,4 +1,4 @@
-"""``python -m worker.dramatiq_main ARGS``: dramatiq's CLI with tagsync's logging.
+"""``python -m worker.runtime.dramatiq_main ARGS``: dramatiq's CLI with tagsync's logging.
 
 dramatiq's main process calls ``logging.basicConfig``, which does nothing once the root
 logger has a handler: configuring first makes its own lines JSON (or console) like ours.
@@ -10,8 +10,8 @@ import sys
 
 from dramatiq.cli import main
 
-from worker.logs import configure_logging
-from worker.settings import Settings, SettingsError
+from worker.observability.logs import configure_logging
+from worker.runtime.settings import Settings, SettingsError
 
 if __name__ == "__main__":
     try:

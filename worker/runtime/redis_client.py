@@ -10,7 +10,7 @@ long as Redis is away: a crash and restart, a failover or a stall only pauses th
 Commands may then run twice (the first answer lost with the connection): the scripts are
 idempotent or harmless to repeat (a merge, an ack, a dead letter written once per intent);
 a fetch whose answer was lost leaves messages in this worker's unacked set, which
-``worker.recovery`` hands back when Redis returns.
+``worker.runtime.recovery`` hands back when Redis returns.
 
 Producers and the CLI keep plain clients: there a call should fail fast and say so.
 """
