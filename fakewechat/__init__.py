@@ -3,6 +3,10 @@
 It serves every call of the seed's user tag management page with its rules and error
 codes, the token endpoints, quotas and injectable faults, plus ``/_sim/*`` endpoints that
 tests use to configure faults and read what happened. It imports nothing of tagsync.
+
+``simulator`` holds the rules and an account's state (``AppState``); ``config`` the typed
+faults and limits; ``stats`` what it saw; ``tokens`` the access tokens; ``errors`` WeChat's
+error answers; ``openids`` the fans; ``server`` the HTTP front.
 """
 
 from fakewechat.openids import FanDirectory, prefix_for

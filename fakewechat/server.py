@@ -203,7 +203,7 @@ def _test_endpoint(
         if path == "/_sim/log":
             return 200, sim.batch_log()
         if path == "/_sim/config":
-            return 200, sim.configure(body) if method == "POST" else dict(sim.config)
+            return 200, sim.configure(body) if method == "POST" else sim.config.document()
         if path == "/_sim/reset" and method == "POST":
             sim.reset()
             return 200, {"ok": True}

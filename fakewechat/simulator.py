@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import bisect
 import random
-import secrets
-import string
 import threading
-import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from fakewechat.config import MALFORMED_KINDS, ConfigError, SimConfig
+from fakewechat.errors import OK, error
 from fakewechat.openids import FanDirectory
+from fakewechat.stats import BATCH_KINDS, Stats
+from fakewechat.tokens import TokenBook
+
+__all__ = ["Answer", "ConfigError", "SimConfig", "Simulator", "Tag", "bad_json"]
 
 #: Tags 0, 1 and 2 are the system's own: they cannot be renamed or deleted (45058).
 RESERVED_TAG_IDS = frozenset({0, 1, 2})
@@ -31,104 +34,8 @@ MAX_TAG_NAME_BYTES = 30
 MAX_BATCH = 50
 #: A tag with more fans than this cannot be deleted (45057).
 MAX_FANS_TO_DELETE = 100_000
-#: How long a token stays valid after a newer one was fetched, in seconds.
-OLD_TOKEN_GRACE_S = 300.0
-#: How many batch calls `/_sim/log` keeps.
-BATCH_LOG_SIZE = 20_000
 #: Calls that fetch tokens: outside the per-second limit and `max_calls_in_any_second`.
 TOKEN_PATHS = frozenset({"token", "stable_token"})
-
-ERRMSG = {
-    0: "ok",
-    -1: "system error",
-    40001: "invalid credential, access_token is invalid or not latest",
-    40002: "invalid grant_type",
-    40003: "invalid openid",
-    40013: "invalid appid",
-    40014: "invalid access_token",
-    40032: "invalid openid list size, at most 50",
-    40125: "invalid appsecret",
-    41001: "access_token missing",
-    42001: "access_token expired",
-    43002: "require POST method",
-    44002: "empty post data",
-    45009: "reach max api daily quota limit",
-    45011: "api minute-quota reach limit, mustslower retry next minute",
-    45056: "too many tags",
-    45057: "can't delete the tag that has too many fans",
-    45058: "can't modify sys tag",
-    45059: "has too many tags",
-    45157: "invalid tag name",
-    45158: "tag name too long",
-    45159: "invalid tag id",
-    47001: "data format error",
-    49003: "not match openid with appid",
-}
-
-
-def default_config() -> dict[str, Any]:
-    """The fault and limit settings of a fresh simulator (`POST /_sim/config` changes them)."""
-    return {
-        "busy_rate": 0.0,
-        "http500_rate": 0.0,
-        "timeout_rate": 0.0,
-        # How long a "timeout" answer hangs; longer than any sane client read timeout.
-        "timeout_hang_s": 30.0,
-        "latency_ms": [0, 0],
-        "rate_per_sec": None,
-        "daily_quota": None,
-        "max_tags_per_fan": 20,
-        "token_ttl_s": 7200,
-        "page_size": 10_000,
-        # {path: errcode}: every call of that path answers the errcode (e.g. 48001, 40164).
-        "forced_errcodes": {},
-        # Batch calls on tags that exist answer 45159 at this rate (as WeChat does right
-        # after a tag's creation and under concurrent calls on one fan); nothing is applied.
-        "spurious_45159_rate": 0.0,
-        # Answers that are not WeChat's JSON, at this rate: see MALFORMED_KINDS.
-        "malformed_rate": 0.0,
-        "malformed_kind": "mixed",
-    }
-
-
-#: Garbled answers the simulator can give: a 200 whose body is not JSON, a proxy's HTML
-#: 502 page, JSON without errcode, and a connection reset after the call was carried out.
-MALFORMED_KINDS = ("not_json", "html_502", "no_errcode", "reset")
-
-
-class ConfigError(ValueError):
-    """A `/_sim/config` body with an unknown key or a value of the wrong shape."""
-
-
-def _check_config(changes: dict[str, Any]) -> None:
-    known = default_config()
-    for key, value in changes.items():
-        if key not in known:
-            raise ConfigError(f"unknown config key {key!r}")
-        if key.endswith("_rate") and key != "rate_per_sec":
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ConfigError(f"{key} must be a number from 0 to 1")
-        elif key == "latency_ms":
-            if (
-                not isinstance(value, list)
-                or len(value) != 2
-                or not all(isinstance(v, int | float) and v >= 0 for v in value)
-                or value[0] > value[1]
-            ):
-                raise ConfigError("latency_ms must be [low, high] milliseconds")
-        elif key == "malformed_kind":
-            if value not in (*MALFORMED_KINDS, "mixed"):
-                raise ConfigError(
-                    f"malformed_kind must be one of {', '.join(MALFORMED_KINDS)}, mixed"
-                )
-        elif key == "forced_errcodes":
-            if not isinstance(value, dict) or not all(isinstance(v, int) for v in value.values()):
-                raise ConfigError("forced_errcodes must map API paths to errcodes")
-        elif key in ("rate_per_sec", "daily_quota"):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{key} must be a whole number or null")
-        elif not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{key} must be a positive number")
 
 
 @dataclass
@@ -170,13 +77,14 @@ class Answer:
     stat_code: str | None = None
 
 
-def error(code: int, detail: str = "") -> dict[str, Any]:
-    """A WeChat error body."""
-    message = ERRMSG.get(code, "error")
-    return {"errcode": code, "errmsg": f"{message}{' hint: ' + detail if detail else ''}"}
+@dataclass
+class AppState:
+    """What the account holds: its tags, who carries which, and today's quota use."""
 
-
-OK = {"errcode": 0, "errmsg": "ok"}
+    tags: dict[int, Tag] = field(default_factory=dict)
+    tags_of_fan: dict[str, set[int]] = field(default_factory=dict)
+    next_tag_id: int = FIRST_TAG_ID
+    daily_used: Counter[str] = field(default_factory=Counter)
 
 
 class Simulator:
@@ -198,54 +106,26 @@ class Simulator:
     def reset(self) -> None:
         """Clear tags, memberships, tokens, stats, quotas and faults; fans stay."""
         with self._lock:
-            self.config = default_config()
-            self.tags: dict[int, Tag] = {}
-            self.tags_of_fan: dict[str, set[int]] = {}
-            self._next_tag_id = FIRST_TAG_ID
-            self._tokens: dict[str, float] = {}  # token -> expiry (monotonic seconds)
-            self._stable_token: str | None = None
-            self._calls: Counter[str] = Counter()
-            self._errcodes: Counter[str] = Counter()
-            self._batch_sizes: dict[str, Counter[str]] = {
-                "tagging": Counter(),
-                "untagging": Counter(),
-            }
-            self._token_fetches = 0
-            self._second = 0
-            self._calls_this_second = 0
-            self._max_calls_in_any_second = 0
-            self._daily_used: Counter[str] = Counter()
-            self._in_flight_tags: Counter[int] = Counter()
-            self._overlapping_batches = 0
-            self._first_call_at: float | None = None
-            self._last_call_at: float | None = None
-            self._batch_log: deque[dict[str, Any]] = deque(maxlen=BATCH_LOG_SIZE)
+            self.config = SimConfig()
+            self.app = AppState()
+            self.tokens = TokenBook()
+            self.counters = Stats()
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply `/_sim/config` changes (validated first) and return the whole config."""
-        _check_config(changes)
         with self._lock:
-            self.config.update(changes)
-            return dict(self.config)
+            self.config = self.config.updated(changes)
+            return self.config.document()
 
     def stats(self) -> dict[str, Any]:
         """The `/_sim/stats` document."""
         with self._lock:
-            return {
-                "calls": dict(self._calls),
-                "errcodes": dict(self._errcodes),
-                "batch_sizes": {kind: dict(c) for kind, c in self._batch_sizes.items()},
-                "token_fetches": self._token_fetches,
-                "max_calls_in_any_second": self._max_calls_in_any_second,
-                "overlapping_batches": self._overlapping_batches,
-                "first_batch_at": self._first_call_at,
-                "last_batch_at": self._last_call_at,
-            }
+            return self.counters.document(self.tokens.fetches)
 
     def batch_log(self) -> dict[str, Any]:
         """The `/_sim/log` document: the latest batch calls, oldest first."""
         with self._lock:
-            return {"batches": list(self._batch_log)}
+            return {"batches": list(self.counters.log)}
 
     def state(self) -> dict[str, Any]:
         """The `/_sim/state` document: every tag with its name and fans."""
@@ -253,26 +133,24 @@ class Simulator:
             return {
                 "tags": {
                     str(tag.id): {"name": tag.name, "fans": tag.sorted_fans()}
-                    for tag in self.tags.values()
+                    for tag in self.app.tags.values()
                 }
             }
 
     def expire_tokens(self) -> None:
         """Expire every issued token at once: later calls get 42001."""
         with self._lock:
-            now = time.monotonic()
-            for token in self._tokens:
-                self._tokens[token] = now
+            self.tokens.expire_all()
 
     def seed_members(self, tag_id: int, openids: list[str]) -> int:
         """Tag fans directly, bypassing limits and stats (bulk set-up for big tags)."""
         with self._lock:
-            tag = self.tags.get(tag_id)
+            tag = self.app.tags.get(tag_id)
             if tag is None:
                 raise KeyError(tag_id)
             for openid in openids:
                 tag.fans.add(openid)
-                self.tags_of_fan.setdefault(openid, set()).add(tag_id)
+                self.app.tags_of_fan.setdefault(openid, set()).add(tag_id)
             tag.changed()
             return len(tag.fans)
 
@@ -284,44 +162,25 @@ class Simulator:
         if path not in handlers:
             return Answer(404, {"errcode": 404, "errmsg": f"unknown api {path}"})
         with self._lock:
-            self._calls[path] += 1
-            self._count_batch(path, body)
+            self.counters.received(path, body)
             if path in TOKEN_PATHS:
                 answer = Answer(200, self._token_call(path, query, body))
             else:
                 answer = self._api_call(path, query, body, handlers[path])
             code = answer.body.get("errcode", 0) if answer.status == 200 else answer.status
-            self._errcodes[answer.stat_code or str(code)] += 1
-            if path.startswith("tags/members/") and isinstance(body, dict):
-                self._batch_log.append(
-                    {
-                        "at": time.time(),
-                        "op": "untag" if path.endswith("untagging") else "tag",
-                        "tagid": body.get("tagid"),
-                        "openids": list(body.get("openid_list") or [])[: MAX_BATCH + 1],
-                        "errcode": answer.stat_code or str(code),
-                    }
-                )
-            self._enter_batch(path, body, answer)
-        return answer
-
-    def _enter_batch(self, path: str, body: Any, answer: Answer) -> None:
-        # Two batches of one tag answered at the same time mean two flushes overlapped.
-        if path.startswith("tags/members/") and isinstance(body, dict):
-            tag_id = self._tag_id(body.get("tagid"))
-            if tag_id is not None:
-                if self._in_flight_tags[tag_id]:
-                    self._overlapping_batches += 1
-                self._in_flight_tags[tag_id] += 1
+            self.counters.answered(path, body, answer.stat_code or str(code))
+            # Two batches of one tag answered at the same time mean two flushes overlapped.
+            tag_id = _tag_id(body.get("tagid")) if isinstance(body, dict) else None
+            if path in BATCH_KINDS and tag_id is not None:
+                self.counters.batch_started(tag_id)
                 answer.batch_tag = tag_id
+        return answer
 
     def done(self, answer: Answer) -> None:
         """Mark the call of ``answer`` as answered (its latency has passed)."""
         if answer.batch_tag is not None:
             with self._lock:
-                # A reset while the call was answered already dropped its count.
-                if self._in_flight_tags[answer.batch_tag] > 0:
-                    self._in_flight_tags[answer.batch_tag] -= 1
+                self.counters.batch_done(answer.batch_tag)
 
     def _handlers(self) -> dict[str, Any]:
         return {
@@ -339,59 +198,41 @@ class Simulator:
             "openapi/quota/get": self._quota_get,
         }
 
-    def _count_batch(self, path: str, body: Any) -> None:
-        kind = {"tags/members/batchtagging": "tagging", "tags/members/batchuntagging": "untagging"}
-        if path in kind and isinstance(body, dict) and isinstance(body.get("openid_list"), list):
-            self._batch_sizes[kind[path]][str(len(body["openid_list"]))] += 1
-
     def _api_call(self, path: str, query: dict[str, str], body: Any, handler: Any) -> Answer:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._calls_this_second = second, 0
-        self._calls_this_second += 1
-        self._max_calls_in_any_second = max(self._max_calls_in_any_second, self._calls_this_second)
-        if path.startswith("tags/members/"):
-            if self._first_call_at is None:
-                self._first_call_at = now
-            self._last_call_at = now
-
-        token_error = self._check_token(query.get("access_token"))
+        in_second = self.counters.api_call(path)
+        token_error = self.tokens.check(query.get("access_token"))
         if token_error:
             return Answer(200, error(token_error))
         cfg = self.config
-        if cfg["rate_per_sec"] is not None and self._calls_this_second > cfg["rate_per_sec"]:
+        if cfg.rate_per_sec is not None and in_second > cfg.rate_per_sec:
             return Answer(200, error(45011))
         metered = path not in ("clear_quota", "openapi/quota/get")
-        if (
-            metered
-            and cfg["daily_quota"] is not None
-            and self._daily_used[path] >= cfg["daily_quota"]
-        ):
+        used = self.app.daily_used
+        if metered and cfg.daily_quota is not None and used[path] >= cfg.daily_quota:
             return Answer(200, error(45009))
-        self._daily_used[path] += 1
-        forced = cfg["forced_errcodes"].get(path)
+        used[path] += 1
+        forced = cfg.forced_errcodes.get(path)
         if forced is not None:
             return Answer(200, error(int(forced)))
-        low, high = cfg["latency_ms"]
+        low, high = cfg.latency_ms
         delay = self._random.uniform(low, high) / 1000 if high else 0.0
-        if cfg["http500_rate"] and self._random.random() < cfg["http500_rate"]:
+        if cfg.http500_rate and self._random.random() < cfg.http500_rate:
             return Answer(500, {"errmsg": "internal server error"}, delay_s=delay)
-        if cfg["busy_rate"] and self._random.random() < cfg["busy_rate"]:
+        if cfg.busy_rate and self._random.random() < cfg.busy_rate:
             return Answer(200, error(-1), delay_s=delay)
         if body is _BAD_JSON:
             return Answer(200, error(47001))
         malformed = ""
-        if cfg["malformed_rate"] and self._random.random() < cfg["malformed_rate"]:
-            malformed = cfg["malformed_kind"]
+        if cfg.malformed_rate and self._random.random() < cfg.malformed_rate:
+            malformed = cfg.malformed_kind
             if malformed == "mixed":
                 malformed = self._random.choice(MALFORMED_KINDS)
             if malformed != "reset":
                 return _garbled(malformed, delay)
         if (
-            cfg["spurious_45159_rate"]
-            and path.startswith("tags/members/")
-            and self._random.random() < cfg["spurious_45159_rate"]
+            cfg.spurious_45159_rate
+            and path in BATCH_KINDS
+            and self._random.random() < cfg.spurious_45159_rate
         ):
             return Answer(200, error(45159), delay_s=delay)
         result = handler(body if isinstance(body, dict) else {})
@@ -399,32 +240,10 @@ class Simulator:
         if malformed == "reset":
             answer.reset = True
             answer.stat_code = "reset"
-        if cfg["timeout_rate"] and self._random.random() < cfg["timeout_rate"]:
+        if cfg.timeout_rate and self._random.random() < cfg.timeout_rate:
             # The call is carried out; only its answer is lost, as with a real timeout.
-            answer.hang_s = float(cfg["timeout_hang_s"])
+            answer.hang_s = float(cfg.timeout_hang_s)
         return answer
-
-    # -- tokens -----------------------------------------------------------------------
-
-    def _check_token(self, token: str | None) -> int:
-        if not token:
-            return 41001
-        expiry = self._tokens.get(token)
-        if expiry is None:
-            return 40001 if len(token) == 64 and token.isalnum() else 40014
-        return 42001 if time.monotonic() >= expiry else 0
-
-    def _issue_token(self) -> tuple[str, float]:
-        now = time.monotonic()
-        for token, expiry in self._tokens.items():
-            self._tokens[token] = min(expiry, now + OLD_TOKEN_GRACE_S)
-        # Forget long-dead tokens so a long run does not grow without bound.
-        self._tokens = {t: e for t, e in self._tokens.items() if e > now - 3600}
-        alphabet = string.ascii_letters + string.digits
-        token = "".join(secrets.choice(alphabet) for _ in range(64))
-        ttl = float(self.config["token_ttl_s"])
-        self._tokens[token] = now + ttl
-        return token, ttl
 
     def _token_call(self, path: str, query: dict[str, str], body: Any) -> dict[str, Any]:
         params = query if path == "token" else (body if isinstance(body, dict) else {})
@@ -436,19 +255,18 @@ class Simulator:
             # WeChat's `token` calls a wrong secret an invalid credential; `stable_token`
             # names it.
             return error(40001 if path == "token" else 40125)
-        self._token_fetches += 1
-        forced = self.config["forced_errcodes"].get(path)
+        self.tokens.fetches += 1
+        forced = self.config.forced_errcodes.get(path)
         if forced is not None:
             return error(int(forced))
         if path == "stable_token" and not params.get("force_refresh"):
             # The stable token is handed out again while it is valid.
-            current = self._stable_token
-            if current is not None and self._check_token(current) == 0:
-                remaining = self._tokens[current] - time.monotonic()
-                return {"access_token": current, "expires_in": int(remaining)}
-        token, ttl = self._issue_token()
+            current = self.tokens.stable
+            if current is not None and self.tokens.check(current) == 0:
+                return {"access_token": current, "expires_in": int(self.tokens.left_s(current))}
+        token, ttl = self.tokens.issue(float(self.config.token_ttl_s))
         if path == "stable_token":
-            self._stable_token = token
+            self.tokens.stable = token
         return {"access_token": token, "expires_in": int(ttl)}
 
     # -- tags -------------------------------------------------------------------------
@@ -458,7 +276,7 @@ class Simulator:
             return 45157
         if len(name.encode()) > MAX_TAG_NAME_BYTES:
             return 45158
-        if any(tag.name == name and tag.id != own_id for tag in self.tags.values()):
+        if any(tag.name == name and tag.id != own_id for tag in self.app.tags.values()):
             return 45157
         return 0
 
@@ -467,50 +285,49 @@ class Simulator:
         code = self._name_error(name)
         if code or not isinstance(name, str):
             return error(code or 45157)
-        if len(self.tags) >= MAX_TAGS:
+        if len(self.app.tags) >= MAX_TAGS:
             return error(45056)
-        tag = Tag(self._next_tag_id, name)
-        self._next_tag_id += 1
-        self.tags[tag.id] = tag
+        tag = Tag(self.app.next_tag_id, name)
+        self.app.next_tag_id += 1
+        self.app.tags[tag.id] = tag
         return {"tag": {"id": tag.id, "name": tag.name}}
 
     def _list_tags(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
-            "tags": [{"id": t.id, "name": t.name, "count": len(t.fans)} for t in self.tags.values()]
+            "tags": [
+                {"id": t.id, "name": t.name, "count": len(t.fans)} for t in self.app.tags.values()
+            ]
         }
-
-    def _tag_id(self, value: Any) -> int | None:
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def _rename_tag(self, body: dict[str, Any]) -> dict[str, Any]:
         spec = body.get("tag") or {}
-        tag_id = self._tag_id(spec.get("id"))
+        tag_id = _tag_id(spec.get("id"))
         if tag_id in RESERVED_TAG_IDS:
             return error(45058)
-        if tag_id not in self.tags:
+        if tag_id not in self.app.tags:
             return error(45159)
         code = self._name_error(spec.get("name"), own_id=tag_id)
         if code:
             return error(code)
-        self.tags[tag_id].name = spec["name"]
+        self.app.tags[tag_id].name = spec["name"]
         return dict(OK)
 
     def _delete_tag(self, body: dict[str, Any]) -> dict[str, Any]:
-        tag_id = self._tag_id((body.get("tag") or {}).get("id"))
+        tag_id = _tag_id((body.get("tag") or {}).get("id"))
         if tag_id in RESERVED_TAG_IDS:
             return error(45058)
-        if tag_id is None or tag_id not in self.tags:
+        if tag_id is None or tag_id not in self.app.tags:
             return error(45159)
-        tag = self.tags[tag_id]
+        tag = self.app.tags[tag_id]
         if len(tag.fans) > MAX_FANS_TO_DELETE:
             return error(45057)
         for openid in tag.fans:
-            self.tags_of_fan[openid].discard(tag_id)
-        del self.tags[tag_id]
+            self.app.tags_of_fan[openid].discard(tag_id)
+        del self.app.tags[tag_id]
         return dict(OK)
 
     def _tag_fans(self, body: dict[str, Any]) -> dict[str, Any]:
-        tag = self.tags.get(self._tag_id(body.get("tagid")) or -1)
+        tag = self.app.tags.get(_tag_id(body.get("tagid")) or -1)
         if tag is None:
             return error(45159)
         after = body.get("next_openid") or ""
@@ -518,7 +335,7 @@ class Simulator:
             return error(40003)
         fans = tag.sorted_fans()
         start = bisect.bisect_right(fans, after) if after else 0
-        page = fans[start : start + int(self.config["page_size"])]
+        page = fans[start : start + int(self.config.page_size)]
         if not page:
             return {"count": 0, "next_openid": ""}
         return {"count": len(page), "data": {"openid": page}, "next_openid": page[-1]}
@@ -534,7 +351,7 @@ class Simulator:
         openids = body.get("openid_list")
         if not isinstance(openids, list) or not openids or len(openids) > MAX_BATCH:
             return None, [], error(40032)
-        tag = self.tags.get(self._tag_id(body.get("tagid")) or -1)
+        tag = self.app.tags.get(_tag_id(body.get("tagid")) or -1)
         if tag is None:
             return None, [], error(45159)
         for openid in openids:
@@ -547,13 +364,13 @@ class Simulator:
         tag, openids, failure = self._batch_check(body)
         if tag is None:
             return failure
-        limit = int(self.config["max_tags_per_fan"])
+        limit = int(self.config.max_tags_per_fan)
         for openid in openids:
-            carried = self.tags_of_fan.get(openid, set())
+            carried = self.app.tags_of_fan.get(openid, set())
             if tag.id not in carried and len(carried) >= limit:
                 return error(45059, openid)
         for openid in openids:
-            self.tags_of_fan.setdefault(openid, set()).add(tag.id)
+            self.app.tags_of_fan.setdefault(openid, set()).add(tag.id)
             tag.fans.add(openid)
         tag.changed()
         return dict(OK)
@@ -563,7 +380,7 @@ class Simulator:
         if tag is None:
             return failure
         for openid in openids:
-            self.tags_of_fan.get(openid, set()).discard(tag.id)
+            self.app.tags_of_fan.get(openid, set()).discard(tag.id)
             tag.fans.discard(openid)
         tag.changed()
         return dict(OK)
@@ -573,14 +390,14 @@ class Simulator:
         code = self._openid_error(openid)
         if code or not isinstance(openid, str):
             return error(code or 40003)
-        return {"tagid_list": sorted(self.tags_of_fan.get(openid, set()))}
+        return {"tagid_list": sorted(self.app.tags_of_fan.get(openid, set()))}
 
     # -- quotas -----------------------------------------------------------------------
 
     def _clear_quota(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("appid") != self.appid:
             return error(40013)
-        self._daily_used.clear()
+        self.app.daily_used.clear()
         return dict(OK)
 
     def _quota_get(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -588,10 +405,14 @@ class Simulator:
         if not isinstance(cgi_path, str) or not cgi_path.startswith("/cgi-bin/"):
             return error(47001)
         path = cgi_path.removeprefix("/cgi-bin/")
-        limit = self.config["daily_quota"]
+        limit = self.config.daily_quota
         limit = limit if limit is not None else UNLIMITED_DAILY_QUOTA
-        used = self._daily_used[path]
+        used = self.app.daily_used[path]
         return {**OK, "quota": {"daily_limit": limit, "used": used, "remain": max(0, limit - used)}}
+
+
+def _tag_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _garbled(kind: str, delay: float) -> Answer:

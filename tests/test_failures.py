@@ -204,10 +204,7 @@ def test_credential_error_pauses_and_keeps_every_intent(
     report = tagsync(worker_env, "status")
     assert "PAUSED (credentials, errcode 48001)" in report.stdout
     assert backlog(queue) >= 60
-    assert (
-        '"level": "error"' in worker.logs()
-        and "account.paused" in worker.logs()
-    )
+    assert '"level": "error"' in worker.logs() and "account.paused" in worker.logs()
     sim.config(forced_errcodes={})
     tagsync(worker_env, "quota", "reset")
     wait_drained(queue)
