@@ -28,6 +28,7 @@ import producers
 from tests.conftest import (
     APPID,
     Sim,
+    batch_calls,
     ensure_fans,
     expected_state,
     fans_of,
@@ -99,13 +100,6 @@ def minimum_calls(events: list[Event]) -> int:
     for (tag, _), (_, op) in latest.items():
         per[(tag, op)] = per.get((tag, op), 0) + 1
     return sum(math.ceil(n / 50) for n in per.values())
-
-
-def batch_calls(sim: Sim) -> int:
-    calls = sim.stats()["calls"]
-    return int(
-        calls.get("tags/members/batchtagging", 0) + calls.get("tags/members/batchuntagging", 0)
-    )
 
 
 def report(

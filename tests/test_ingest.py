@@ -36,7 +36,13 @@ class Ingest:
     flushes: Flushes
 
     def __call__(self, rows: Any) -> Any:
-        return ingest_rows(rows, self.store, self.dead, self.flushes, accounts=frozenset({ACCOUNT}))
+        return ingest_rows(
+            rows,
+            store=self.store,
+            dead_letters=self.dead,
+            send_flush=self.flushes,
+            accounts=frozenset({ACCOUNT}),
+        )
 
     def letters(self) -> list[DeadLetter]:
         return [letter for _, letter in self.dead.scan()]
@@ -92,6 +98,9 @@ def test_a_duplicate_message_is_coalesced(ingest: Ingest) -> None:
         ["tag", 7, "a", "yesterday", ACCOUNT],
         ["tag", 7, "a\n", 1.0, ACCOUNT],
         ["retag", 7, "a", 1.0, ACCOUNT],
+        ["tag", 7, "a", 10**400, ACCOUNT],
+        ["tag", 7, 10**5000, 1.0, ACCOUNT],
+        ["tag", 10**5000, "a", float("inf"), [[[]]]],
         [["nested"]],
     ],
 )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 
 from producers.intents import Intent, make_intent
+from tests.conftest import wait_until
 from worker.pending import LeaseLost, PendingStore, TagKeys
 
 ACCOUNT = "wxpending"
@@ -98,7 +97,9 @@ def test_take_waits_for_linger_then_takes_the_oldest(store: PendingStore) -> Non
     store.acquire(ACCOUNT, 7, "me", 10_000)
     first = store.take(ACCOUNT, 7, "me", 10_000)
     assert first.kind == "wait" and 0 < first.wait_ms <= 200
-    time.sleep(0.25)
+    # Polled until the linger is over (a look that takes the batch is undone by the next:
+    # take() returns a batch left in flight to pending first).
+    wait_until(lambda: store.take(ACCOUNT, 7, "me", 10_000).kind != "wait", what="the linger")
     second = store.take(ACCOUNT, 7, "me", 10_000)
     assert second.batch is not None
     assert (second.batch.op, second.batch.openids) == ("untag", ["u0", "u1", "u2"])
@@ -111,8 +112,8 @@ def test_batches_hold_at_most_50(store: PendingStore) -> None:
     sizes = []
     for _ in range(3):
         took = store.take(ACCOUNT, 7, "me", 10_000)
-        if took.batch is None:
-            time.sleep(0.25)  # the remainder lingers
+        if took.batch is None:  # the remainder lingers: as if its linger were over
+            store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
             took = store.take(ACCOUNT, 7, "me", 10_000)
         assert took.batch is not None
         sizes.append(len(took.batch.openids))
@@ -144,8 +145,7 @@ def test_a_dead_flushs_batch_returns_to_pending(store: PendingStore) -> None:
     store.acquire(ACCOUNT, 7, "dead", 100)
     assert store.take(ACCOUNT, 7, "dead", 100).batch is not None
     store.ingest([intent("untag", "o0", 2)])  # newer than its in-flight intent
-    time.sleep(0.15)
-    store.acquire(ACCOUNT, 7, "next", 10_000)
+    wait_until(lambda: store.acquire(ACCOUNT, 7, "next", 10_000), what="the dead lease to expire")
     store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
     took = store.take(ACCOUNT, 7, "next", 10_000)
     assert took.restored == 49 and took.batch is not None

@@ -19,7 +19,7 @@ import producers
 from producers.intents import QUEUE_NAME
 from tests.conftest import APPID
 from worker.runtime.processes import stop_process
-from worker.runtime.redis_server import free_port
+from worker.runtime.redis_server import RedisServer, free_port
 
 QUEUE = f"dramatiq:{QUEUE_NAME}"
 OPENID = "o" + "A" * 27
@@ -159,14 +159,21 @@ def test_producer_rejects_bad_input_in_the_callers_thread(queue: redis.Redis) ->
 
 
 def test_producer_keeps_intents_when_redis_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    """If the queue cannot be reached, close() raises and says so; nothing vanishes silently."""
+    """If the queue cannot be reached, close() raises and says so, and the intents stay
+    buffered: once Redis answers, flush() sends them."""
     monkeypatch.setenv("WECHAT_APPID", APPID)
-    producers.configure(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    port = free_port()
+    producers.configure(redis_url=f"redis://127.0.0.1:{port}/0")
     try:
         producer = producers.Producer(linger_ms=1)
         producer.tag(100, OPENID)
+        producer.untag(101, OPENID)
         with pytest.raises(redis.ConnectionError):
             producer.close()
+        with RedisServer(port=port) as server:
+            assert producer.flush() == 2
+            rows = queued_intents(redis.Redis.from_url(server.url))
+            assert sorted((r[0], r[1]) for r in rows) == [("tag", 100), ("untag", 101)]
     finally:
         producers.configure(None)
 

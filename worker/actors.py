@@ -71,7 +71,9 @@ def ingest(rows: Any) -> None:
     """Merge a message of intent rows into the pending buffers."""
     rt = runtime()
     accounts = frozenset({rt.client.appid})
-    ingest_rows(rows, rt.store, rt.dead_letters, send_flush, accounts=accounts)
+    ingest_rows(
+        rows, store=rt.store, dead_letters=rt.dead_letters, send_flush=send_flush, accounts=accounts
+    )
 
 
 @dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=FLUSH, priority=10)

@@ -9,6 +9,7 @@ lost lease writes nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -49,6 +50,25 @@ class DeadLetter:
     def fields(self) -> dict[str, str]:
         """The stream entry's fields (empty values omitted)."""
         return {k: str(v) for k, v in asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def for_row(cls, row: Any, errmsg: str) -> DeadLetter:
+        """A dead letter for a queue row that is not an intent, keeping what can be read."""
+        values = list(row) if isinstance(row, list | tuple) else []
+        values += [None] * (5 - len(values))
+        op, tag_id, openid, ts, account = values[:5]
+        whole = isinstance(tag_id, int) and not isinstance(tag_id, bool) and abs(tag_id) < 2**63
+        number = isinstance(ts, int | float) and not isinstance(ts, bool)
+        seconds = float(ts) if number and abs(ts) < 1e18 and math.isfinite(ts) else 0.0
+        return cls(
+            account=_short(account, 64),
+            tag_id=tag_id if whole else -1,
+            op=_short(op, 16),
+            openid=_short(openid, 64),
+            ts=seconds,
+            reason="invalid_intent",
+            errmsg=errmsg,
+        )
 
     @property
     def intent_id(self) -> str:
@@ -117,6 +137,14 @@ class DeadLetters:
         for start in range(0, len(entry_ids), 1000):
             removed += int(self.redis.xdel(STREAM, *entry_ids[start : start + 1000]))
         return removed
+
+
+def _short(value: Any, limit: int) -> str:
+    """``str(value)`` cut to ``limit``, for any value (an int of 5,000 digits, deep nesting)."""
+    try:
+        return str(value)[:limit]
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
 
 
 def _text(value: Any) -> str:

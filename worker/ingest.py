@@ -21,28 +21,12 @@ from worker.queues import SendFlush
 log = structlog.get_logger("tagsync.ingest")
 
 
-def _invalid(row: Any, exc: InvalidIntent) -> DeadLetter:
-    """A dead letter for a row that is not an intent, keeping what can be read of it."""
-    values = list(row) if isinstance(row, list | tuple) else []
-    values += [None] * (5 - len(values))
-    op, tag_id, openid, ts, account = values[:5]
-    return DeadLetter(
-        account=str(account)[:64],
-        tag_id=tag_id if isinstance(tag_id, int) and not isinstance(tag_id, bool) else -1,
-        op=str(op)[:16],
-        openid=str(openid)[:64],
-        ts=float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0.0,
-        reason="invalid_intent",
-        errmsg=str(exc),
-    )
-
-
 def ingest_rows(
     rows: Any,
+    *,
     store: PendingStore,
     dead_letters: DeadLetters,
     send_flush: SendFlush,
-    *,
     accounts: frozenset[str],
 ) -> IngestResult:
     """Merge a message's rows into pending; send the flushes it calls for."""
@@ -54,7 +38,7 @@ def ingest_rows(
         try:
             intent = parse_row(row)
         except InvalidIntent as exc:
-            rejected.append(_invalid(row, exc))
+            rejected.append(DeadLetter.for_row(row, str(exc)))
             continue
         if intent.account not in accounts:
             rejected.append(

@@ -1,0 +1,97 @@
+"""The sweep in-process against a real Redis and the simulator: lost wake-ups, gone tags, pauses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from producers.intents import make_intent
+from tests.conftest import APPID, Sim
+from worker.gate import AccountGate
+from worker.pending import PendingStore, TagKeys
+from worker.sweep import lift_pause, revive_tags, sweep_once
+from worker.wechat import WeChatClient
+
+
+@dataclass
+class Flushes:
+    """The flush messages the sweep sent: (account, tag)."""
+
+    sent: list[tuple[str, int]] = field(default_factory=list)
+
+    def __call__(
+        self, account: str, tag_id: int, delay_ms: int, *, slot_at: int | None = None
+    ) -> None:
+        self.sent.append((account, tag_id))
+
+
+def test_a_tag_with_work_and_no_flush_coming_gets_one(redis_client: redis.Redis) -> None:
+    """An orphaned tag (its flush message lost) gets a flush; one scheduled or running, none."""
+    # Given: tags 1 and 2 with pending intents; 1's flush message was lost, 2's is running
+    store = PendingStore(redis_client)
+    store.ingest([make_intent("tag", t, "a", 1.0, APPID) for t in (1, 2, 3)])
+    redis_client.delete(TagKeys(APPID, 1).key("sched"), TagKeys(APPID, 2).key("sched"))
+    store.acquire(APPID, 2, "running", 10_000)
+    flushes = Flushes()
+    # When
+    sent = sweep_once(store, flushes)
+    # Then: 1 only (3's flush is still scheduled)
+    assert sent == 1 and flushes.sent == [(APPID, 1)]
+
+
+def test_one_process_sweeps_per_interval(redis_client: redis.Redis) -> None:
+    """Sweeps from several processes within one interval: only the first looks."""
+    store = PendingStore(redis_client)
+    store.ingest([make_intent("tag", 1, "a", 1.0, APPID)])
+    redis_client.delete(TagKeys(APPID, 1).key("sched"))
+    first, second = Flushes(), Flushes()
+    sweep_once(store, first, interval_s=60)
+    redis_client.delete(TagKeys(APPID, 1).key("sched"))  # orphaned again at once
+    sweep_once(store, second, interval_s=60)
+    assert first.sent == [(APPID, 1)] and second.sent == []
+
+
+def test_a_gone_tag_revives_when_listed_again(
+    sim: Sim, client: WeChatClient, redis_client: redis.Redis
+) -> None:
+    """A gone tag id is accepted again once tags/get lists it."""
+    store = PendingStore(redis_client)
+    store.acquire(APPID, 101, "test", 10_000)
+    store.tag_gone(APPID, 101, "test")
+    assert revive_tags(store, client) == 0
+    client.create_tag("a")  # id 100
+    client.create_tag("b")  # id 101: listed now
+    assert revive_tags(store, client) == 1
+    assert store.gone_tags() == []
+
+
+def test_reviving_waits_while_the_account_is_paused(
+    sim: Sim, client: WeChatClient, redis_client: redis.Redis
+) -> None:
+    """The look at tags/get passes the gate: a paused account makes no call for it."""
+    store = PendingStore(redis_client)
+    gate = AccountGate(redis_client, rate=100)
+    store.acquire(APPID, 100, "test", 10_000)
+    store.tag_gone(APPID, 100, "test")
+    client.create_tag("a")
+    calls = sim.stats()["calls"].get("tags/get", 0)
+    gate.pause(APPID, reason="quota", errcode=45011, until="minute")
+    assert revive_tags(store, client, gate) == 0
+    assert sim.stats()["calls"].get("tags/get", 0) == calls
+    gate.resume(APPID)
+    assert revive_tags(store, client, gate) == 1
+
+
+def test_lifting_a_pause_wakes_the_tags_waiting_it_out(redis_client: redis.Redis) -> None:
+    """Tags waiting out a pause lose their delayed look-again; others keep theirs."""
+    store = PendingStore(redis_client)
+    gate = AccountGate(redis_client, rate=100)
+    store.ingest([make_intent("tag", t, "a", 1.0, APPID) for t in (1, 2)])
+    gate.pause(APPID, reason="quota", errcode=45009, until="day")
+    redis_client.set(TagKeys(APPID, 1).key("sched"), "backoff", px=60_000)
+    redis_client.set(TagKeys(APPID, 2).key("sched"), "slot", px=60_000)
+    assert lift_pause(gate, store, APPID) is True
+    assert gate.pauses(APPID) == {}
+    assert redis_client.get(TagKeys(APPID, 1).key("sched")) is None
+    assert redis_client.get(TagKeys(APPID, 2).key("sched")) == b"slot"
