@@ -26,8 +26,9 @@ from worker.split import SplitPlan
 
 #: Most openids in one WeChat batch call.
 MAX_BATCH = 50
-#: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its delay.
-SCHED_GRACE_MS = 10_000
+#: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its
+#: delay: a lost or badly late flush message costs the tag this long (a duplicate costs little).
+SCHED_GRACE_MS = 3_000
 #: Seconds after which a process puts its tags in the index again.
 INDEX_REFRESH_S = 60.0
 #: Intents per ingest script call (keeps one call short: Redis runs nothing else meanwhile).
