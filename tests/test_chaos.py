@@ -30,7 +30,6 @@ from tests.conftest import (
     Sim,
     batch_calls,
     ensure_fans,
-    expected_state,
     fans_of,
     make_tags,
     wait_drained,
@@ -54,7 +53,8 @@ class Stream:
     per_second: float = 150.0
     seed: int = 1
     accepted: list[Event] = field(default_factory=list)
-    refused: int = 0
+    #: Calls that raised: not accepted, yet maybe enqueued (the answer was lost in a crash).
+    unsure: list[Event] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -78,11 +78,16 @@ class Stream:
                     [{"op": op, "tag_id": tag, "openid": openid, "ts": ts, "account": APPID}]
                 )
             except (redis.RedisError, OSError):
-                self.refused += 1  # not accepted: the application would retry it
+                self.unsure.append(event)  # not accepted: the application would retry it
                 time.sleep(0.05)
                 continue
             self.accepted.append(event)
             time.sleep(1 / self.per_second)
+
+    @property
+    def refused(self) -> int:
+        """Producer calls that raised."""
+        return len(self.unsure)
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,12 +127,37 @@ def report(
         out.write(json.dumps(row) + "\n")
 
 
+def wrong_pairs(sim: Sim, tags: list[int], stream: Stream) -> list[tuple[int, str]]:
+    """(tag, fan) pairs whose final state no history of the accepted intents explains.
+
+    A producer call that raised may still have been enqueued: Redis carried it out and
+    crashed before answering. So a pair may also end as an unsure intent newer than its
+    last accepted one says; anything else is a lost intent.
+    """
+    latest: dict[tuple[int, str], tuple[float, str]] = {}
+    for tag, openid, op, ts in stream.accepted:
+        if (tag, openid) not in latest or ts >= latest[(tag, openid)][0]:
+            latest[(tag, openid)] = (ts, op)
+    allowed: dict[tuple[int, str], set[str]] = {k: {op} for k, (_, op) in latest.items()}
+    for tag, openid, op, ts in stream.unsure:
+        before = latest.get((tag, openid))
+        if before is None or ts >= before[0]:
+            allowed.setdefault((tag, openid), {"untag"} if before is None else set()).add(op)
+    wrong = []
+    for tag in tags:
+        members = fans_of(sim, tag)
+        for (pair_tag, openid), ops in allowed.items():
+            if pair_tag == tag and ("tag" if openid in members else "untag") not in ops:
+                wrong.append((tag, openid))
+        known = {openid for (pair_tag, openid) in allowed if pair_tag == tag}
+        wrong += [(tag, openid) for openid in members - known]  # tagged by no intent at all
+    return wrong
+
+
 def check_converged(sim: Sim, tags: list[int], stream: Stream) -> None:
-    """The simulator holds exactly the last-write-wins state of every accepted intent."""
-    expected = expected_state(stream.accepted, {})
-    actual = {t: fans_of(sim, t) for t in tags}
-    lost = {t: expected.get(t, set()) ^ actual[t] for t in tags}
-    assert all(not diff for diff in lost.values()), {t: len(d) for t, d in lost.items()}
+    """The simulator holds the last-write-wins state of every accepted intent."""
+    wrong = wrong_pairs(sim, tags, stream)
+    assert not wrong, f"{len(wrong)} pairs wrong, e.g. {wrong[:3]} ({stream.refused} unsure)"
 
 
 def first_call_after(sim: Sim, moment: float) -> float:
@@ -506,8 +536,7 @@ def test_what_each_persistence_setting_loses_to_a_redis_kill(
             wait_until(lambda: backlog_of(connection) == 0, timeout_s=120)
         else:
             wait_drained(connection, timeout_s=180)
-        expected = expected_state(stream.accepted, {})
-        wrong = sum(len(expected.get(t, set()) ^ fans_of(sim, t)) for t in tags)
+        wrong = len(wrong_pairs(sim, tags, stream))
         fault = "Redis kill -9, " + (
             "no persistence" if setting == "none" else f"appendfsync {setting}"
         )
