@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from producers.intents import make_intent
 from tests.conftest import APPID, SECRET, Sim, fans_of, wait_until
+from worker.accounts import Account, StaticAccounts
+from worker.accounts.config import AccountConfig
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.flush import Flusher
 from worker.gate import AccountGate
@@ -83,8 +85,7 @@ def make_rig(
     flushes = Flushes()
     flusher = Flusher(
         store=store,
-        client=client,
-        gate=gate,
+        accounts=StaticAccounts(Account(AccountConfig(client.appid), client, gate)),
         dead_letters=dead,
         send_flush=flushes,
         backoff_min_ms=options.pop("backoff_min_ms", 20),

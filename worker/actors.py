@@ -35,7 +35,7 @@ def send_flush(account: str, tag_id: int, delay_ms: int, *, slot_at: int | None 
 
 def _sweep() -> None:
     rt = runtime()
-    sweep_once(rt.store, send_flush, client=rt.client, gate=rt.gate)
+    sweep_once(rt.store, send_flush, accounts=rt.accounts)
 
 
 configure_logging(Settings.from_env().log_format)
@@ -55,13 +55,13 @@ def flusher() -> Flusher:
         rt = runtime()
         _flusher = Flusher(
             store=rt.store,
-            client=rt.client,
-            gate=rt.gate,
+            accounts=rt.accounts,
             dead_letters=rt.dead_letters,
             send_flush=send_flush,
             max_attempts=rt.settings.max_attempts,
             backoff_min_ms=rt.settings.backoff_min_ms,
             backoff_max_ms=rt.settings.backoff_max_ms,
+            wechat_timeout_s=rt.settings.wechat_timeout_s,
         )
     return _flusher
 
@@ -70,9 +70,12 @@ def flusher() -> Flusher:
 def ingest(rows: Any) -> None:
     """Merge a message of intent rows into the pending buffers."""
     rt = runtime()
-    accounts = frozenset({rt.client.appid})
     ingest_rows(
-        rows, store=rt.store, dead_letters=rt.dead_letters, send_flush=send_flush, accounts=accounts
+        rows,
+        store=rt.store,
+        dead_letters=rt.dead_letters,
+        send_flush=send_flush,
+        accounts=rt.accounts,
     )
 
 

@@ -31,6 +31,10 @@ DEFAULT_MAX_LEN = 100_000
 SEEN_MS = 86_400_000
 
 
+#: Reasons of dead letters whose account is not one this deployment serves.
+UNSERVED_REASONS = frozenset({"invalid_intent", "unknown_account"})
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One intent given up on, and why."""
@@ -106,7 +110,10 @@ class DeadLetters:
                 if new:
                     written += 1
                     errcode = "" if letter.errcode is None else str(letter.errcode)
-                    INTENTS_DEAD_LETTERED.labels(letter.op, letter.reason, errcode).inc()
+                    # A row's account is whatever a producer wrote: never a label value
+                    # unless it named a served account (bounded series).
+                    account = "" if letter.reason in UNSERVED_REASONS else letter.account
+                    INTENTS_DEAD_LETTERED.labels(account, letter.op, letter.reason, errcode).inc()
         return written
 
     def count(self) -> int:
@@ -114,7 +121,12 @@ class DeadLetters:
         return int(self.redis.xlen(STREAM))
 
     def scan(
-        self, *, errcode: int | None = None, tag_id: int | None = None, page: int = 1000
+        self,
+        *,
+        errcode: int | None = None,
+        tag_id: int | None = None,
+        account: str | None = None,
+        page: int = 1000,
     ) -> Iterator[tuple[str, DeadLetter]]:
         """Every kept dead letter (oldest first) matching the filters, with its stream id."""
         start = "-"
@@ -125,6 +137,8 @@ class DeadLetters:
                 if errcode is not None and letter.errcode != errcode:
                     continue
                 if tag_id is not None and letter.tag_id != tag_id:
+                    continue
+                if account is not None and letter.account != account:
                     continue
                 yield _text(entry_id), letter
             if len(entries) < page:

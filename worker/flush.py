@@ -29,8 +29,16 @@ from typing import Literal
 
 import structlog
 
+from worker.accounts.directory import AccountDirectory
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.gate import BATCH_API, CREDENTIAL_PAUSE_MS, MAX_SLEEP_MS, AccountGate
+from worker.gate import (
+    AUTHORIZATION_PAUSE_MS,
+    BATCH_API,
+    CREDENTIAL_PAUSE_MS,
+    MAX_SLEEP_MS,
+    AccountGate,
+    PauseUntil,
+)
 from worker.observability.metrics import (
     BATCH_SIZE,
     INTENT_AGE,
@@ -43,7 +51,7 @@ from worker.observability.metrics import (
 from worker.pending import Batch, LeaseLost, PendingStore
 from worker.queues import SendFlush, queued_intents
 from worker.split import SplitPlan, Verdict
-from worker.wechat.client import WeChatClient
+from worker.wechat.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, WeChatClient
 from worker.wechat.errcodes import UNKNOWN_ERRCODE_ATTEMPTS, Action, Errcode
 from worker.wechat.errors import WeChatError
 
@@ -90,10 +98,12 @@ class Wait:
 
 @dataclass
 class _Run:
-    """One flush's lease and budgets."""
+    """One flush's account, lease and budgets."""
 
     account: str
     tag_id: int
+    client: WeChatClient
+    gate: AccountGate
     owner: str
     lease_ms: int
     slot_at: int | None
@@ -103,37 +113,42 @@ class _Run:
 
 
 class Flusher:
-    """Runs flushes of one account's tags (one per process; thread-safe)."""
+    """Runs flushes of every served account's tags (one per process; thread-safe)."""
 
     def __init__(
         self,
         *,
         store: PendingStore,
-        client: WeChatClient,
-        gate: AccountGate,
+        accounts: AccountDirectory,
         dead_letters: DeadLetters,
         send_flush: SendFlush,
         max_attempts: int = 30,
         backoff_min_ms: int = 1000,
         backoff_max_ms: int = 300_000,
         calls_per_flush: int = CALLS_PER_FLUSH,
+        wechat_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.store = store
-        self.client = client
-        self.gate = gate
+        self.accounts = accounts
         self.dead_letters = dead_letters
         self.send_flush = send_flush
         self.max_attempts = max_attempts
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
         self.calls_per_flush = calls_per_flush
-        connect, read = client.timeouts
-        self.lease_ms = int((connect + read) * 1000) + LEASE_MARGIN_MS
-        self._tag_list: tuple[float, frozenset[int]] = (0.0, frozenset())
+        self.lease_ms = int((CONNECT_TIMEOUT_S + wechat_timeout_s) * 1000) + LEASE_MARGIN_MS
+        #: Per account: when ``tags/get`` was last asked and the tag ids it listed.
+        self._tag_lists: dict[str, tuple[float, frozenset[int]]] = {}
         self._tag_list_lock = threading.Lock()
 
     def flush(self, account: str, tag_id: int, *, slot_at: int | None = None) -> None:
         """Send the tag's next batches, then schedule what comes after."""
+        served = self.accounts.get(account)
+        if served is None:
+            # Removed while its tags had work: they are kept (the sweep skips accounts not
+            # served) until the account is added again or its intents are purged.
+            log.warning("flush.account_not_served", account=account, tag=tag_id)
+            return
         owner = uuid.uuid4().hex
         if slot_at is None and self.store.scheduled(account, tag_id) == "slot":
             # Another flush of the tag holds a reserved call slot and comes back for it (this
@@ -143,7 +158,16 @@ class Flusher:
         if not self.store.acquire(account, tag_id, owner, self.lease_ms):
             # Another flush holds the tag; it looks at pending again before letting go.
             return
-        run = _Run(account, tag_id, owner, self.lease_ms, slot_at, calls_left=self.calls_per_flush)
+        run = _Run(
+            account,
+            tag_id,
+            served.client,
+            served.gate,
+            owner,
+            self.lease_ms,
+            slot_at,
+            calls_left=self.calls_per_flush,
+        )
         try:
             wait = self._work(run)
         except LeaseLost:
@@ -162,7 +186,7 @@ class Flusher:
         )
         if delay >= 0:
             slot = wait.slot_at if wait is not None and wait.why == "slot" else None
-            if wait is not None and wait.pause and not self.gate.paused_ops(account)[0]:
+            if wait is not None and wait.pause and not run.gate.paused_ops(account)[0]:
                 # The pause was lifted while this flush was settling its wait (quota reset
                 # wakes waiting tags, but this one was not waiting yet): go again now.
                 delay = 0
@@ -170,7 +194,7 @@ class Flusher:
 
     def _work(self, run: _Run) -> Wait | None:
         """Take and send work until it runs out, must wait, or the budget is spent."""
-        paused, pause_ms = self.gate.paused_ops(run.account)
+        paused, pause_ms = run.gate.paused_ops(run.account)
         run.paused_ops = paused
         backlog = queued_intents(self.store.redis) >= BACKLOG_MESSAGES
         while run.calls_left > 0:
@@ -194,7 +218,7 @@ class Flusher:
             if took.kind == "hold":
                 return Wait(min(took.wait_ms, BACKLOG_RECHECK_MS))
             if took.kind == "paused":
-                pause_ms = pause_ms or self.gate.paused_ops(run.account)[1]
+                pause_ms = pause_ms or run.gate.paused_ops(run.account)[1]
                 return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS), pause=True)
             assert took.batch is not None
             wait = self._send(run, took.batch)
@@ -287,7 +311,7 @@ class Flusher:
     def _slot(self, run: _Run, batch: Batch) -> Wait | None:
         """Wait for a call slot of the batch's API; None when the call may go now."""
         reserved, run.slot_at = run.slot_at, None  # a reserved slot is used once
-        admission = self.gate.admit(run.account, api=BATCH_API[batch.op], slot_at=reserved)
+        admission = run.gate.admit(run.account, api=BATCH_API[batch.op], slot_at=reserved)
         if reserved is not None and admission.slot_at != reserved and admission.kind != "paused":
             # Came back too late for it: the slot went unused and a new one was taken.
             RATE_LIMIT_SLOTS_MISSED.inc()
@@ -313,7 +337,7 @@ class Flusher:
         self.store.renew(run.account, run.tag_id, run.owner, run.lease_ms)
         run.calls_left -= 1
         BATCH_SIZE.labels(batch.op).observe(len(openids))
-        call = self.client.batch_tag if batch.op == "tag" else self.client.batch_untag
+        call = run.client.batch_tag if batch.op == "tag" else run.client.batch_untag
         try:
             call(batch.tag_id, openids)
         except WeChatError as exc:
@@ -324,7 +348,7 @@ class Flusher:
         """Acknowledge applied openids; count them and their age."""
         ts = {openid: batch.ts.get(openid) for openid in openids}
         acked = self.store.ack(batch, run.owner, openids)
-        INTENTS_APPLIED.labels(batch.op).inc(acked)
+        INTENTS_APPLIED.labels(batch.account, batch.op).inc(acked)
         now = time.time()
         for value in ts.values():
             if value is not None:
@@ -418,20 +442,26 @@ class Flusher:
     def _pause(self, run: _Run, batch: Batch, exc: WeChatError, row: Errcode) -> Wait | None:
         """Pause the account or the API; keep every intent; no attempt counted."""
         api = BATCH_API[batch.op] if row.pause_scope == "api" else None
-        until = "for" if row.pause_length == "alarm" else (row.pause_length or "for")
-        reason = "credentials" if row.error_class.value == "credential" else "quota"
-        ends = self.gate.pause(
+        length = row.pause_length
+        until: PauseUntil = length if length in ("minute", "day") else "for"
+        if row.pause_length == "authorization":
+            # Revoked: only a new authorization helps (``accounts authorize`` lifts it).
+            reason, ms = "authorization", AUTHORIZATION_PAUSE_MS
+        else:
+            reason = "credentials" if row.error_class.value == "credential" else "quota"
+            ms = CREDENTIAL_PAUSE_MS
+        ends = run.gate.pause(
             run.account,
             api=api,
             reason=reason,
             errcode=exc.errcode,
             until=until,
-            ms=CREDENTIAL_PAUSE_MS,
+            ms=ms,
             message=str(exc),
         )
         if batch.plan is None:
             self.store.putback(batch, run.owner)
-        PAUSES.labels(reason, str(exc.errcode)).inc()
+        PAUSES.labels(run.account, reason, str(exc.errcode)).inc()
         level = log.error if row.level == "error" else log.warning
         level(
             "account.paused",
@@ -451,22 +481,22 @@ class Flusher:
     def _tag_listed(self, run: _Run, batch: Batch) -> bool | None:
         """Does ``tags/get`` list the tag? None when no call slot is near (unknown)."""
         with self._tag_list_lock:
-            fetched_at, ids = self._tag_list
+            fetched_at, ids = self._tag_lists.get(run.account, (-1e9, frozenset()))
             if time.monotonic() - fetched_at < TAG_LIST_TTL_S:
                 return batch.tag_id in ids
-        admission = self.gate.admit(run.account, api="tags/get")
+        admission = run.gate.admit(run.account, api="tags/get")
         if admission.kind != "go" or admission.wait_ms > run.sleep_left_ms:
             return None
         if admission.wait_ms:
             time.sleep(admission.wait_ms / 1000)
             run.sleep_left_ms -= admission.wait_ms
         try:
-            listed = frozenset(tag.id for tag in self.client.list_tags())
+            listed = frozenset(tag.id for tag in run.client.list_tags())
         except WeChatError as exc:
             log.warning("tag.verify_failed", account=run.account, tag=run.tag_id, error=str(exc))
             return None
         with self._tag_list_lock:
-            self._tag_list = (time.monotonic(), listed)
+            self._tag_lists[run.account] = (time.monotonic(), listed)
         return batch.tag_id in listed
 
     def _tag_gone(self, run: _Run, exc: WeChatError | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Container
 from typing import Any
 
 import structlog
@@ -27,7 +28,7 @@ def ingest_rows(
     store: PendingStore,
     dead_letters: DeadLetters,
     send_flush: SendFlush,
-    accounts: frozenset[str],
+    accounts: Container[str],
 ) -> IngestResult:
     """Merge a message's rows into pending; send the flushes it calls for."""
     if not isinstance(rows, list):
@@ -49,7 +50,7 @@ def ingest_rows(
                     intent.openid,
                     intent.ts,
                     reason="unknown_account",
-                    errmsg="this worker has no credentials for the account",
+                    errmsg="no account of this deployment: not in TAGSYNC_ACCOUNTS, not authorized",
                     first_seen=time.time(),
                 )
             )

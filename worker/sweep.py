@@ -14,10 +14,12 @@ from typing import Any
 import structlog
 from dramatiq import Middleware
 
+from worker.accounts.directory import AccountDirectory
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.queues import SendFlush
 from worker.wechat.client import WeChatClient
+from worker.wechat.errors import WeChatError
 
 log = structlog.get_logger("tagsync.sweep")
 
@@ -50,7 +52,7 @@ def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
 
 
 def revive_tags(store: PendingStore, client: WeChatClient, gate: AccountGate | None = None) -> int:
-    """Accept intents again for gone tags that ``tags/get`` lists again; return how many.
+    """Accept intents again for the client's gone tags that ``tags/get`` lists again.
 
     The ``tags/get`` call passes the account's gate (rate, budget, pauses) like any other;
     without a slot near, the look waits for the next sweep.
@@ -75,19 +77,29 @@ def sweep_once(
     store: PendingStore,
     send_flush: SendFlush,
     *,
-    client: WeChatClient | None = None,
-    gate: AccountGate | None = None,
+    accounts: AccountDirectory | None = None,
     interval_s: float = SWEEP_INTERVAL_S,
 ) -> int:
-    """Sweep unless another process did within the interval; return flushes sent."""
+    """Sweep unless another process did within the interval; return flushes sent.
+
+    With ``accounts``, only their tags are swept (another deployment's, or a removed
+    account's, are left alone) and their gone tags are looked up again now and then.
+    """
     owner = uuid.uuid4().hex
     if not store.redis.set(SWEEP_LOCK, owner, nx=True, px=int(interval_s * 1000)):
         return 0
-    if client is not None and store.redis.set(REVIVE_LOCK, owner, nx=True, px=REVIVE_INTERVAL_MS):
-        revive_tags(store, client, gate)
-    claimed = store.sweep()
-    for account, tag_id in claimed:
-        send_flush(account, tag_id, 0)
+    served = accounts.appids() if accounts is not None else None
+    if accounts is not None and store.redis.set(REVIVE_LOCK, owner, nx=True, px=REVIVE_INTERVAL_MS):
+        for appid in sorted({account for account, _ in store.gone_tags()} & (served or set())):
+            account = accounts.get(appid)
+            if account is not None:
+                try:
+                    revive_tags(store, account.client, account.gate)
+                except WeChatError as exc:  # one account's trouble must not stop the others
+                    log.warning("tag.revive_failed", account=appid, error=str(exc))
+    claimed = store.sweep(accounts=served)
+    for account_id, tag_id in claimed:
+        send_flush(account_id, tag_id, 0)
     if claimed:
         log.info("sweep.rescheduled", tags=len(claimed))
     return len(claimed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worker.cli import admin, demo, dlq, produce, run
+from worker.cli import accounts, admin, demo, dlq, produce, run
 from worker.observability.logs import configure_logging
 from worker.runtime.settings import VARIABLES, Settings, SettingsError
 from worker.wechat.errcodes import markdown_table
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.register(commands)
     dlq.register(commands)
     admin.register(commands)
+    accounts.register(commands)
     demo.register(commands)
     errcodes = commands.add_parser(
         "errcodes", help="the failure policy: what the worker does about each WeChat errcode"

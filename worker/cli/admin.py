@@ -7,23 +7,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-import redis
-
+from worker.cli.accounts import add_account_option, make_client
 from worker.runtime.settings import Settings
-from worker.wechat.client import WeChatClient
-
-
-def make_client(settings: Settings) -> WeChatClient:
-    """A client from the settings; tokens are shared through Redis when it is configured."""
-    appid, secret = settings.require_wechat()
-    shared = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-    return WeChatClient(
-        appid=appid,
-        secret=secret,
-        api_base=settings.api_base,
-        token_mode=settings.token_mode,
-        redis=shared,
-    )
 
 
 def register(commands: Any) -> None:
@@ -35,33 +20,39 @@ def register(commands: Any) -> None:
 
     listing = actions.add_parser("list", help="every tag with its id and fan count")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_account_option(listing)
     listing.set_defaults(run=_list)
 
     create = actions.add_parser("create", help="create a tag (name: 1 to 30 UTF-8 bytes)")
     create.add_argument("name")
+    add_account_option(create)
     create.set_defaults(run=_create)
 
     rename = actions.add_parser("rename", help="rename a tag (0, 1 and 2 are reserved)")
     rename.add_argument("id", type=int)
     rename.add_argument("name")
+    add_account_option(rename)
     rename.set_defaults(run=_rename)
 
     delete = actions.add_parser("delete", help="delete a tag (refused over 100,000 fans)")
     delete.add_argument("id", type=int)
+    add_account_option(delete)
     delete.set_defaults(run=_delete)
 
     fans = actions.add_parser("fans", help="every fan of a tag, one openid a line")
     fans.add_argument("id", type=int)
     fans.add_argument("--out", metavar="FILE", help="write the openids to FILE instead of stdout")
+    add_account_option(fans)
     fans.set_defaults(run=_fans)
 
     user_tags = commands.add_parser("user-tags", help="the tag ids one fan carries")
     user_tags.add_argument("openid")
+    add_account_option(user_tags)
     user_tags.set_defaults(run=_user_tags)
 
 
 def _list(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env()) as client:
+    with make_client(Settings.from_env(), args.account) as client:
         tags = client.list_tags()
     if args.json:
         print(
@@ -77,21 +68,21 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env()) as client:
+    with make_client(Settings.from_env(), args.account) as client:
         tag = client.create_tag(args.name)
     print(f"created tag {tag.id} {tag.name!r}")
     return 0
 
 
 def _rename(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env()) as client:
+    with make_client(Settings.from_env(), args.account) as client:
         client.rename_tag(args.id, args.name)
     print(f"renamed tag {args.id} to {args.name!r}")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env()) as client:
+    with make_client(Settings.from_env(), args.account) as client:
         client.delete_tag(args.id)
     print(f"deleted tag {args.id}")
     return 0
@@ -101,7 +92,7 @@ def _fans(args: argparse.Namespace) -> int:
     out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     count = 0
     try:
-        with make_client(Settings.from_env()) as client:
+        with make_client(Settings.from_env(), args.account) as client:
             for openid in client.iter_tag_fans(args.id):
                 out.write(openid + "\n")
                 count += 1
@@ -116,7 +107,7 @@ def _fans(args: argparse.Namespace) -> int:
 
 
 def _user_tags(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env()) as client:
+    with make_client(Settings.from_env(), args.account) as client:
         tag_ids = client.tags_of_fan(args.openid)
     print(" ".join(str(t) for t in tag_ids) if tag_ids else "(no tags)")
     return 0

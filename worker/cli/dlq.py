@@ -13,9 +13,9 @@ import redis
 
 import producers
 from producers.intents import Intent, InvalidIntent, make_intent
-from worker.cli.admin import make_client
+from worker.accounts import Account
+from worker.cli.accounts import add_account_option, open_account
 from worker.dead_letters import DeadLetters
-from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.runtime.settings import Settings, SettingsError
 from worker.sweep import lift_pause
@@ -34,6 +34,7 @@ def register(commands: Any) -> None:
         action = actions.add_parser(name, help=help_text)
         action.add_argument("--errcode", type=int, help="only this WeChat errcode")
         action.add_argument("--tag", type=int, dest="tag_id", help="only this tag id")
+        action.add_argument("--account", metavar="APPID", help="only this account")
         if name == "list":
             action.add_argument(
                 "--limit",
@@ -50,10 +51,12 @@ def register(commands: Any) -> None:
     get = quota_actions.add_parser(
         "get", help="daily limit and use of the tagging calls, budget, pause"
     )
+    add_account_option(get)
     get.set_defaults(run=_quota_get)
     reset = quota_actions.add_parser(
         "reset", help="call clear_quota, lift the account's pause and reset today's budget count"
     )
+    add_account_option(reset)
     reset.set_defaults(run=_quota_reset)
 
 
@@ -65,7 +68,7 @@ def _redis(settings: Settings) -> redis.Redis:
 
 def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
     store = DeadLetters(_redis(Settings.from_env()))
-    return store, store.scan(errcode=args.errcode, tag_id=args.tag_id)
+    return store, store.scan(errcode=args.errcode, tag_id=args.tag_id, account=args.account)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -143,38 +146,38 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gate(settings: Settings, connection: redis.Redis) -> AccountGate:
-    return AccountGate(
-        connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
-    )
-
-
 def _quota_get(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    with make_client(settings) as client:
-        for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
-            quota = client.get_quota(path)
-            print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
-        if settings.redis_url:
-            gate = _gate(settings, _redis(settings))
-            budget = settings.daily_budget or "no"
-            used = gate.budget_used(client.appid)
-            print(f"tagsync budget: {used} calls counted today, {budget} budget")
-            for scope, pause in gate.pauses(client.appid).items():
-                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.until))
-                what = "the account" if scope == "account" else scope
-                print(
-                    f"paused: {what} ({pause.reason}, errcode {pause.errcode or '-'}) "
-                    f"until {until}: {pause.message}"
-                )
+    opened = open_account(settings, args.account)
+    client = opened.client if isinstance(opened, Account) else opened
+    for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
+        quota = client.get_quota(path)
+        print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
+    if isinstance(opened, Account):
+        gate = opened.gate
+        budget = gate.daily_budget or "no"
+        print(
+            f"tagsync budget: {gate.budget_used(client.appid)} calls counted today, {budget} budget"
+        )
+        for scope, pause in gate.pauses(client.appid).items():
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.until))
+            what = "the account" if scope == "account" else scope
+            print(
+                f"paused: {what} ({pause.reason}, errcode {pause.errcode or '-'}) "
+                f"until {until}: {pause.message}"
+            )
     return 0
 
 
 def _quota_reset(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     connection = _redis(settings)
-    with make_client(settings) as client:
-        client.clear_quota()
-        lifted = lift_pause(_gate(settings, connection), PendingStore(connection), client.appid)
-    print("quota cleared" + ("; the pause is lifted" if lifted else "; the account was not paused"))
+    opened = open_account(settings, args.account)
+    assert isinstance(opened, Account)  # Redis is set
+    opened.client.clear_quota()
+    lifted = lift_pause(opened.gate, PendingStore(connection), opened.appid)
+    print(
+        f"quota of {opened.appid} cleared"
+        + ("; the pause is lifted" if lifted else "; the account was not paused")
+    )
     return 0

@@ -12,6 +12,9 @@ from typing import Any, NoReturn
 import redis
 
 from producers.intents import QUEUE_NAME
+from worker.accounts import Account, Accounts, accounts_config
+from worker.accounts.authorized import AuthorizedAccounts
+from worker.cli.accounts import add_account_option
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
@@ -56,24 +59,44 @@ def register(commands: Any) -> None:
         "status", help="pending and in-flight intents per tag, dead letters"
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    add_account_option(status)
     status.set_defaults(run=run_status)
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start without a reachable Redis and working WeChat credentials."""
+    """Refuse to start without a reachable Redis and usable accounts.
+
+    One account (``WECHAT_APPID``): its credentials are tried. An accounts file: it is read
+    and checked; no token is fetched for each of its accounts (a bad one pauses only
+    itself and alarms, the others go on).
+    """
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set (e.g. redis://localhost:6379/0)")
-    appid, secret = settings.require_wechat()
+    config = accounts_config(settings)
     connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
     try:
         connection.ping()
     except redis.RedisError as exc:
         raise SettingsError(f"Redis at TAGSYNC_REDIS_URL does not answer: {exc}") from None
+    if settings.accounts_file:
+        authorized = len(AuthorizedAccounts(connection).appids()) if config.component else 0
+        print(
+            f"tagsync worker: {len(config.accounts)} accounts from {config.source}"
+            + (
+                f", component {config.component.appid} with {authorized} authorized"
+                if config.component
+                else ""
+            ),
+            file=sys.stderr,
+        )
+        connection.close()
+        return
+    (account,) = config.accounts
     client = WeChatClient(
-        appid=appid,
-        secret=secret,
+        appid=account.appid,
+        secret=account.secret,
         api_base=settings.api_base,
-        token_mode=settings.token_mode,
+        token_mode=account.limits.token_mode,
         redis=connection,
     )
     try:
@@ -120,11 +143,16 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
     os.execve(sys.executable, command, dramatiq_env(os.environ))  # noqa: S606
 
 
-def account_status(connection: redis.Redis, settings: Settings, account: str) -> dict[str, Any]:
+def account_status(
+    connection: redis.Redis, account: Account | str, settings: Settings
+) -> dict[str, Any]:
     """An account's pause, budget, rate and token, as a JSON-ready dict."""
-    gate = AccountGate(
-        connection, rate=settings.rate, burst=settings.burst, daily_budget=settings.daily_budget
-    )
+    if isinstance(account, Account):
+        appid, gate = account.appid, account.gate
+    else:  # an account with intents that this deployment does not serve (any more)
+        appid = account
+        gate = AccountGate(connection, rate=settings.rate)
+    account = appid
     pauses = {
         scope: {
             "reason": pause.reason,
@@ -140,12 +168,12 @@ def account_status(connection: redis.Redis, settings: Settings, account: str) ->
         "paused": pauses.get("account"),
         "pauses": pauses,
         "rate": {
-            "limit_per_s": settings.rate,
-            "burst": settings.burst,
+            "limit_per_s": gate.rate,
+            "burst": gate.burst,
             # How far ahead call slots are already reserved: near 0 idle, growing under load.
             "reserved_ahead_ms": gate.reserved_ahead_ms(account),
         },
-        "budget": {"limit": settings.daily_budget, "used_today": gate.budget_used(account)},
+        "budget": {"limit": gate.daily_budget or None, "used_today": gate.budget_used(account)},
         "token": {
             "cached": token_ms > 0,
             "expires_in_s": round(token_ms / 1000) if token_ms > 0 else None,
@@ -153,13 +181,21 @@ def account_status(connection: redis.Redis, settings: Settings, account: str) ->
     }
 
 
-def collect_status(connection: redis.Redis, settings: Settings | None = None) -> dict[str, Any]:
-    """Everything ``tagsync status`` shows, as a JSON-ready dict."""
+def collect_status(
+    connection: redis.Redis,
+    settings: Settings | None = None,
+    *,
+    directory: Accounts | None = None,
+    only: str | None = None,
+) -> dict[str, Any]:
+    """Everything ``tagsync status`` shows, as a JSON-ready dict (``only``: one account)."""
     settings = settings or Settings()
     store = PendingStore(connection)
     now = time.time()
     tags: list[dict[str, Any]] = []
     for tag in store.status():
+        if only is not None and tag.account != only:
+            continue
         tags.append(
             {
                 "account": tag.account,
@@ -173,10 +209,20 @@ def collect_status(connection: redis.Redis, settings: Settings | None = None) ->
             }
         )
     ages = [t["oldest_pending_age_s"] for t in tags if t["oldest_pending_age_s"] is not None]
-    accounts = {t["account"] for t in tags} | ({settings.appid} if settings.appid else set())
+    served = directory.appids() if directory is not None else frozenset()
+    accounts = {t["account"] for t in tags} | set(served)
+    if settings.appid and directory is None:
+        accounts.add(settings.appid)
+    if only is not None:
+        accounts = {only}
+
+    def parts(appid: str) -> Account | str:
+        found = directory.get(appid) if directory is not None and appid in served else None
+        return found or appid
+
     return {
         "accounts": {
-            account: account_status(connection, settings, account) for account in sorted(accounts)
+            appid: account_status(connection, parts(appid), settings) for appid in sorted(accounts)
         },
         "tags": tags,
         "totals": {
@@ -194,7 +240,12 @@ def run_status(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    report = collect_status(redis.Redis.from_url(settings.redis_url), settings)
+    connection = redis.Redis.from_url(settings.redis_url)
+    config = accounts_config(settings)
+    directory = Accounts(config, redis=connection, api_base=settings.api_base)
+    if args.account is not None and args.account not in directory.appids():
+        print(f"tagsync: note: {args.account} is not served by this deployment", file=sys.stderr)
+    report = collect_status(connection, settings, directory=directory, only=args.account)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -39,6 +39,9 @@ MAX_SLEEP_MS = 250
 SLOT_TOLERANCE_MS = 10
 #: How long a credential error pauses the account before a call tries again.
 CREDENTIAL_PAUSE_MS = 5 * 60 * 1000
+#: How long a revoked authorization (61023, 61003) pauses the account: a new
+#: authorization lifts it at once; until then the intents wait (or are purged).
+AUTHORIZATION_PAUSE_MS = 24 * 3600 * 1000
 #: The WeChat APIs of the worker's batch calls, per op.
 BATCH_API = {"tag": "tags/members/batchtagging", "untag": "tags/members/batchuntagging"}
 
@@ -198,6 +201,13 @@ class AccountGate:
         lifted = bool(self.redis.delete(*keys))
         self.redis.hset(self.key(account, "budget"), "used", 0)
         return lifted
+
+    def lift(self, account: str, reason: str) -> bool:
+        """Lift the account-wide pause if it is for ``reason``; True if it was."""
+        key = self.key(account, "pause")
+        if _text(self.redis.hget(key, "reason") or b"") != reason:
+            return False
+        return bool(self.redis.delete(key))
 
     def budget_used(self, account: str) -> int:
         """Calls counted against today's budget."""

@@ -3,7 +3,10 @@
 Worker processes write to the directory named by ``PROMETHEUS_MULTIPROC_DIR`` (set by
 ``worker.runtime.launch`` before any process starts, wiped at start); ``metrics_server``
 serves them together with dramatiq's own and with backlog gauges read from Redis at
-scrape time. No metric carries an openid.
+scrape time. No metric carries an openid. The ``account`` label is on the counters an
+operator reads per account (applied, dead letters, errcodes, pauses) and the backlog
+gauges; histograms stay per deployment, so an account costs a bounded few dozen series
+(2 ops, a table's worth of errcodes, its tags' gauges), never one per openid or call.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ INTENTS_SUPERSEDED = Counter(
 INTENTS_STALE = Counter(
     "tagsync_intents_stale_total", "Intents dropped as older than one already applied or in flight."
 )
-INTENTS_APPLIED = Counter("tagsync_intents_applied_total", "Intents applied at WeChat.", ["op"])
+INTENTS_APPLIED = Counter(
+    "tagsync_intents_applied_total", "Intents applied at WeChat.", ["account", "op"]
+)
 INTENTS_DEAD_LETTERED = Counter(
-    "tagsync_intents_dead_lettered_total", "Intents dead-lettered.", ["op", "reason", "errcode"]
+    "tagsync_intents_dead_lettered_total",
+    "Intents dead-lettered (account is empty for rows naming no served account).",
+    ["account", "op", "reason", "errcode"],
 )
 BATCH_SIZE = Histogram(
     "tagsync_batch_size_openids", "Openids per WeChat batch call.", ["op"], buckets=BATCH_BUCKETS
@@ -38,8 +45,8 @@ WECHAT_REQUEST = Histogram(
 )
 WECHAT_ERRCODES = Counter(
     "tagsync_wechat_errcodes_total",
-    "WeChat answers by endpoint and errcode (0 = ok).",
-    ["endpoint", "errcode"],
+    "WeChat answers by account, endpoint and errcode (0 = ok).",
+    ["account", "endpoint", "errcode"],
 )
 RATE_LIMIT_WAIT = Histogram(
     "tagsync_rate_limit_wait_seconds",
@@ -55,8 +62,8 @@ RATE_LIMIT_SLOTS_MISSED = Counter(
 )
 PAUSES = Counter(
     "tagsync_account_pauses_total",
-    "Account pauses begun, by reason and errcode.",
-    ["reason", "errcode"],
+    "Account pauses begun, by account, reason and errcode.",
+    ["account", "reason", "errcode"],
 )
 TOKEN_REFRESHES = Counter(
     "tagsync_token_refreshes_total", "Access tokens fetched from WeChat by this worker."

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from worker.accounts import accounts_config
+from worker.accounts.authorized import AuthorizedAccounts
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
@@ -34,6 +36,17 @@ class BacklogCollector(Collector):
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.redis = connection
         self.settings = settings
+
+    def _served(self) -> set[str]:
+        """The configured and authorized accounts (a pause shows even with nothing pending)."""
+        try:
+            config = accounts_config(self.settings)
+        except ValueError:
+            return set()
+        served = {a.appid for a in config.accounts}
+        if config.component is not None:
+            served |= AuthorizedAccounts(self.redis).appids()
+        return served
 
     def collect(self) -> Iterator[Any]:
         pending = GaugeMetricFamily(
@@ -61,9 +74,7 @@ class BacklogCollector(Collector):
         )
         now = time.time()
         statuses = PendingStore(self.redis).status()
-        accounts = {s.account for s in statuses} | (
-            {self.settings.appid} if self.settings.appid else set()
-        )
+        accounts = {s.account for s in statuses} | self._served()
         for status in statuses:
             tag = str(status.tag_id)
             pending.add_metric([status.account, tag, "tag"], status.pending_tag)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -439,9 +439,9 @@ class PendingStore:
                 woken += int(self.redis.delete(key))
         return woken
 
-    def sweep(self) -> list[tuple[str, int]]:
-        """Claim a flush for every tag with work but no flush running or scheduled."""
-        tags = self.tags()
+    def sweep(self, *, accounts: Collection[str] | None = None) -> list[tuple[str, int]]:
+        """Claim a flush for every tag (of ``accounts``) with work but no flush coming."""
+        tags = [t for t in self.tags() if accounts is None or t[0] in accounts]
         pipe = self.redis.pipeline(transaction=False)
         for account, tag_id in tags:
             self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS], client=pipe)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 
 from redis import Redis
 from redis.commands.core import Script
 
 
+@cache
 def script_text(package: str, name: str) -> str:
     """The source of the script ``name`` in ``package`` (e.g. ``"worker.wechat"``)."""
     return resources.files(package).joinpath(name).read_text(encoding="utf-8")

@@ -7,32 +7,28 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.accounts import Accounts, accounts_config
 from worker.dead_letters import DeadLetters
-from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.runtime.redis_client import retrying_client
-from worker.runtime.settings import Settings
-from worker.wechat.client import WeChatClient
+from worker.runtime.settings import Settings, SettingsError
 
 
 @dataclass
 class Runtime:
-    """Settings, Redis, the pending store, the dead letters and the WeChat client."""
+    """Settings, Redis, the pending store, the dead letters and the served accounts."""
 
     settings: Settings
     redis: redis.Redis
     store: PendingStore
     dead_letters: DeadLetters
-    client: WeChatClient
-    gate: AccountGate
+    accounts: Accounts
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        """Build every part from the settings (Redis and WeChat settings are required)."""
-        appid, secret = settings.require_wechat()
+        """Build every part from the settings (Redis and the accounts are required)."""
+        config = accounts_config(settings)
         if not settings.redis_url:
-            from worker.runtime.settings import SettingsError
-
             raise SettingsError("TAGSYNC_REDIS_URL must be set")
         # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.
         connection = retrying_client(settings.redis_url)
@@ -45,18 +41,10 @@ class Runtime:
                 ordering_window_s=settings.ordering_window_s,
             ),
             dead_letters=DeadLetters(connection, max_len=settings.dlq_max_len),
-            gate=AccountGate(
-                connection,
-                rate=settings.rate,
-                burst=settings.burst,
-                daily_budget=settings.daily_budget,
-            ),
-            client=WeChatClient(
-                appid=appid,
-                secret=secret,
-                api_base=settings.api_base,
-                token_mode=settings.token_mode,
+            accounts=Accounts(
+                config,
                 redis=connection,
+                api_base=settings.api_base,
                 read_timeout=settings.wechat_timeout_s,
             ),
         )

@@ -15,6 +15,7 @@ T = TypeVar("T")
 #: The variables tagsync reads, with what each one means (``tagsync --help`` shows them).
 VARIABLES: dict[str, str] = {
     "TAGSYNC_REDIS_URL": "Redis for the queue, pending intents, tokens and limits (redis://...)",
+    "TAGSYNC_ACCOUNTS": "TOML file of accounts and an Open Platform component (README)",
     "WECHAT_APPID": "the Official Account's AppID; also the default intent account",
     "WECHAT_SECRET": "the app secret (never logged)",
     "WECHAT_API_BASE": f"WeChat's API base URL (default {DEFAULT_API_BASE})",
@@ -60,6 +61,7 @@ class Settings:
     """Every tagsync setting, with production-safe defaults."""
 
     redis_url: str | None = None
+    accounts_file: str | None = None
     appid: str | None = None
     secret: Secret | None = field(default=None, repr=False)
     api_base: str = DEFAULT_API_BASE
@@ -92,6 +94,7 @@ class Settings:
         rate = _number(env, "TAGSYNC_RATE", 20.0, float, minimum=0.001)
         settings = cls(
             redis_url=env.get("TAGSYNC_REDIS_URL", "").strip() or None,
+            accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
             appid=env.get("WECHAT_APPID", "").strip() or None,
             secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,
             api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_API_BASE).rstrip("/"),

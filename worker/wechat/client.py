@@ -28,7 +28,13 @@ from worker.wechat.errors import (
     WeChatError,
     error_for,
 )
-from worker.wechat.tokens import MemoryTokenStore, RedisTokenStore, TokenProvider, TokenStore
+from worker.wechat.tokens import (
+    Fetcher,
+    MemoryTokenStore,
+    RedisTokenStore,
+    TokenProvider,
+    TokenStore,
+)
 
 #: WeChat's API host.
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
@@ -58,6 +64,8 @@ ANSWER_FIELDS: dict[str, str] = {
     "openapi/quota/get": "quota",
     "token": "access_token",
     "stable_token": "access_token",
+    "component/api_component_token": "component_access_token",
+    "component/api_authorizer_token": "authorizer_access_token",
 }
 
 log = structlog.get_logger("tagsync.wechat")
@@ -89,6 +97,15 @@ class Quota:
     remain: int
 
 
+def pooled_session(pool_size: int = 16) -> requests.Session:
+    """A ``requests.Session`` with a connection pool and no retries of its own."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def check_tag_name(name: str) -> None:
     """Refuse a tag name WeChat would refuse: empty, or over 30 UTF-8 bytes."""
     if not isinstance(name, str) or not name.strip():
@@ -105,7 +122,7 @@ class WeChatClient:
         self,
         *,
         appid: str,
-        secret: str | Secret,
+        secret: str | Secret | None,
         api_base: str = DEFAULT_API_BASE,
         token_mode: TokenMode = "stable",
         token_store: TokenStore | None = None,
@@ -113,21 +130,24 @@ class WeChatClient:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
         pool_size: int = 16,
+        fetch: Fetcher | None = None,
+        session: requests.Session | None = None,
     ) -> None:
+        """``fetch`` replaces the token fetch by secret (an Open Platform authorizer's tokens
+        come from ``api_authorizer_token``); ``session`` shares one connection pool among
+        the clients of many accounts on one host."""
         if token_mode not in ("stable", "classic"):
             raise ValueError(f"token_mode must be 'stable' or 'classic', not {token_mode!r}")
         self.appid = appid
-        self._secret = secret if isinstance(secret, Secret) else Secret(secret)
+        self._secret = secret if isinstance(secret, Secret | None) else Secret(secret)
         self.api_base = api_base.rstrip("/")
         self.token_mode = token_mode
         self._timeout = (connect_timeout, read_timeout)
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._owns_session = session is None
+        self._session = session if session is not None else pooled_session(pool_size)
         if token_store is None:
             token_store = RedisTokenStore(redis, appid) if redis is not None else MemoryTokenStore()
-        self.tokens = TokenProvider(self.fetch_token, token_store)
+        self.tokens = TokenProvider(fetch or self.fetch_token, token_store)
 
     def __repr__(self) -> str:
         return f"WeChatClient(appid={self.appid!r}, api_base={self.api_base!r})"
@@ -138,8 +158,9 @@ class WeChatClient:
         return self._timeout
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self._session.close()
+        """Close the pooled connections (unless the session is shared)."""
+        if self._owns_session:
+            self._session.close()
 
     def __enter__(self) -> WeChatClient:
         return self
@@ -231,6 +252,8 @@ class WeChatClient:
 
         Prefer ``self.tokens.token()``, which shares one token among all processes.
         """
+        if self._secret is None:
+            raise TokenRefused("token", 40125, "no app secret configured for this account")
         secret = self._secret.reveal()
         try:
             if self.token_mode == "stable":
@@ -240,10 +263,10 @@ class WeChatClient:
                     "secret": secret,
                     "force_refresh": force_refresh,
                 }
-                answer = self._send("stable_token", "POST", body, params={})
+                answer = self.send("stable_token", "POST", body, params={})
             else:
                 params = {"grant_type": "client_credential", "appid": self.appid, "secret": secret}
-                answer = self._send("token", "GET", None, params=params)
+                answer = self.send("token", "GET", None, params=params)
         except WeChatError as exc:
             if exc.errcode is None or exc.errcode == -1:
                 raise
@@ -261,16 +284,17 @@ class WeChatClient:
     def _call(self, call: str, body: Any, *, method: str = "POST") -> dict[str, Any]:
         token = self.tokens.token()
         try:
-            return self._send(call, method, body, params={"access_token": token})
+            return self.send(call, method, body, params={"access_token": token})
         except TokenError as exc:
             TOKEN_REJECTIONS.inc()
             log.info("wechat.token_rejected", call=call, errcode=exc.errcode)
             self.tokens.invalidate(token)
         # Resend once with a fresh token; a second token error is raised, not looped on.
         token = self.tokens.token()
-        return self._send(call, method, body, params={"access_token": token})
+        return self.send(call, method, body, params={"access_token": token})
 
-    def _send(self, call: str, method: str, body: Any, *, params: dict[str, str]) -> dict[str, Any]:
+    def send(self, call: str, method: str, body: Any, *, params: dict[str, str]) -> dict[str, Any]:
+        """One request to ``/cgi-bin/<call>``; the answer, or the failure raised by its class."""
         started = time.perf_counter()
         failure: WeChatError | None = None
         answer: dict[str, Any] = {}
@@ -298,7 +322,7 @@ class WeChatClient:
             else ("network" if failure.errcode is None else failure.error_class.value)
         )
         WECHAT_REQUEST.labels(call, outcome).observe(duration)
-        WECHAT_ERRCODES.labels(call, errcode).inc()
+        WECHAT_ERRCODES.labels(self.appid, call, errcode).inc()
         log.debug("wechat.call", call=call, errcode=errcode, duration=round(duration, 4))
         if failure is not None:
             # Raised outside the except block, so no exception with the URL is chained.

@@ -50,9 +50,9 @@ class Action(StrEnum):
 
 #: Where a pause applies: the whole account, or only the API that answered.
 PauseScope = Literal["account", "api"]
-#: How long a pause lasts: to the next minute, to 00:00 Asia/Shanghai, or a few minutes
-#: at a time (until a human fixes the cause).
-PauseLength = Literal["minute", "day", "alarm"]
+#: How long a pause lasts: to the next minute, to 00:00 Asia/Shanghai, a few minutes at a
+#: time (until a human fixes the cause), or until the account is authorized again.
+PauseLength = Literal["minute", "day", "alarm", "authorization"]
 LogLevel = Literal["warning", "error"]
 
 #: How many times an errcode tagsync does not know is retried before dead-lettering.
@@ -94,6 +94,10 @@ def _credential(code: int, meaning: str) -> Errcode:
     return Errcode(code, meaning, _C, Action.PAUSE, "account", "alarm", level="error")
 
 
+def _revoked(code: int, meaning: str) -> Errcode:
+    return Errcode(code, meaning, _C, Action.PAUSE, "account", "authorization", level="error")
+
+
 def _rejected(code: int, meaning: str) -> Errcode:
     return Errcode(code, meaning, _R, Action.REPORT)
 
@@ -123,6 +127,9 @@ ERRCODES: dict[int, Errcode] = {
         _credential(61004, "caller IP not whitelisted"),
         _credential(89503, "caller IP needs the administrator's confirmation"),
         _credential(48001, "API not authorised for this account"),
+        _revoked(61023, "authorizer refresh token invalid (authorization revoked)"),
+        _revoked(61003, "the account has not authorized the component"),
+        _credential(61006, "component_verify_ticket invalid or missing"),
         _rejected(45157, "tag name invalid or already used"),
         _rejected(45158, "tag name over 30 bytes"),
         _rejected(45056, "more than 100 tags"),
@@ -148,8 +155,9 @@ def token_endpoint_row(code: int) -> Errcode:
     if code == -1:
         return ERRCODES[-1]
     known = ERRCODES.get(code)
-    meaning = known.meaning if known and known.error_class is ErrorClass.CREDENTIAL else ""
-    return _credential(code, meaning or "the token endpoint refused the credentials")
+    if known is not None and known.error_class is ErrorClass.CREDENTIAL:
+        return known
+    return _credential(code, "the token endpoint refused the credentials")
 
 
 def lookup(code: int | None) -> Errcode:
@@ -169,6 +177,7 @@ def _pause_text(row: Errcode) -> str:
         "minute": "until the next minute",
         "day": "until 00:00 Asia/Shanghai or `tagsync quota reset`",
         "alarm": "5 minutes at a time, alarm",
+        "authorization": "until authorized again (`tagsync accounts authorize`), alarm",
     }[row.pause_length or "alarm"]
     return f"{'the account' if row.pause_scope == 'account' else 'that API only'}, {length}"
 

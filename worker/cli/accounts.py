@@ -1,0 +1,308 @@
+"""``tagsync accounts ...`` and ``tagsync component ticket``: the accounts a deployment serves,
+and the helpers every command uses to pick one (``--account``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import redis
+
+from worker.accounts import Account, Accounts, AccountsConfig, accounts_config
+from worker.accounts.authorized import AuthorizedAccounts
+from worker.accounts.config import APPID_RE
+from worker.accounts.purge import purge_account
+from worker.dead_letters import DeadLetters
+from worker.gate import AccountGate
+from worker.pending import PendingStore
+from worker.runtime.settings import Settings, SettingsError
+from worker.wechat.client import WeChatClient
+
+
+def add_account_option(parser: argparse.ArgumentParser) -> None:
+    """``--account APPID``: which account a command is about."""
+    parser.add_argument(
+        "--account",
+        metavar="APPID",
+        help="the account (default: the only one served, or WECHAT_APPID)",
+    )
+
+
+def _connect(settings: Settings) -> redis.Redis | None:
+    return redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+
+
+def served(settings: Settings) -> tuple[AccountsConfig, Accounts | None]:
+    """The accounts config and, with Redis, the live directory (authorized accounts too)."""
+    config = accounts_config(settings)
+    connection = _connect(settings)
+    if connection is None:
+        return config, None
+    return config, Accounts(
+        config, redis=connection, api_base=settings.api_base, read_timeout=settings.wechat_timeout_s
+    )
+
+
+def choose_appid(settings: Settings, requested: str | None, appids: frozenset[str]) -> str:
+    """The account a command is about: ``--account``, the only one, or ``WECHAT_APPID``."""
+    if requested is not None:
+        if requested not in appids:
+            raise SettingsError(f"--account {requested}: not an account of this deployment")
+        return requested
+    if len(appids) == 1:
+        return next(iter(appids))
+    if settings.appid and settings.appid in appids:
+        return settings.appid
+    listed = ", ".join(sorted(appids)[:5]) + (" ..." if len(appids) > 5 else "")
+    raise SettingsError(f"{len(appids)} accounts are served ({listed}): name one with --account")
+
+
+def open_account(settings: Settings, requested: str | None = None) -> Account | WeChatClient:
+    """The account (with Redis: client and gate) or, without Redis, a bare client."""
+    config, directory = served(settings)
+    if directory is None:
+        appid = choose_appid(settings, requested, frozenset(a.appid for a in config.accounts))
+        account = config.get(appid)
+        assert account is not None
+        return WeChatClient(
+            appid=appid,
+            secret=account.secret,
+            api_base=settings.api_base,
+            token_mode=account.limits.token_mode,
+        )
+    appid = choose_appid(settings, requested, directory.appids())
+    found = directory.get(appid)
+    assert found is not None
+    return found
+
+
+def make_client(settings: Settings, account: str | None = None) -> WeChatClient:
+    """A client of the chosen account; tokens are shared through Redis when it is set."""
+    opened = open_account(settings, account)
+    return opened.client if isinstance(opened, Account) else opened
+
+
+def register(commands: Any) -> None:
+    """Add ``accounts`` and ``component`` to the ``tagsync`` command line."""
+    accounts = commands.add_parser(
+        "accounts",
+        help="the accounts served; Open Platform authorizations (add, remove, export, import)",
+    )
+    actions = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every account served, how its tokens are had")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=_list)
+
+    authorize = actions.add_parser(
+        "authorize",
+        help="add (or renew) an account authorized to the component, by its refresh token",
+    )
+    authorize.add_argument("appid")
+    authorize.add_argument(
+        "--refresh-token",
+        required=True,
+        metavar="T",
+        help="the authorizer_refresh_token WeChat gave at authorization ('-' reads stdin)",
+    )
+    authorize.set_defaults(run=_authorize)
+
+    remove = actions.add_parser(
+        "remove", help="stop serving an authorized account (its pending intents are kept)"
+    )
+    remove.add_argument("appid")
+    remove.add_argument("--purge", action="store_true", help="also dead-letter its pending intents")
+    remove.set_defaults(run=_remove)
+
+    purge = actions.add_parser(
+        "purge", help="dead-letter every pending intent of an account (reason account_purged)"
+    )
+    purge.add_argument("appid")
+    purge.set_defaults(run=_purge)
+
+    export = actions.add_parser(
+        "export", help="write every authorization with its refresh token (file mode 0600)"
+    )
+    export.add_argument("file", nargs="?", help="the file (default: stdout)")
+    export.set_defaults(run=_export)
+
+    restore = actions.add_parser("import", help="restore authorizations from an export")
+    restore.add_argument("file")
+    restore.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace refresh tokens of accounts already here (theirs may be newer)",
+    )
+    restore.set_defaults(run=_import)
+
+    component = commands.add_parser(
+        "component", help="the Open Platform component: hand over component_verify_ticket"
+    )
+    component_actions = component.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ticket = component_actions.add_parser(
+        "ticket", help="store the latest component_verify_ticket WeChat pushed"
+    )
+    ticket.add_argument("ticket", help="the ticket ('-' reads stdin)")
+    ticket.set_defaults(run=_ticket)
+
+
+def _store(settings: Settings) -> tuple[AccountsConfig, AuthorizedAccounts, redis.Redis]:
+    config = accounts_config(settings)
+    connection = _connect(settings)
+    if connection is None:
+        raise SettingsError("TAGSYNC_REDIS_URL must be set: authorizations live in Redis")
+    return config, AuthorizedAccounts(connection), connection
+
+
+def _read_secret(value: str) -> str:
+    return sys.stdin.readline().strip() if value == "-" else value
+
+
+def authorize_account(connection: redis.Redis, appid: str, refresh_token: str) -> bool:
+    """Store the authorization and lift a revoked authorization's pause; True if new."""
+    if not APPID_RE.fullmatch(appid):
+        raise ValueError(f"{appid!r} is not an AppID")
+    added = AuthorizedAccounts(connection).authorize(appid, refresh_token)
+    _lift_revoked(connection, appid)
+    return added
+
+
+def _lift_revoked(connection: redis.Redis, appid: str) -> None:
+    """A new authorization: drop tokens had with the old one, lift the pause, wake the tags."""
+    connection.delete(f"tagsync:{{{appid}}}:token")
+    if AccountGate(connection, rate=1).lift(appid, "authorization"):
+        PendingStore(connection).wake(appid)
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    config, _, connection = _store(Settings.from_env())
+    if config.component is None:
+        raise SettingsError("no [component] in TAGSYNC_ACCOUNTS: nothing can be authorized to it")
+    added = authorize_account(connection, args.appid, _read_secret(args.refresh_token))
+    print(f"{'authorized' if added else 'renewed the authorization of'} {args.appid}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    _, authorized, connection = _store(Settings.from_env())
+    if not authorized.remove(args.appid):
+        raise ValueError(f"{args.appid} is not an authorized account")
+    pending = _pending(connection, args.appid)
+    if args.purge:
+        purged = purge_account(PendingStore(connection), DeadLetters(connection), args.appid)
+        print(f"removed {args.appid}; {purged} pending intents dead-lettered (account_purged)")
+    elif pending:
+        print(
+            f"removed {args.appid}; its {pending} pending intents are kept until it is "
+            f"authorized again or `tagsync accounts purge {args.appid}`"
+        )
+    else:
+        print(f"removed {args.appid}")
+    return 0
+
+
+def _pending(connection: redis.Redis, appid: str) -> int:
+    return sum(
+        t.pending_tag + t.pending_untag + t.inflight + t.splitting
+        for t in PendingStore(connection).status()
+        if t.account == appid
+    )
+
+
+def _purge(args: argparse.Namespace) -> int:
+    _, _, connection = _store(Settings.from_env())
+    purged = purge_account(PendingStore(connection), DeadLetters(connection), args.appid)
+    print(f"{purged} pending intents of {args.appid} dead-lettered (account_purged)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    config = accounts_config(settings)
+    rows: list[dict[str, Any]] = [
+        {
+            "appid": a.appid,
+            "source": config.source,
+            "tokens": "secret",
+            "rate": a.limits.rate,
+            "burst": a.limits.burst,
+            "daily_budget": a.limits.daily_budget,
+        }
+        for a in config.accounts
+    ]
+    connection = _connect(settings)
+    if connection is not None:
+        configured = {a.appid for a in config.accounts}
+        for entry in AuthorizedAccounts(connection).list():
+            if entry.appid in configured:
+                continue
+            rows.append(
+                {
+                    "appid": entry.appid,
+                    "source": "authorized",
+                    "tokens": "component" if config.component else "none: no [component]",
+                    "rate": config.defaults.rate,
+                    "burst": config.defaults.burst,
+                    "daily_budget": config.defaults.daily_budget,
+                    "authorized_at": entry.added,
+                    "refresh_token_rotated_at": entry.rotated_at,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'APPID':<34} {'SOURCE':<12} {'TOKENS':<10} {'RATE':>6}  BUDGET")
+    for row in rows:
+        print(
+            f"{row['appid']:<34} {row['source'][:12]:<12} {row['tokens'][:10]:<10} "
+            f"{row['rate']:>6g}  {row['daily_budget'] or '-'}"
+        )
+    print(f"{len(rows)} accounts")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _, authorized, _ = _store(Settings.from_env())
+    document = authorized.export()
+    text = json.dumps(document, indent=1)
+    if args.file:
+        # Created 0600 before anything is written: the refresh tokens are credentials.
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        print(f"{len(document['accounts'])} authorizations written to {args.file}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    _, authorized, connection = _store(Settings.from_env())
+    try:
+        with open(args.file, encoding="utf-8") as source:
+            document = json.load(source)
+    except OSError as exc:
+        raise ValueError(f"cannot read {args.file}: {exc.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{args.file} is not JSON") from None
+    imported, skipped = authorized.import_(document, overwrite=args.overwrite)
+    for entry in document["accounts"]:
+        _lift_revoked(connection, entry["appid"])
+    print(
+        f"{imported} authorizations imported"
+        + (f", {skipped} kept as they are (--overwrite replaces them)" if skipped else "")
+    )
+    return 0
+
+
+def _ticket(args: argparse.Namespace) -> int:
+    config, authorized, _ = _store(Settings.from_env())
+    if config.component is None:
+        raise SettingsError("no [component] in TAGSYNC_ACCOUNTS")
+    authorized.set_ticket(_read_secret(args.ticket))
+    print(f"component_verify_ticket stored ({time.strftime('%H:%M:%S')})")
+    return 0
