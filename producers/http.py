@@ -33,18 +33,20 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 _STATUS = {
     200: "200 OK",
+    201: "201 Created",
     202: "202 Accepted",
     400: "400 Bad Request",
     401: "401 Unauthorized",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
+    409: "409 Conflict",
     411: "411 Length Required",
     413: "413 Payload Too Large",
     503: "503 Service Unavailable",
 }
 
 
-def _reply(
+def reply(
     start_response: StartResponse, status: int, body: dict[str, Any], *extra: tuple[str, str]
 ) -> list[bytes]:
     payload = json.dumps(body, ensure_ascii=False).encode()
@@ -57,6 +59,41 @@ def _error(field: str, message: str, index: int | None = None) -> dict[str, Any]
     return {"errors": [{"index": index, "field": field, "message": message}]}
 
 
+def unauthorized(start_response: StartResponse) -> list[bytes]:
+    """The 401 answer to a request without the right bearer token."""
+    return reply(
+        start_response,
+        401,
+        {"error": "missing or wrong bearer token"},
+        ("WWW-Authenticate", "Bearer"),
+    )
+
+
+class BodyError(Exception):
+    """A request body that cannot be read as JSON: the status and document to answer."""
+
+    def __init__(self, status: int, document: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status, self.document = status, document
+
+
+def read_json(environ: dict[str, Any], max_body: int) -> Any:
+    """The request's JSON body; ``BodyError`` (411, 413 or 400) when it cannot be had."""
+    length_header = environ.get("CONTENT_LENGTH") or ""
+    if not length_header.isdigit():
+        raise BodyError(411, {"error": "Content-Length required"})
+    length = int(length_header)
+    if length > max_body:
+        raise BodyError(413, {"error": f"body over {max_body} bytes; split the intents"})
+    raw = environ["wsgi.input"].read(length)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BodyError(400, _error("body", "not valid JSON")) from None
+    except RecursionError:
+        raise BodyError(400, _error("body", "JSON nested too deeply")) from None
+
+
 class IngestApp:
     """The WSGI application; ``token`` defaults to ``TAGSYNC_INGEST_TOKEN`` at each request."""
 
@@ -66,7 +103,8 @@ class IngestApp:
     def __repr__(self) -> str:
         return "IngestApp(token=***)"
 
-    def _authorized(self, environ: dict[str, Any]) -> bool:
+    def authorized(self, environ: dict[str, Any]) -> bool:
+        """Does the request carry the right bearer token (compared in constant time)?"""
         expected = self._token or os.environ.get("TAGSYNC_INGEST_TOKEN") or ""
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, value = given.partition(" ")
@@ -82,52 +120,36 @@ class IngestApp:
         if path == "/healthz":
             return self._health(start_response)
         if path != "/v1/intents":
-            return _reply(start_response, 404, {"error": "not found"})
+            return reply(start_response, 404, {"error": "not found"})
         if method != "POST":
-            return _reply(start_response, 405, {"error": "use POST"}, ("Allow", "POST"))
-        if not self._authorized(environ):
-            return _reply(
-                start_response,
-                401,
-                {"error": "missing or wrong bearer token"},
-                ("WWW-Authenticate", "Bearer"),
-            )
-        length_header = environ.get("CONTENT_LENGTH") or ""
-        if not length_header.isdigit():
-            return _reply(start_response, 411, {"error": "Content-Length required"})
-        length = int(length_header)
-        if length > MAX_BODY:
-            return _reply(
-                start_response, 413, {"error": f"body over {MAX_BODY} bytes; split the intents"}
-            )
-        raw = environ["wsgi.input"].read(length)
+            return reply(start_response, 405, {"error": "use POST"}, ("Allow", "POST"))
+        if not self.authorized(environ):
+            return unauthorized(start_response)
         try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return _reply(start_response, 400, _error("body", "not valid JSON"))
-        except RecursionError:
-            return _reply(start_response, 400, _error("body", "JSON nested too deeply"))
+            document = read_json(environ, MAX_BODY)
+        except BodyError as exc:
+            return reply(start_response, exc.status, exc.document)
         if not isinstance(document, dict) or not isinstance(document.get("intents"), list):
-            return _reply(start_response, 400, _error("intents", 'body must be {"intents": [...]}'))
+            return reply(start_response, 400, _error("intents", 'body must be {"intents": [...]}'))
         if len(document["intents"]) > MAX_INTENTS:
             message = f"at most {MAX_INTENTS} intents a request; split them"
-            return _reply(start_response, 413, _error("intents", message))
+            return reply(start_response, 413, _error("intents", message))
         intents, errors = check_all(document["intents"])
         if errors:
             details = [{"index": e.index, "field": e.field, "message": e.message} for e in errors]
-            return _reply(start_response, 400, {"errors": details})
+            return reply(start_response, 400, {"errors": details})
         try:
             accepted = enqueue(intents)
         except (redis.RedisError, OSError):
-            return _reply(start_response, 503, {"error": "the queue cannot be reached; retry"})
-        return _reply(start_response, 202, {"accepted": accepted})
+            return reply(start_response, 503, {"error": "the queue cannot be reached; retry"})
+        return reply(start_response, 202, {"accepted": accepted})
 
     def _health(self, start_response: StartResponse) -> list[bytes]:
         try:
             broker().client.ping()
         except Exception:
-            return _reply(start_response, 503, {"ok": False, "error": "redis unreachable"})
-        return _reply(start_response, 200, {"ok": True})
+            return reply(start_response, 503, {"ok": False, "error": "redis unreachable"})
+        return reply(start_response, 200, {"ok": True})
 
 
 #: The app for ``gunicorn producers.http:app``.

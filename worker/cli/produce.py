@@ -137,10 +137,10 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise SettingsError(
             "TAGSYNC_INGEST_TOKEN must be set: the ingest refuses unauthenticated intents"
         )
-    from producers.http import IngestApp
+    from worker.http import DeploymentApp
 
     producers.configure(redis_url=settings.redis_url)
-    app = IngestApp(token=settings.ingest_token.reveal())
+    app = DeploymentApp(token=settings.ingest_token.reveal(), settings=settings)
     server = make_server(
         args.host, args.port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )

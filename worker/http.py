@@ -1,0 +1,119 @@
+"""The ingest server of a deployment: ``POST /v1/intents`` (``producers.http``) plus the
+Open Platform endpoints, behind the same bearer token.
+
+    POST /v1/accounts          {"appid": A, "refresh_token": R}
+        201 {"appid": A, "added": true} (200 with "added": false: a renewed authorization)
+    GET  /v1/accounts          200 {"accounts": [{"appid", "authorized_at"}]} (no tokens)
+    POST /v1/component/ticket  {"ticket": T}   200 {"ok": true}
+        400 for a bad body, 401 without the token, 409 without a [component]
+
+Production: ``gunicorn worker.http:app`` (the Procfile's ``ingest``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from producers.http import (
+    BodyError,
+    IngestApp,
+    StartResponse,
+    read_json,
+    reply,
+    unauthorized,
+)
+from worker.accounts import accounts_config
+from worker.accounts.authorized import AuthorizedAccounts
+from worker.accounts.config import APPID_RE
+from worker.cli.accounts import authorize_account
+from worker.runtime.settings import Settings
+
+#: Largest body of an account request, in bytes.
+MAX_ACCOUNT_BODY = 16 * 1024
+
+
+class DeploymentApp:
+    """``IngestApp`` with the account endpoints of an Open Platform deployment."""
+
+    def __init__(self, token: str | None = None, *, settings: Settings | None = None) -> None:
+        self.ingest = IngestApp(token)
+        self._settings = settings
+        self._redis: redis.Redis | None = None
+
+    def __repr__(self) -> str:
+        return "DeploymentApp(token=***)"
+
+    def _parts(self) -> tuple[bool, redis.Redis | None]:
+        """Is a component configured, and the Redis of the authorizations."""
+        settings = self._settings or Settings.from_env()
+        if self._redis is None and settings.redis_url:
+            self._redis = redis.Redis.from_url(settings.redis_url)
+        try:
+            has_component = accounts_config(settings).component is not None
+        except ValueError:  # no accounts file and no WECHAT_APPID on this host
+            has_component = False
+        return has_component, self._redis
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path not in ("/v1/accounts", "/v1/component/ticket"):
+            return self.ingest(environ, start_response)
+        allowed = "GET, POST" if path == "/v1/accounts" else "POST"
+        if method not in allowed.split(", "):
+            return reply(start_response, 405, {"error": f"use {allowed}"}, ("Allow", allowed))
+        if not self.ingest.authorized(environ):
+            return unauthorized(start_response)
+        has_component, connection = self._parts()
+        if not has_component:
+            return reply(start_response, 409, {"error": "no [component] in TAGSYNC_ACCOUNTS"})
+        if connection is None:
+            return reply(start_response, 503, {"error": "TAGSYNC_REDIS_URL is not set"})
+        try:
+            if method == "GET":
+                listed = [
+                    {"appid": a.appid, "authorized_at": a.added}
+                    for a in AuthorizedAccounts(connection).list()
+                ]
+                return reply(start_response, 200, {"accounts": listed})
+            document = read_json(environ, MAX_ACCOUNT_BODY)
+            if path == "/v1/component/ticket":
+                return self._ticket(start_response, connection, document)
+            return self._authorize(start_response, connection, document)
+        except BodyError as exc:
+            return reply(start_response, exc.status, exc.document)
+        except (redis.RedisError, OSError):
+            return reply(start_response, 503, {"error": "Redis cannot be reached; retry"})
+
+    def _ticket(
+        self, start_response: StartResponse, connection: redis.Redis, document: Any
+    ) -> list[bytes]:
+        ticket = document.get("ticket") if isinstance(document, dict) else None
+        if not isinstance(ticket, str):
+            return reply(start_response, 400, {"error": 'body must be {"ticket": "..."}'})
+        try:
+            AuthorizedAccounts(connection).set_ticket(ticket)
+        except ValueError as exc:
+            return reply(start_response, 400, {"error": str(exc)})
+        return reply(start_response, 200, {"ok": True})
+
+    def _authorize(
+        self, start_response: StartResponse, connection: redis.Redis, document: Any
+    ) -> list[bytes]:
+        if not isinstance(document, dict):
+            return reply(start_response, 400, {"error": 'body must be {"appid", "refresh_token"}'})
+        appid, token = document.get("appid"), document.get("refresh_token")
+        if not isinstance(appid, str) or not APPID_RE.fullmatch(appid):
+            return reply(start_response, 400, {"error": "appid: 1-32 letters, digits, '_' or '-'"})
+        if not isinstance(token, str) or not 1 <= len(token) <= 512 or not token.isprintable():
+            return reply(
+                start_response, 400, {"error": "refresh_token: 1-512 printable characters"}
+            )
+        added = authorize_account(connection, appid, token)
+        return reply(start_response, 201 if added else 200, {"appid": appid, "added": added})
+
+
+#: The app for ``gunicorn worker.http:app``.
+app = DeploymentApp()
