@@ -4,12 +4,17 @@ It serves every call of the seed's user tag management page with its rules and e
 codes, the token endpoints, quotas and injectable faults, plus ``/_sim/*`` endpoints that
 tests use to configure faults and read what happened. It imports nothing of tagsync.
 
-``simulator`` holds the rules and an account's state (``AppState``); ``config`` the typed
-faults and limits; ``stats`` what it saw; ``tokens`` the access tokens; ``errors`` WeChat's
-error answers; ``openids`` the fans; ``server`` the HTTP front.
+A call flows: ``server`` (the HTTP front) -> ``platform`` (which app, or the component,
+it is for) -> ``simulator`` (one app's rules and state, ``AppState``) or ``component`` (a
+third-party platform's tickets, tokens and authorizations). Beside them: ``config`` the
+typed faults and limits; ``stats`` what an app saw; ``tokens`` the access tokens;
+``errors`` WeChat's error answers; ``openids`` the fans; ``endpoints`` the ``/_sim/*``
+test endpoints.
 """
 
+from fakewechat.component import Component
 from fakewechat.openids import FanDirectory, prefix_for
+from fakewechat.platform import Platform
 from fakewechat.server import SimulatorServer, serve_in_thread
 from fakewechat.simulator import Simulator
 
@@ -21,7 +26,9 @@ DEFAULT_SECRET = "fakewechat-demo-secret-0123456789"
 __all__ = [
     "DEFAULT_APPID",
     "DEFAULT_SECRET",
+    "Component",
     "FanDirectory",
+    "Platform",
     "Simulator",
     "SimulatorServer",
     "prefix_for",

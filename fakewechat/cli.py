@@ -1,4 +1,4 @@
-"""The ``fakewechat`` command: serve the simulator on a port."""
+"""The ``fakewechat`` command: serve the simulator (one app or several, a component) on a port."""
 
 from __future__ import annotations
 
@@ -9,8 +9,20 @@ import sys
 import time
 
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from fakewechat.component import Component
+from fakewechat.platform import Platform
 from fakewechat.server import SimulatorServer
 from fakewechat.simulator import Simulator
+
+
+def app_spec(text: str) -> tuple[str, str]:
+    """``APPID:SECRET`` as (appid, secret); the message of a bad one never shows the secret."""
+    appid, colon, secret = text.partition(":")
+    if not colon or not appid or not secret or any(c.isspace() for c in appid):
+        raise argparse.ArgumentTypeError(
+            "expected APPID:SECRET, an AppID without spaces, a colon and a non-empty secret"
+        )
+    return appid, secret
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fakewechat",
         description=(
             "Serve a simulator of the WeChat Official Account user tag API "
-            "(/cgi-bin/...) with test endpoints under /_sim/."
+            "(/cgi-bin/...) for one app or several (--app), optionally with an Open "
+            "Platform third-party platform (--component), and test endpoints under "
+            "/_sim/ (?appid=A picks the app; the first one without it)."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
@@ -32,18 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--appid",
         default=os.environ.get("WECHAT_APPID", DEFAULT_APPID),
-        help="the AppID served (default $WECHAT_APPID or %(default)s)",
+        help="the first app's AppID, the one test endpoints mean without ?appid= "
+        "(default $WECHAT_APPID or %(default)s)",
     )
     parser.add_argument(
         "--secret",
         default=None,
-        help="the app secret accepted (default $WECHAT_SECRET or the built-in demo secret)",
+        help="the first app's secret (default $WECHAT_SECRET or the built-in demo secret)",
+    )
+    parser.add_argument(
+        "--app",
+        dest="apps",
+        metavar="APPID:SECRET",
+        type=app_spec,
+        action="append",
+        default=[],
+        help="another app served after the first one (repeatable)",
+    )
+    parser.add_argument(
+        "--component",
+        metavar="APPID:SECRET",
+        type=app_spec,
+        default=None,
+        help="a WeChat Open Platform third-party platform the apps can authorize "
+        "(/cgi-bin/component/..., /_sim/ticket, /_sim/authorize)",
     )
     parser.add_argument(
         "--fans",
         type=int,
         default=1000,
-        help="deterministic fans to start with (default %(default)s)",
+        help="deterministic fans each app starts with, openids of its own prefix "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--seed",
@@ -66,10 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         print("fakewechat: --fans must be 0 or more", file=sys.stderr)
         return 2
     secret = args.secret or os.environ.get("WECHAT_SECRET") or DEFAULT_SECRET
+    specs: list[tuple[str, str]] = [(args.appid, secret), *args.apps]
+    appids = [appid for appid, _ in specs]
+    if args.component is not None:
+        appids.append(args.component[0])
+    repeated = sorted({appid for appid in appids if appids.count(appid) > 1})
+    if repeated:
+        print(f"fakewechat: AppID given twice: {', '.join(repeated)}", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    simulator = Simulator(appid=args.appid, secret=secret, fans=args.fans, seed=args.seed)
+    apps = [
+        Simulator(appid=appid, secret=app_secret, fans=args.fans, seed=args.seed)
+        for appid, app_secret in specs
+    ]
+    component = None
+    if args.component is not None:
+        component = Component(appid=args.component[0], secret=args.component[1])
+    platform = Platform(apps, component=component)
     try:
-        server = SimulatorServer((args.host, args.port), simulator)
+        server = SimulatorServer((args.host, args.port), platform)
     except OSError as exc:
         print(
             f"fakewechat: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
@@ -78,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     print(
         f"fakewechat listening on {server.url} appid={args.appid} fans={args.fans} "
+        f"apps={len(apps)} component={component.appid if component else 'off'} "
         f"(ready in {time.monotonic() - started:.2f}s)",
         flush=True,
     )

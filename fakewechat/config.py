@@ -32,6 +32,18 @@ def _count_or_none(name: str, value: Any) -> Any:
     return value
 
 
+def _non_negative(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{name} must be a number of 0 or more")
+    return value
+
+
+def _flag(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false")
+    return value
+
+
 def _latency(name: str, value: Any) -> Any:
     if (
         not isinstance(value, list)
@@ -80,6 +92,11 @@ class SimConfig:
     #: Answers that are not WeChat's JSON, at this rate, of ``malformed_kind``.
     malformed_rate: float = field(default=0.0, metadata={"check": _share})
     malformed_kind: str = field(default="mixed", metadata={"check": _kind})
+    #: Each `component/api_authorizer_token` answer carries a new refresh token (as
+    #: WeChat may do), so a client that keeps the old one loses the authorization.
+    rotate_refresh_token: bool = field(default=False, metadata={"check": _flag})
+    #: How long a replaced refresh token still works, in seconds (concurrent refreshers).
+    refresh_token_grace_s: float = field(default=10.0, metadata={"check": _non_negative})
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with ``changes`` applied, each checked first; ``ConfigError`` names a bad one."""

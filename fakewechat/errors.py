@@ -30,6 +30,11 @@ ERRMSG = {
     45159: "invalid tag id",
     47001: "data format error",
     49003: "not match openid with appid",
+    # The Open Platform's own (component calls).
+    61003: "component is not authorized by this account",
+    61005: "component ticket is expired",
+    61006: "component ticket is invalid",
+    61023: "refresh_token is invalid",
 }
 
 #: The body of a successful call that returns nothing else.

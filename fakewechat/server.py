@@ -14,7 +14,9 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from fakewechat.simulator import Answer, ConfigError, Simulator, bad_json
+from fakewechat import endpoints
+from fakewechat.platform import Platform
+from fakewechat.simulator import Answer, Simulator, bad_json
 
 #: Largest request body the simulator reads, in bytes.
 MAX_BODY = 8 * 1024 * 1024
@@ -25,16 +27,21 @@ MAX_HEADERS = 100
 
 
 class SimulatorServer(socketserver.ThreadingTCPServer):
-    """A threading HTTP/1.1 server bound to one ``Simulator``."""
+    """A threading HTTP/1.1 server bound to a ``Platform`` (or one ``Simulator``, its one app).
+
+    ``platform`` routes the calls; ``simulator`` is its first app, the one a test endpoint
+    without ``appid`` means.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
     # Many clients open many keep-alive connections at once.
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+    def __init__(self, address: tuple[str, int], simulator: Simulator | Platform) -> None:
         super().__init__(address, _Handler)
-        self.simulator = simulator
+        self.platform = simulator if isinstance(simulator, Platform) else Platform([simulator])
+        self.simulator = self.platform.default
 
     @property
     def url(self) -> str:
@@ -139,12 +146,12 @@ class _Handler(socketserver.StreamRequestHandler):
     def _dispatch(self, method: str, target: str, body: Any, keep_alive: bool) -> None:
         parts = urlsplit(target)
         query = dict(parse_qsl(parts.query))
-        sim = self.server.simulator
+        platform = self.server.platform
         if parts.path.startswith("/cgi-bin/"):
-            answer = sim.call(parts.path.removeprefix("/cgi-bin/"), method, query, body)
+            answer = platform.call(parts.path.removeprefix("/cgi-bin/"), method, query, body)
             self._answer(answer, keep_alive)
         elif parts.path.startswith("/_sim/"):
-            status, doc = _test_endpoint(sim, method, parts.path, query, body)
+            status, doc = endpoints.answer(platform, method, parts.path, query, body)
             self._send(status, doc, keep_alive=keep_alive)
         else:
             self._send(404, {"errcode": 404, "errmsg": "not found"}, keep_alive=keep_alive)
@@ -154,7 +161,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if answer.delay_s:
                 time.sleep(answer.delay_s)
         finally:
-            self.server.simulator.done(answer)
+            self.server.platform.done(answer)
         if answer.hang_s:
             # The answer never arrives within the client's read timeout.
             time.sleep(answer.hang_s)
@@ -190,72 +197,10 @@ _REASONS = {
 }
 
 
-def _test_endpoint(
-    sim: Simulator, method: str, path: str, query: dict[str, str], body: Any
-) -> tuple[int, dict[str, Any]]:
-    if not isinstance(body, dict):
-        return 400, {"error": "body must be a JSON object"}
-    try:
-        if path == "/_sim/stats":
-            return 200, sim.stats()
-        if path == "/_sim/state":
-            return 200, sim.state()
-        if path == "/_sim/log":
-            return 200, sim.batch_log()
-        if path == "/_sim/config":
-            return 200, sim.configure(body) if method == "POST" else sim.config.document()
-        if path == "/_sim/reset" and method == "POST":
-            sim.reset()
-            return 200, {"ok": True}
-        if path == "/_sim/expire_tokens" and method == "POST":
-            sim.expire_tokens()
-            return 200, {"ok": True}
-        if path == "/_sim/fans":
-            return _fans_endpoint(sim, method, query, body)
-        if path == "/_sim/members" and method == "POST":
-            openids = _members_openids(sim, body)
-            return 200, {"count": sim.seed_members(int(body["tagid"]), openids)}
-    except (ConfigError, ValueError, TypeError) as exc:
-        return 400, {"error": str(exc)}
-    except KeyError as exc:
-        return 404, {"error": f"no tag {exc}"}
-    return 404, {"error": f"unknown test endpoint {method} {path}"}
-
-
-def _fans_endpoint(
-    sim: Simulator, method: str, query: dict[str, str], body: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    if method == "GET":
-        offset = max(0, int(query.get("offset", 0)))
-        limit = min(100_000, max(0, int(query.get("limit", 1000))))
-        return 200, {"total": sim.fans.total, "openids": sim.fans.page(offset, limit)}
-    if body.get("foreign"):
-        return 200, {"openids": sim.fans.foreign(int(body.get("count", 0)))}
-    if "openids" in body:
-        if not isinstance(body["openids"], list):
-            raise ValueError("openids must be a list")
-        return 200, {"openids": sim.fans.add_openids(body["openids"])}
-    return 200, {"openids": sim.fans.add_count(int(body.get("count", 0)))}
-
-
-def _members_openids(sim: Simulator, body: dict[str, Any]) -> list[str]:
-    """`POST /_sim/members {"tagid", "count"|"openids"}`: the fans to tag directly."""
-    if "openids" in body:
-        openids = list(body["openids"])
-        bad = [o for o in openids if not sim.fans.is_fan(o)]
-        if bad:
-            raise ValueError(f"{len(bad)} openids are not fans")
-        return openids
-    count = int(body.get("count", 0))
-    if count > sim.fans.total:
-        raise ValueError(f"only {sim.fans.total} fans")
-    return sim.fans.page(0, count)
-
-
 def serve_in_thread(
-    simulator: Simulator, host: str = "127.0.0.1", port: int = 0
+    simulator: Simulator | Platform, host: str = "127.0.0.1", port: int = 0
 ) -> SimulatorServer:
-    """Start a simulator server on a daemon thread (port 0 picks a free port)."""
+    """Start a server of one app or a platform on a daemon thread (port 0: a free port)."""
     server = SimulatorServer((host, port), simulator)
     thread = threading.Thread(target=server.serve_forever, name="fakewechat", daemon=True)
     thread.start()

@@ -18,7 +18,7 @@ from fakewechat.config import MALFORMED_KINDS, ConfigError, SimConfig
 from fakewechat.errors import OK, error
 from fakewechat.openids import FanDirectory
 from fakewechat.stats import BATCH_KINDS, Stats
-from fakewechat.tokens import TokenBook
+from fakewechat.tokens import AUTHORIZER, TokenBook
 
 __all__ = ["Answer", "ConfigError", "SimConfig", "Simulator", "Tag", "bad_json"]
 
@@ -75,6 +75,8 @@ class Answer:
     reset: bool = False
     #: How the answer counts in ``errcodes`` when it is not WeChat's JSON.
     stat_code: str | None = None
+    #: The app that answered (the platform routes ``done`` back to it).
+    appid: str | None = None
 
 
 @dataclass
@@ -153,6 +155,31 @@ class Simulator:
                 self.app.tags_of_fan.setdefault(openid, set()).add(tag_id)
             tag.changed()
             return len(tag.fans)
+
+    # -- for the platform (several apps, a third-party platform) -------------------------
+
+    def knows_token(self, token: str) -> bool:
+        """True while this app remembers ``token`` (it issued it, not over an hour ago)."""
+        with self._lock:
+            return self.tokens.knows(token)
+
+    def issue_authorizer_token(self) -> tuple[str, int]:
+        """A token for the app's third-party platform; it counts as a fetch of this app."""
+        with self._lock:
+            self.tokens.fetches += 1
+            token, ttl = self.tokens.issue(float(self.config.token_ttl_s), kind=AUTHORIZER)
+            return token, int(ttl)
+
+    def revoke_tokens(self, tokens: list[str]) -> int:
+        """Forget ``tokens`` (later calls get 40001); how many this app still knew."""
+        with self._lock:
+            return self.tokens.revoke(tokens)
+
+    def record_call(self, path: str, body: Any, code: int) -> None:
+        """Count a call answered elsewhere (the platform's) in this app's stats."""
+        with self._lock:
+            self.counters.received(path, body)
+            self.counters.answered(path, body, str(code))
 
     # -- the API ----------------------------------------------------------------------
 

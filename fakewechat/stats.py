@@ -88,3 +88,34 @@ class Stats:
             "first_batch_at": self.first_batch_at,
             "last_batch_at": self.last_batch_at,
         }
+
+
+def merged(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several apps' ``/_sim/stats`` documents as one, with ``"apps": n``.
+
+    Counts are summed per key; ``max_calls_in_any_second`` is the largest of the apps' (a
+    lower bound of all apps' busiest second, which would need per-second history).
+    """
+    calls: Counter[str] = Counter()
+    errcodes: Counter[str] = Counter()
+    batch_sizes: dict[str, Counter[str]] = {kind: Counter() for kind in BATCH_KINDS.values()}
+    for document in documents:
+        calls.update(document["calls"])
+        errcodes.update(document["errcodes"])
+        for kind, sizes in document["batch_sizes"].items():
+            batch_sizes.setdefault(kind, Counter()).update(sizes)
+    firsts = [d["first_batch_at"] for d in documents if d["first_batch_at"] is not None]
+    lasts = [d["last_batch_at"] for d in documents if d["last_batch_at"] is not None]
+    return {
+        "calls": dict(calls),
+        "errcodes": dict(errcodes),
+        "batch_sizes": {kind: dict(sizes) for kind, sizes in batch_sizes.items()},
+        "token_fetches": sum(d["token_fetches"] for d in documents),
+        "max_calls_in_any_second": max(
+            (d["max_calls_in_any_second"] for d in documents), default=0
+        ),
+        "overlapping_batches": sum(d["overlapping_batches"] for d in documents),
+        "first_batch_at": min(firsts, default=None),
+        "last_batch_at": max(lasts, default=None),
+        "apps": len(documents),
+    }
