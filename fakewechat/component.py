@@ -164,7 +164,9 @@ class Component:
             self._errcodes[str(code)] += 1
             if app is not None:
                 app.record_call(AUTHORIZER_TOKEN_PATH, body, code)
-        return Answer(200, answer)
+        # The app's latency applies: the call is carried out (a refresh token rotated) before
+        # the answer arrives, as a client killed while it waits would find.
+        return Answer(200, answer, delay_s=app.latency_s() if app is not None else 0.0)
 
     def _component_token(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

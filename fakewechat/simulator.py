@@ -175,6 +175,16 @@ class Simulator:
         with self._lock:
             return self.tokens.revoke(tokens)
 
+    def _latency_s(self) -> float:
+        """How long the next answer takes, from ``latency_ms`` (under the lock)."""
+        low, high = self.config.latency_ms
+        return self._random.uniform(low, high) / 1000 if high else 0.0
+
+    def latency_s(self) -> float:
+        """How long an answer of this app takes (the component's answers for it too)."""
+        with self._lock:
+            return self._latency_s()
+
     def record_call(self, path: str, body: Any, code: int) -> None:
         """Count a call answered elsewhere (the platform's) in this app's stats."""
         with self._lock:
@@ -241,8 +251,7 @@ class Simulator:
         forced = cfg.forced_errcodes.get(path)
         if forced is not None:
             return Answer(200, error(int(forced)))
-        low, high = cfg.latency_ms
-        delay = self._random.uniform(low, high) / 1000 if high else 0.0
+        delay = self._latency_s()
         if cfg.http500_rate and self._random.random() < cfg.http500_rate:
             return Answer(500, {"errmsg": "internal server error"}, delay_s=delay)
         if cfg.busy_rate and self._random.random() < cfg.busy_rate:

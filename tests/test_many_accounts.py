@@ -1,0 +1,349 @@
+"""Many accounts in one deployment, end to end: real worker processes, a simulator with
+several apps and an Open Platform component, each account at its own quota."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+import producers
+from tests.conftest import (
+    APPID,
+    SECRET,
+    start_simulator,
+    tagsync,
+    wait_drained,
+    wait_until,
+)
+from worker.pending import PendingStore
+from worker.runtime.processes import stop_process
+
+B, C, D = "wxtestbbbbtagsync", "wxtestcccctagsync", "wxtestddddtagsync"
+COMPONENT = "wxtestcomponent01"
+SECRETS = {B: "secret-b-" + SECRET[-8:], C: "secret-c-" + SECRET[-8:], D: "secret-d-" + SECRET[-8:]}
+COMPONENT_SECRET = "component-" + SECRET[-12:]
+FANS = 300
+
+
+class PlatformSim:
+    """The multi-app simulator: ``/_sim/*`` of one app by ``appid``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = requests.Session()
+
+    def get(self, path: str, appid: str = APPID, **params: Any) -> Any:
+        response = self.http.get(f"{self.url}{path}", params={"appid": appid, **params}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any] | None = None, appid: str = APPID) -> Any:
+        body = body or {}
+        params = {} if "appid" in body else {"appid": appid}
+        response = self.http.post(f"{self.url}{path}", params=params, json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def fans(self, appid: str, count: int = FANS) -> list[str]:
+        return list(self.get("/_sim/fans", appid, limit=count)["openids"])
+
+    def fans_of(self, appid: str, tag_id: int) -> set[str]:
+        tags = self.get("/_sim/state", appid)["tags"]
+        return set(tags.get(str(tag_id), {}).get("fans", []))
+
+    def calls(self, appid: str, path: str) -> int:
+        return int(self.get("/_sim/stats", appid)["calls"].get(path, 0))
+
+
+@pytest.fixture(scope="module")
+def platform_process() -> Iterator[str]:
+    """One simulator with four apps and a component, for this module."""
+    apps = [arg for appid in (B, C, D) for arg in ("--app", f"{appid}:{SECRETS[appid]}")]
+    process, url = start_simulator(
+        "--fans", str(FANS), *apps, "--component", f"{COMPONENT}:{COMPONENT_SECRET}"
+    )
+    yield url
+    stop_process(process)
+
+
+@pytest.fixture
+def platform(platform_process: str) -> Iterator[PlatformSim]:
+    """The platform simulator, every app and the component reset."""
+    sim = PlatformSim(platform_process)
+    sim.post("/_sim/reset", appid="*")
+    yield sim
+    overlapping = sim.get("/_sim/stats", "*")["overlapping_batches"]
+    sim.http.close()
+    assert overlapping == 0
+
+
+@pytest.fixture
+def accounts_env(tmp_path: Path, platform: PlatformSim, redis_url: str) -> Iterator[dict[str, str]]:
+    """An accounts file with A, B and C (own secrets) and the component; its environment."""
+    path = tmp_path / "accounts.toml"
+    lines = ["[defaults]", "rate = 5", ""]
+    for number, appid in enumerate((APPID, B, C)):
+        lines += ["[[accounts]]", f'appid = "{appid}"', f'secret = "env:SECRET_{number}"', ""]
+    lines += ["[component]", f'appid = "{COMPONENT}"', 'secret = "env:COMPONENT_SECRET"']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))} | {
+        "TAGSYNC_ACCOUNTS": str(path),
+        "SECRET_0": SECRET,
+        "SECRET_1": SECRETS[B],
+        "SECRET_2": SECRETS[C],
+        "COMPONENT_SECRET": COMPONENT_SECRET,
+        "WECHAT_API_BASE": platform.url,
+        "TAGSYNC_REDIS_URL": redis_url,
+        "TAGSYNC_LOG_FORMAT": "json",
+        "TAGSYNC_LINGER_MS": "100",
+        "TAGSYNC_BACKOFF_MIN_MS": "50",
+        "TAGSYNC_BACKOFF_MAX_MS": "500",
+        "TAGSYNC_WECHAT_TIMEOUT_S": "2",
+    }
+    producers.configure(redis_url=redis_url)
+    yield env
+    producers.configure(None)
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    done = tagsync(env, *args)
+    assert done.returncode == 0, f"tagsync {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def create_tag(env: dict[str, str], appid: str, name: str) -> int:
+    out = run(env, "tags", "create", name, "--account", appid)
+    return int(out.split()[2])
+
+
+def authorize_d(env: dict[str, str], platform: PlatformSim) -> str:
+    """Hand over a ticket, authorize D at the simulator and in tagsync; its refresh token."""
+    ticket = platform.get("/_sim/ticket")["component_verify_ticket"]
+    run(env, "component", "ticket", ticket)
+    refresh = platform.post("/_sim/authorize", {"appid": D})["authorizer_refresh_token"]
+    run(env, "accounts", "authorize", D, "--refresh-token", refresh)
+    return str(refresh)
+
+
+def pending_of(connection: redis.Redis, appid: str) -> int:
+    return sum(
+        t.pending_tag + t.pending_untag + t.inflight + t.splitting
+        for t in PendingStore(connection).status()
+        if t.account == appid
+    )
+
+
+def test_each_account_keeps_its_own_rate(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """Three accounts at 5 calls/s each, all at once: every fan tagged, no 45011 anywhere."""
+    # Given: WeChat allows each app 5 calls a second; the file says rate = 5
+    tags = {
+        appid: [create_tag(accounts_env, appid, f"r{i}") for i in range(3)]
+        for appid in (APPID, B, C)
+    }
+    for appid in tags:
+        platform.post("/_sim/config", {"rate_per_sec": 5}, appid=appid)
+    # When
+    for appid, ids in tags.items():
+        for tag_id in ids:
+            producers.tag(tag_id, platform.fans(appid), account=appid)
+    start_worker(processes=2, threads=4, **accounts_env)
+    wait_drained(redis_client, timeout_s=90)
+    # Then
+    for appid, ids in tags.items():
+        stats = platform.get("/_sim/stats", appid)
+        assert "45011" not in stats["errcodes"], (appid, stats["errcodes"])
+        assert stats["max_calls_in_any_second"] <= 5
+        for tag_id in ids:
+            assert platform.fans_of(appid, tag_id) == set(platform.fans(appid))
+
+
+def test_a_paused_account_does_not_slow_the_others(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """A's tagging quota runs out (45009): A waits, B and C finish as fast as their rate."""
+    # Given: A may tag 2 batches today; B and C 12 batches each at 5/s (about 2.4 s)
+    tags = {
+        appid: [create_tag(accounts_env, appid, f"q{i}") for i in range(2)]
+        for appid in (APPID, B, C)
+    }
+    platform.post("/_sim/config", {"daily_quota": 2}, appid=APPID)
+    # When
+    for appid, ids in tags.items():
+        for tag_id in ids:
+            producers.tag(tag_id, platform.fans(appid), account=appid)
+    start_worker(processes=2, threads=4, **accounts_env)
+    started = time.monotonic()
+    wait_until(
+        lambda: pending_of(redis_client, B) == 0 and pending_of(redis_client, C) == 0,
+        timeout_s=60,
+        what="B and C to finish",
+    )
+    took = time.monotonic() - started
+    # Then: 12 calls at 5/s take 2.4 s; noise (ingest, linger, tokens) stays well under 3 s more
+    assert took < 2.4 + 3.0, f"B and C took {took:.1f}s while A was paused"
+    status = json.loads(run(accounts_env, "status", "--json", "--account", APPID))
+    pause = status["accounts"][APPID]["pauses"]["tags/members/batchtagging"]
+    assert pause["errcode"] == "45009"
+    assert pending_of(redis_client, APPID) > 0  # kept, not dead-lettered
+    assert (
+        json.loads(run(accounts_env, "status", "--json", "--account", B))["accounts"][B]["pauses"]
+        == {}
+    )
+
+
+def test_an_authorization_revoked_mid_run_pauses_and_resumes(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """D is authorized through the component; revoked mid-run it pauses (61023) and keeps
+    its intents while B goes on; authorized again, it finishes."""
+    # Given
+    authorize_d(accounts_env, platform)
+    d_tag = create_tag(accounts_env, D, "via-component")
+    b_tag = create_tag(accounts_env, B, "own-secret")
+    d_fans, b_fans = platform.fans(D), platform.fans(B)
+    start_worker(processes=2, threads=4, **accounts_env)
+    producers.tag(d_tag, d_fans[:100], account=D)
+    wait_until(lambda: len(platform.fans_of(D, d_tag)) == 100, what="D's first fans")
+    # When: the merchant revokes the authorization; more intents come for D and B
+    platform.post("/_sim/unauthorize", {"appid": D})
+    producers.tag(d_tag, d_fans[100:], account=D)
+    producers.tag(b_tag, b_fans, account=B)
+
+    # Then: D pauses for its authorization, B finishes meanwhile
+    def d_paused() -> bool:
+        state = json.loads(run(accounts_env, "status", "--json", "--account", D))
+        pause = state["accounts"][D]["paused"]
+        return pause is not None and pause["reason"] == "authorization"
+
+    wait_until(d_paused, timeout_s=30, what="D paused for its authorization")
+    wait_until(lambda: platform.fans_of(B, b_tag) == set(b_fans), timeout_s=30, what="B done")
+    assert pending_of(redis_client, D) == len(d_fans) - 100
+    # When: authorized again
+    refresh = platform.post("/_sim/authorize", {"appid": D})["authorizer_refresh_token"]
+    run(accounts_env, "accounts", "authorize", D, "--refresh-token", refresh)
+    # Then
+    wait_drained(redis_client, timeout_s=60)
+    assert platform.fans_of(D, d_tag) == set(d_fans)
+    assert run(accounts_env, "dlq", "list").count("\n") == 1  # the header only
+
+
+def test_a_rotated_refresh_token_survives_a_kill_9(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """WeChat rotates D's refresh token on every refresh; a worker killed while the answer
+    is on its way (rotated at WeChat, not yet stored) loses nothing: the next one goes on."""
+    # Given: rotation on, the replaced token honoured for 20 s, D's answers take 1.5 s
+    first = authorize_d(accounts_env, platform)
+    d_tag = create_tag(accounts_env, D, "rotating")
+    platform.post(
+        "/_sim/config",
+        {"rotate_refresh_token": True, "refresh_token_grace_s": 20, "latency_ms": [1500, 1500]},
+        appid=D,
+    )
+    redis_client.delete(f"tagsync:{{{D}}}:token")  # the next call fetches (and rotates)
+    before = platform.calls(D, "component/api_authorizer_token")
+    fans = platform.fans(D)
+    producers.tag(d_tag, fans, account=D)
+    worker = start_worker(processes=1, threads=4, **accounts_env)
+    # When: the refresh is at WeChat (counted there, answer 1.5 s away): kill -9
+    wait_until(
+        lambda: platform.calls(D, "component/api_authorizer_token") > before,
+        timeout_s=30,
+        poll_s=0.02,
+        what="the worker's refresh to reach WeChat",
+    )
+    for pid in worker.children():
+        os.kill(pid, signal.SIGKILL)
+    worker.stop()
+    # The worst moment indeed: WeChat replaced the token, tagsync still holds the old one.
+    authorization = f"tagsync:{{{D}}}:authorization"
+    assert redis_client.hget(authorization, "refresh_token") == first.encode()
+    platform.post("/_sim/config", {"latency_ms": [0, 0]}, appid=D)
+    # Then: a new worker refreshes with the stored (replaced, still honoured) token, stores
+    # the new one, and every fan is tagged
+    start_worker(processes=1, threads=4, **accounts_env)
+    wait_drained(redis_client, timeout_s=60)
+    assert platform.fans_of(D, d_tag) == set(fans)
+    assert redis_client.hget(authorization, "refresh_token") not in (None, first.encode())
+    # The stored token is the newest WeChat gave: a fresh refresh with it works after the
+    # replaced ones expired.
+    platform.post("/_sim/config", {"refresh_token_grace_s": 0}, appid=D)
+    redis_client.delete(f"tagsync:{{{D}}}:token")
+    assert run(accounts_env, "tags", "list", "--account", D)
+
+
+def test_an_account_added_while_workers_run_is_served(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """Authorized over HTTP while workers run, D's intents are applied without a restart."""
+    # Given: workers running; D is not served yet
+    start_worker(processes=2, threads=4, **accounts_env)
+    ticket = platform.get("/_sim/ticket")["component_verify_ticket"]
+    refresh = platform.post("/_sim/authorize", {"appid": D})["authorizer_refresh_token"]
+    from worker.http import DeploymentApp
+
+    # When: the platform's backend hands ticket and authorization to the ingest server
+    app = DeploymentApp(token="t0k3n")
+    for path, body in (
+        ("/v1/component/ticket", {"ticket": ticket}),
+        ("/v1/accounts", {"appid": D, "refresh_token": refresh}),
+    ):
+        status = wsgi_post(app, path, body, accounts_env)
+        assert status.startswith(("200", "201")), status
+    d_tag = create_tag(accounts_env, D, "added-live")
+    producers.tag(d_tag, platform.fans(D), account=D)
+    # Then
+    wait_drained(redis_client, timeout_s=30)
+    assert platform.fans_of(D, d_tag) == set(platform.fans(D))
+    assert run(accounts_env, "dlq", "list").count("\n") == 1
+
+
+def wsgi_post(app: Any, path: str, body: dict[str, Any], env: dict[str, str]) -> str:
+    """POST to a WSGI app in process, as gunicorn would; the status line."""
+    import io
+
+    payload = json.dumps(body).encode()
+    environ = {
+        "PATH_INFO": path,
+        "REQUEST_METHOD": "POST",
+        "CONTENT_LENGTH": str(len(payload)),
+        "wsgi.input": io.BytesIO(payload),
+        "HTTP_AUTHORIZATION": "Bearer t0k3n",
+    }
+    seen: list[str] = []
+    saved = dict(os.environ)
+    os.environ.update(
+        {k: env[k] for k in env if k.startswith(("TAGSYNC_", "SECRET_", "COMPONENT_"))}
+    )
+    try:
+        b"".join(app(environ, lambda status, headers: seen.append(status)))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return seen[0]
