@@ -134,6 +134,12 @@ def authorize_d(env: dict[str, str], platform: PlatformSim) -> str:
     return str(refresh)
 
 
+def all_tagged(platform: PlatformSim, appid: str, tags: list[int]) -> bool:
+    """Does every fan of ``appid`` carry each of ``tags`` at the simulator?"""
+    fans = set(platform.fans(appid))
+    return all(platform.fans_of(appid, tag_id) == fans for tag_id in tags)
+
+
 def pending_of(connection: redis.Redis, appid: str) -> int:
     return sum(
         t.pending_tag + t.pending_untag + t.inflight + t.splitting
@@ -191,7 +197,7 @@ def test_a_paused_account_does_not_slow_the_others(
     start_worker(processes=2, threads=4, **accounts_env)
     started = time.monotonic()
     wait_until(
-        lambda: pending_of(redis_client, B) == 0 and pending_of(redis_client, C) == 0,
+        lambda: all_tagged(platform, B, tags[B]) and all_tagged(platform, C, tags[C]),
         timeout_s=60,
         what="B and C to finish",
     )
@@ -347,3 +353,64 @@ def wsgi_post(app: Any, path: str, body: dict[str, Any], env: dict[str, str]) ->
         os.environ.clear()
         os.environ.update(saved)
     return seen[0]
+
+
+def test_a_slow_account_leaves_threads_to_the_others(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """A answers in 1.5 s on 10 tags at 50 calls/s (enough to hold every thread); B still
+    calls at its rate."""
+    # Given
+    path = Path(accounts_env["TAGSYNC_ACCOUNTS"])
+    text = path.read_text().replace('secret = "env:SECRET_0"', 'secret = "env:SECRET_0"\nrate = 50')
+    path.write_text(text)
+    slow = [create_tag(accounts_env, APPID, f"s{i}") for i in range(10)]
+    quick = [create_tag(accounts_env, B, f"f{i}") for i in range(2)]
+    platform.post("/_sim/config", {"latency_ms": [1500, 1500]}, appid=APPID)
+    for tag_id in slow:
+        producers.tag(tag_id, platform.fans(APPID), account=APPID)
+    start_worker(processes=2, threads=4, **accounts_env)
+    wait_until(lambda: platform.calls(APPID, "tags/members/batchtagging") >= 4, what="A's calls")
+    # When
+    started = time.monotonic()
+    for tag_id in quick:
+        producers.tag(tag_id, platform.fans(B), account=B)
+    wait_until(lambda: all_tagged(platform, B, quick), timeout_s=60, what="B to finish")
+    took = time.monotonic() - started
+    # Then: B's 12 calls at 5/s take 2.4 s, plus noise
+    assert took < 2.4 + 3.0, f"B took {took:.1f}s beside a slow account"
+    assert pending_of(redis_client, APPID) > 0  # A was still at it
+
+
+def test_one_accounts_flood_does_not_hold_anothers_batches(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """A backlog of A's messages holds A's batches (to coalesce them), not B's."""
+    # Given: B's intents, then 6,000 of A's queued one message each
+    a_tag = create_tag(accounts_env, APPID, "flood")
+    b_tags = [create_tag(accounts_env, B, f"calm{i}") for i in range(2)]
+    for tag_id in b_tags:
+        producers.tag(tag_id, platform.fans(B), account=B)
+    fans = platform.fans(APPID)
+    for round_ in range(20):
+        op = producers.tag if round_ % 2 == 0 else producers.untag
+        for openid in fans:
+            op(a_tag, openid, account=APPID)
+    # When: workers start on the backlog; B's messages are merged first
+    start_worker(processes=2, threads=4, **accounts_env)
+    started = time.monotonic()
+    wait_until(lambda: all_tagged(platform, B, b_tags), timeout_s=60, what="B to finish")
+    took = time.monotonic() - started
+    a_queued = int(redis_client.llen("dramatiq:tagsync.intents"))
+    # Then: B's 12 calls at 5/s went while A's backlog was still being merged
+    assert a_queued > 0, "B finished only after A's backlog was merged (held for it)"
+    assert took < 2.4 + 2.0, f"B took {took:.1f}s behind A's backlog"
+    wait_drained(redis_client, timeout_s=60)
+    assert platform.fans_of(APPID, a_tag) == set()  # the last round untagged
+    assert platform.fans_of(B, b_tags[0]) == set(platform.fans(B))

@@ -14,8 +14,9 @@ import os
 from typing import Any
 
 import dramatiq
+from dramatiq import Middleware
 
-from worker.flush import Flusher
+from worker.flush import ACCOUNT_THREAD_SHARE, Flusher
 from worker.ingest import ingest_rows
 from worker.observability.log_context import LogContext
 from worker.observability.logs import configure_logging
@@ -38,11 +39,26 @@ def _sweep() -> None:
     sweep_once(rt.store, send_flush, accounts=rt.accounts)
 
 
+class ThreadShare(Middleware):
+    """Tells this process's flusher how many threads one account's flushes may hold."""
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        threads = int(getattr(worker, "worker_threads", 0) or 0)
+        if threads:
+            flusher().account_threads = max(1, int(threads * ACCOUNT_THREAD_SHARE))
+
+
 configure_logging(Settings.from_env().log_format)
 # Metrics only where the launcher prepared their directory (tagsync worker, demo, tests).
 _metrics = [Metrics()] if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else []
 broker = setup_broker(
-    extra_middleware=[*_metrics, LogContext(), Sweeper(_sweep), OutageRecovery(broker_url())]
+    extra_middleware=[
+        *_metrics,
+        LogContext(),
+        Sweeper(_sweep),
+        OutageRecovery(broker_url()),
+        ThreadShare(),
+    ]
 )
 
 _flusher: Flusher | None = None

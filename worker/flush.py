@@ -24,12 +24,13 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
 
-from worker.accounts.directory import AccountDirectory
+from worker.accounts.directory import Account, AccountDirectory
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import (
     AUTHORIZATION_PAUSE_MS,
@@ -49,7 +50,7 @@ from worker.observability.metrics import (
     RATE_LIMIT_WAIT,
 )
 from worker.pending import Batch, LeaseLost, PendingStore
-from worker.queues import SendFlush, queued_intents
+from worker.queues import SendFlush
 from worker.split import SplitPlan, Verdict
 from worker.wechat.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, WeChatClient
 from worker.wechat.errcodes import UNKNOWN_ERRCODE_ATTEMPTS, Action, Errcode
@@ -66,11 +67,14 @@ LEASE_MARGIN_MS = 5_000
 #: A paused account's tags look again this often, so a lifted pause takes effect soon
 #: (a flush is one Redis round trip: cheap even for 100 tags).
 PAUSE_RECHECK_MS = 5_000
+#: The share of a process's threads the flushes of one account may hold at once, when the
+#: deployment serves several accounts: an account whose answers are slow holds a thread per
+#: call, and must leave the others threads to call with.
+ACCOUNT_THREAD_SHARE = 0.5
+#: How soon a flush turned away by that share comes back.
+ACCOUNT_BUSY_RETRY_MS = 100
 #: How long a ``tags/get`` answer is trusted when checking a 45159 (one call for a burst).
 TAG_LIST_TTL_S = 2.0
-#: Intent messages in the queue from which it counts as a backlog: batches then wait for
-#: the backlog to be merged (a steady stream keeps the queue far shorter).
-BACKLOG_MESSAGES = 10
 #: How long a batch waits for a backlog at most, from its oldest intent: a flood that never
 #: ends must not stop every call.
 BACKLOG_HOLD_MS = 30_000
@@ -137,6 +141,11 @@ class Flusher:
         self.backoff_max_ms = backoff_max_ms
         self.calls_per_flush = calls_per_flush
         self.lease_ms = int((CONNECT_TIMEOUT_S + wechat_timeout_s) * 1000) + LEASE_MARGIN_MS
+        #: Most flushes of one account at once in this process (None: no limit); set from
+        #: the worker's thread count when it boots.
+        self.account_threads: int | None = None
+        self._busy: Counter[str] = Counter()
+        self._busy_lock = threading.Lock()
         #: Per account: when ``tags/get`` was last asked and the tag ids it listed.
         self._tag_lists: dict[str, tuple[float, frozenset[int]]] = {}
         self._tag_list_lock = threading.Lock()
@@ -149,6 +158,28 @@ class Flusher:
             # served) until the account is added again or its intents are purged.
             log.warning("flush.account_not_served", account=account, tag=tag_id)
             return
+        if not self._enter(account):
+            self.send_flush(account, tag_id, ACCOUNT_BUSY_RETRY_MS, slot_at=slot_at)
+            return
+        try:
+            self._flush(served, tag_id, slot_at)
+        finally:
+            with self._busy_lock:
+                self._busy[account] -= 1
+
+    def _enter(self, account: str) -> bool:
+        """Count a flush of ``account`` in; False when the account holds its share of threads."""
+        limit = self.account_threads
+        if limit is not None and len(self.accounts.appids()) < 2:
+            limit = None  # one account: every thread is its own
+        with self._busy_lock:
+            if limit is not None and self._busy[account] >= limit:
+                return False
+            self._busy[account] += 1
+            return True
+
+    def _flush(self, served: Account, tag_id: int, slot_at: int | None) -> None:
+        account = served.appid
         owner = uuid.uuid4().hex
         if slot_at is None and self.store.scheduled(account, tag_id) == "slot":
             # Another flush of the tag holds a reserved call slot and comes back for it (this
@@ -196,7 +227,9 @@ class Flusher:
         """Take and send work until it runs out, must wait, or the budget is spent."""
         paused, pause_ms = run.gate.paused_ops(run.account)
         run.paused_ops = paused
-        backlog = queued_intents(self.store.redis) >= BACKLOG_MESSAGES
+        # Only the accounts whose intents ingest is merging from a backlog hold their batches:
+        # one account's flood must not hold another's calls.
+        backlog = self.store.backlogged(run.account)
         while run.calls_left > 0:
             took = self.store.take(
                 run.account,

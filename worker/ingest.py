@@ -17,7 +17,7 @@ from producers.intents import Intent, InvalidIntent, parse_row
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.observability.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
 from worker.pending import IngestResult, PendingStore
-from worker.queues import SendFlush
+from worker.queues import BACKLOG_MESSAGES, SendFlush, queued_intents
 
 log = structlog.get_logger("tagsync.ingest")
 
@@ -60,6 +60,8 @@ def ingest_rows(
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
     result = store.ingest(intents)
+    if intents and queued_intents(store.redis) >= BACKLOG_MESSAGES:
+        store.mark_backlog({intent.account for intent in intents})
     # One counter update per op, not per intent: messages carry up to 1,000 intents.
     for op, count in Counter(intent.op for intent in intents).items():
         INTENTS_RECEIVED.labels(op).inc(count)

@@ -21,6 +21,12 @@ INGEST = INGEST_ACTOR
 FLUSH = "flush"
 
 
+#: Intent messages in the queue from which it counts as a backlog: the accounts of the
+#: messages ingest merges then hold their batches for it (a steady stream keeps the queue
+#: far shorter).
+BACKLOG_MESSAGES = 10
+
+
 def queued_intents(redis: Redis) -> int:
     """Intent messages waiting in the queue, not yet fetched by any worker."""
     return int(redis.llen(f"dramatiq:{INTENTS_QUEUE}"))

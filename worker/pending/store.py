@@ -24,6 +24,9 @@ from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, par
 from worker.runtime.lua import script_text
 from worker.split import SplitPlan
 
+#: How long an account counts as backlogged after ingest last merged its intents from a
+#: long queue (refreshed by every such message; it ends soon after the backlog does).
+BACKLOG_MARK_MS = 1000
 #: Most openids in one WeChat batch call.
 MAX_BATCH = 50
 #: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its
@@ -438,6 +441,17 @@ class PendingStore:
             if tag_account == account and self.redis.get(key) == b"backoff":
                 woken += int(self.redis.delete(key))
         return woken
+
+    def mark_backlog(self, accounts: Iterable[str]) -> None:
+        """Say that ingest is merging these accounts' intents from a backlog (for a moment)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for account in accounts:
+            pipe.set(f"tagsync:{{{account}}}:backlog", 1, px=BACKLOG_MARK_MS)
+        pipe.execute()
+
+    def backlogged(self, account: str) -> bool:
+        """Is ingest merging a backlog of ``account``'s intents (its batches hold for it)?"""
+        return bool(self.redis.exists(f"tagsync:{{{account}}}:backlog"))
 
     def sweep(self, *, accounts: Collection[str] | None = None) -> list[tuple[str, int]]:
         """Claim a flush for every tag (of ``accounts``) with work but no flush coming."""
