@@ -104,12 +104,20 @@ def wait_for(
 
 @contextmanager
 def stack(
-    *, fans: int = 10_000, processes: int = 2, threads: int = 8, workers: bool = True, **env: str
+    *,
+    fans: int = 10_000,
+    processes: int = 2,
+    threads: int = 8,
+    workers: bool = True,
+    sim_args: tuple[str, ...] = (),
+    **env: str,
 ) -> Iterator[Stack]:
-    """Start Redis, the simulator and (unless ``workers=False``) a worker group; stop them after."""
+    """Start Redis, the simulator and (unless ``workers=False``) a worker group; stop them after.
+
+    ``sim_args`` go to ``fakewechat`` (e.g. ``--app APPID:SECRET`` for more apps)."""
     with RedisServer() as server:
         simulator = subprocess.Popen(
-            [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans)],
+            [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans), *sim_args],
             stdout=subprocess.PIPE,
             text=True,
         )

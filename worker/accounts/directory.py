@@ -100,7 +100,7 @@ class Accounts:
         self.redis = redis
         self.api_base = api_base
         self.read_timeout = read_timeout
-        self._session = session or pooled_session(POOL_SIZE)
+        self._session = session or pooled_session(POOL_SIZE, api_base=api_base)
         self._authorized_store = AuthorizedAccounts(redis)
         self.component = (
             Component(

@@ -26,16 +26,20 @@ import requests
 
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from worker.accounts import Accounts, accounts_config
+from worker.accounts.authorized import AuthorizedAccounts
 from worker.cli.run import collect_status
 from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.processes import die_with_parent
 from worker.runtime.redis_server import RedisServer, free_port
-from worker.wechat.client import WeChatClient
+from worker.runtime.settings import Settings
 
 #: Tags the demo creates.
 DEMO_TAGS = 20
 #: Events per second the synthetic application emits.
 EVENT_RATE = 1500
+#: The demo's Open Platform third-party platform (with --accounts 3 or more).
+DEMO_COMPONENT = "wxdemocomponent0"
 #: Share of events that arrive late (their ts lies up to 5 s in the past).
 LATE_SHARE = 0.05
 
@@ -62,6 +66,13 @@ def register(commands: Any) -> None:
     )
     demo.add_argument(
         "--rate", type=int, default=EVENT_RATE, help="events per second (default %(default)s)"
+    )
+    demo.add_argument(
+        "--accounts",
+        type=int,
+        default=1,
+        help="Official Accounts served by one deployment; every third one after the first "
+        "is authorized through an Open Platform component (default %(default)s)",
     )
     demo.set_defaults(run=run)
 
@@ -105,8 +116,15 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         pass
 
 
-def _start_simulator(fans: int, env: dict[str, str], stack: ExitStack) -> str:
+def _start_simulator(
+    fans: int, env: dict[str, str], stack: ExitStack, accounts: list[DemoAccount]
+) -> str:
     command = [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans)]
+    command += ["--appid", DEFAULT_APPID, "--secret", DEFAULT_SECRET]
+    for account in accounts[1:]:
+        command += ["--app", f"{account.appid}:{DEFAULT_SECRET}"]
+    if any(a.via_component for a in accounts):
+        command += ["--component", f"{DEMO_COMPONENT}:{DEFAULT_SECRET}"]
     process = subprocess.Popen(
         command,
         env=env,
@@ -127,12 +145,65 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass
+class DemoAccount:
+    """One simulated account of the demo: its fans, tags and the state its events call for."""
+
+    appid: str
+    via_component: bool = False
+    fans: list[str] = field(default_factory=list)
+    tags: list[int] = field(default_factory=list)
+    desired: Desired = field(default_factory=Desired)
+
+
+def _demo_accounts(count: int) -> list[DemoAccount]:
+    """The first is the simulator's default app; every third after it comes through the
+    Open Platform component."""
+    accounts = [DemoAccount(DEFAULT_APPID)]
+    for i in range(1, count):
+        accounts.append(DemoAccount(f"wxdemo{i:011d}", via_component=i % 3 == 2))
+    return accounts
+
+
+def _accounts_file(accounts: list[DemoAccount], directory: str) -> str:
+    lines = []
+    for account in accounts:
+        if not account.via_component:
+            lines += [
+                "[[accounts]]",
+                f'appid = "{account.appid}"',
+                'secret = "env:DEMO_SECRET"',
+                "",
+            ]
+    if any(a.via_component for a in accounts):
+        lines += ["[component]", f'appid = "{DEMO_COMPONENT}"', 'secret = "env:DEMO_SECRET"']
+    path = os.path.join(directory, "accounts.toml")
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+def _sim_get(http: requests.Session, api_base: str, path: str, appid: str, **params: Any) -> Any:
+    response = http.get(f"{api_base}{path}", params={"appid": appid, **params}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _sim_post(http: requests.Session, api_base: str, path: str, body: dict[str, Any]) -> Any:
+    response = http.post(f"{api_base}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 on PASS, 1 on FAIL."""
+    if args.accounts < 1 or args.fans < 1 or args.duration <= 0 or args.rate < 1:
+        raise ValueError("--accounts, --fans and --rate must be at least 1, --duration above 0")
     # Ctrl-C and SIGTERM both unwind the stack below, which stops every child we started
     # (also when started from a script that ignores SIGINT in the background).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    accounts = _demo_accounts(args.accounts)
     with ExitStack() as stack:
         redis_url = os.environ.get("TAGSYNC_REDIS_URL")
         if not redis_url:
@@ -145,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             "TAGSYNC_REDIS_URL": redis_url,
             "WECHAT_APPID": DEFAULT_APPID,
             "WECHAT_SECRET": DEFAULT_SECRET,
+            "DEMO_SECRET": DEFAULT_SECRET,
             "TAGSYNC_LINGER_MS": os.environ.get("TAGSYNC_LINGER_MS", "500"),
             "TAGSYNC_BACKOFF_MIN_MS": os.environ.get("TAGSYNC_BACKOFF_MIN_MS", "200"),
             "TAGSYNC_BACKOFF_MAX_MS": os.environ.get("TAGSYNC_BACKOFF_MAX_MS", "5000"),
@@ -152,19 +224,40 @@ def run(args: argparse.Namespace) -> int:
             "TAGSYNC_METRICS_PORT": os.environ.get("TAGSYNC_METRICS_PORT", str(free_port())),
             "TAGSYNC_METRICS_HOST": "127.0.0.1",
         }
-        api_base = _start_simulator(args.fans, env, stack)
+        if len(accounts) > 1:
+            env["TAGSYNC_ACCOUNTS"] = _accounts_file(
+                accounts, stack.enter_context(tempfile.TemporaryDirectory(prefix="tagsync-demo-"))
+            )
+        api_base = _start_simulator(args.fans, env, stack, accounts)
         env["WECHAT_API_BASE"] = api_base
         http = requests.Session()
-        http.post(
-            f"{api_base}/_sim/config", json={"busy_rate": args.busy_rate}, timeout=10
-        ).raise_for_status()
-        fans = http.get(f"{api_base}/_sim/fans", params={"limit": args.fans}, timeout=30).json()[
-            "openids"
-        ]
-        print(f"simulator  {api_base}: {len(fans)} fans, busy rate {args.busy_rate:.0%}")
-
-        with WeChatClient(appid=DEFAULT_APPID, secret=DEFAULT_SECRET, api_base=api_base) as client:
-            tags = [client.create_tag(f"demo-{i:02d}").id for i in range(DEMO_TAGS)]
+        connection = redis.Redis.from_url(redis_url)
+        _authorize(accounts, http, api_base, connection)
+        directory = Accounts(
+            accounts_config(Settings.from_env(env), env), redis=connection, api_base=api_base
+        )
+        per_account = max(2, DEMO_TAGS // len(accounts))
+        for account in accounts:
+            _sim_post(
+                http,
+                api_base,
+                "/_sim/config",
+                {"appid": account.appid, "busy_rate": args.busy_rate},
+            )
+            account.fans = _sim_get(http, api_base, "/_sim/fans", account.appid, limit=args.fans)[
+                "openids"
+            ]
+            served = directory.get(account.appid)
+            assert served is not None, account.appid
+            account.tags = [
+                served.client.create_tag(f"demo-{i:02d}").id for i in range(per_account)
+            ]
+        via = sum(a.via_component for a in accounts)
+        print(
+            f"simulator  {api_base}: {len(accounts)} accounts"
+            + (f" ({via} through the Open Platform component)" if via else "")
+            + f", {args.fans} fans and {per_account} tags each, busy rate {args.busy_rate:.0%}"
+        )
         log_file = stack.enter_context(
             tempfile.NamedTemporaryFile(prefix="tagsync-demo-", suffix=".log", delete=False)
         )
@@ -172,12 +265,26 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(_stop, worker)
         print(f"workers    2 processes x 4 threads (logs: {log_file.name})")
 
-        connection = redis.Redis.from_url(redis_url)
         producers.configure(redis_url=redis_url)
-        desired = Desired()
-        sent = _stream(args, fans, tags, desired, connection, http, api_base)
-        drained = _drain(connection, http, api_base, sent)
-        return _verify(desired, http, api_base, sent, drained)
+        sent = _stream(args, accounts, connection, http, api_base)
+        drained = _drain(connection, http, api_base, sent, accounts)
+        return _verify(accounts, http, api_base, sent, drained)
+
+
+def _authorize(
+    accounts: list[DemoAccount], http: requests.Session, api_base: str, connection: redis.Redis
+) -> None:
+    """Authorize the component's accounts as a platform would: ticket, then refresh tokens."""
+    if not any(a.via_component for a in accounts):
+        return
+    store = AuthorizedAccounts(connection)
+    store.set_ticket(
+        http.get(f"{api_base}/_sim/ticket", timeout=10).json()["component_verify_ticket"]
+    )
+    for account in accounts:
+        if account.via_component:
+            answer = _sim_post(http, api_base, "/_sim/authorize", {"appid": account.appid})
+            store.authorize(account.appid, answer["authorizer_refresh_token"])
 
 
 def _batch_calls(stats: dict[str, Any]) -> tuple[int, float]:
@@ -192,17 +299,36 @@ def _batch_calls(stats: dict[str, Any]) -> tuple[int, float]:
 
 
 def _progress(
-    connection: redis.Redis, http: requests.Session, api_base: str, sent: int, note: str
+    connection: redis.Redis,
+    http: requests.Session,
+    api_base: str,
+    sent: int,
+    note: str,
+    accounts: list[DemoAccount],
 ) -> dict[str, Any]:
-    stats = http.get(f"{api_base}/_sim/stats", timeout=10).json()
-    totals = collect_status(connection)["totals"]
+    stats = http.get(f"{api_base}/_sim/stats", params={"appid": "*"}, timeout=10).json()
+    report = collect_status(connection)
+    totals = report["totals"]
     calls, average = _batch_calls(stats)
+    line = (
+        f"{note:<9} intents in {sent:>7} | pending {totals['pending']:>6} "
+        f"| in flight {totals['in_flight']:>3} | API calls {calls:>5} "
+        f"| openids/call {average:5.1f} | busy answers {stats['errcodes'].get('-1', 0):>4}"
+    )
+    if len(accounts) > 1:
+        pending: dict[str, int] = {}
+        for tag in report["tags"]:
+            pending[tag["account"]] = pending.get(tag["account"], 0) + tag["pending"]["tag"]
+            pending[tag["account"]] += tag["pending"]["untag"] + tag["in_flight"]
+        busy = sum(1 for a in accounts if pending.get(a.appid, 0))
+        worst = max(accounts, key=lambda a: pending.get(a.appid, 0))
+        line += f" | accounts with work {busy:>2}/{len(accounts)}"
+        if pending.get(worst.appid):
+            line += f" (most: {worst.appid[-6:]} {pending[worst.appid]})"
     # On a terminal the line is redrawn in place; in a log, one line per report.
     print(
         "\r" if sys.stdout.isatty() else "",
-        f"{note:<9} intents in {sent:>7} | pending {totals['pending']:>6} "
-        f"| in flight {totals['in_flight']:>3} | API calls {calls:>5} "
-        f"| openids/call {average:5.1f} | busy answers {stats['errcodes'].get('-1', 0):>4}",
+        line,
         end="" if sys.stdout.isatty() else "\n",
         flush=True,
         sep="",
@@ -212,9 +338,7 @@ def _progress(
 
 def _stream(
     args: argparse.Namespace,
-    fans: list[str],
-    tags: list[int],
-    desired: Desired,
+    accounts: list[DemoAccount],
     connection: redis.Redis,
     http: requests.Session,
     api_base: str,
@@ -228,19 +352,20 @@ def _stream(
         while (now := time.time()) < started + args.duration:
             due = int((now - started) * args.rate) - sent
             for _ in range(due):
-                tag_id, openid = rng.choice(tags), rng.choice(fans)
+                account = rng.choice(accounts)
+                tag_id, openid = rng.choice(account.tags), rng.choice(account.fans)
                 op = "tag" if rng.random() < 0.6 else "untag"
                 # A unique ts per event (no ties), some of them late by up to 5 s.
                 ts = now + sent * 1e-7
                 if rng.random() < LATE_SHARE:
                     ts -= rng.uniform(0.5, 5.0)
                 (producer.tag if op == "tag" else producer.untag)(
-                    tag_id, openid, ts=ts, account=DEFAULT_APPID
+                    tag_id, openid, ts=ts, account=account.appid
                 )
-                desired.record(tag_id, openid, ts, op)
+                account.desired.record(tag_id, openid, ts, op)
                 sent += 1
             if now >= next_report:
-                _progress(connection, http, api_base, sent, "events")
+                _progress(connection, http, api_base, sent, "events", accounts)
                 next_report = now + 0.5
             time.sleep(0.01)
     return sent
@@ -251,12 +376,13 @@ def _drain(
     http: requests.Session,
     api_base: str,
     sent: int,
+    accounts: list[DemoAccount],
     timeout_s: float = 120,
 ) -> bool:
     """Wait until nothing is queued, pending or in flight; False on timeout."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        report = _progress(connection, http, api_base, sent, "draining")
+        report = _progress(connection, http, api_base, sent, "draining", accounts)
         totals = report["totals"]
         if totals["pending"] == 0 and totals["in_flight"] == 0 and totals["queued_messages"] == 0:
             print("\n" if sys.stdout.isatty() else "", end="")
@@ -267,20 +393,35 @@ def _drain(
 
 
 def _verify(
-    desired: Desired, http: requests.Session, api_base: str, sent: int, drained: bool
+    accounts: list[DemoAccount], http: requests.Session, api_base: str, sent: int, drained: bool
 ) -> int:
-    state = http.get(f"{api_base}/_sim/state", timeout=30).json()["tags"]
-    actual = {int(tag_id): set(tag["fans"]) for tag_id, tag in state.items()}
-    wanted = desired.tagged()
-    wrong = 0
-    for tag_id in set(actual) | set(wanted):
-        wrong += len(actual.get(tag_id, set()) ^ wanted.get(tag_id, set()))
-    calls, average = _batch_calls(http.get(f"{api_base}/_sim/stats", timeout=10).json())
+    wrong = pairs = expected = 0
+    for account in accounts:
+        state = _sim_get(http, api_base, "/_sim/state", account.appid)["tags"]
+        actual = {int(tag_id): set(tag["fans"]) for tag_id, tag in state.items()}
+        wanted = account.desired.tagged()
+        mine = sum(
+            len(actual.get(tag_id, set()) ^ wanted.get(tag_id, set()))
+            for tag_id in set(actual) | set(wanted)
+        )
+        if len(accounts) > 1:
+            calls, _ = _batch_calls(_sim_get(http, api_base, "/_sim/stats", account.appid))
+            how = "component" if account.via_component else "secret"
+            print(
+                f"  {'ok   ' if mine == 0 else 'WRONG'} {account.appid} ({how}): "
+                f"{sum(len(f) for f in wanted.values())} memberships, {calls} calls, {mine} wrong"
+            )
+        wrong += mine
+        pairs += len(account.desired.latest)
+        expected += sum(len(f) for f in wanted.values())
+    stats = http.get(f"{api_base}/_sim/stats", params={"appid": "*"}, timeout=10).json()
+    calls, average = _batch_calls(stats)
     ok = drained and wrong == 0
     print(
-        f"{'PASS' if ok else 'FAIL'}: {sent} intents for {len(desired.latest)} (tag, fan) pairs -> "
-        f"{calls} WeChat calls, {average:.1f} openids per call; "
-        f"{sum(len(f) for f in wanted.values())} memberships expected, {wrong} wrong"
+        f"{'PASS' if ok else 'FAIL'}: {sent} intents for {pairs} (tag, fan) pairs"
+        + (f" of {len(accounts)} accounts" if len(accounts) > 1 else "")
+        + f" -> {calls} WeChat calls, {average:.1f} openids per call; "
+        f"{expected} memberships expected, {wrong} wrong"
         + ("" if drained else "; the backlog did not drain in time")
     )
     return 0 if ok else 1

@@ -77,6 +77,19 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _pause_of(fields: dict[Any, Any]) -> Pause | None:
+    """The pause a pause hash holds, unless it is absent or over."""
+    if not fields:
+        return None
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    until = float(values.get("until", 0)) / 1000
+    if until <= time.time():
+        return None
+    return Pause(
+        values.get("reason", ""), values.get("errcode", ""), until, values.get("message", "")
+    )
+
+
 class AccountGate:
     """Rate, budget and pauses of WeChat accounts."""
 
@@ -92,6 +105,7 @@ class AccountGate:
         self.interval_ms = 1000.0 / (rate * RATE_SAFETY)
         self._admit = load_script(redis, "worker.gate", "admit.lua")
         self._pause = load_script(redis, "worker.gate", "pause.lua")
+        self._late = load_script(redis, "worker.gate", "late.lua")
 
     @staticmethod
     def key(account: str, name: str) -> str:
@@ -133,6 +147,16 @@ class AccountGate:
             late = max(0, int(answer[3]) - slot_at)
         return Admission(kind, int(answer[1]), slot_at=int(answer[2]), late_ms=late)  # type: ignore[arg-type]
 
+    def late(self, account: str, late_ms: float) -> bool:
+        """A call is ``late_ms`` after its slot: True if it may still go (the account's free
+        slots then move back by as much), False if too many reserved slots follow it."""
+        per_second = max(1, int(self.rate))
+        answer = self._late(
+            keys=[self.key(account, "rate")],
+            args=[f"{self.interval_ms:.3f}", f"{late_ms:.1f}", per_second],
+        )
+        return bool(int(answer))
+
     def pause(
         self,
         account: str,
@@ -160,15 +184,16 @@ class AccountGate:
     def pauses(
         self, account: str, apis: tuple[str, ...] = tuple(BATCH_API.values())
     ) -> dict[str, Pause]:
-        """Every pause in force: 'account' and each paused API path."""
+        """Every pause in force: 'account' and each paused API path (one round trip)."""
+        scopes = ["account", *apis]
+        pipe = self.redis.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.hgetall(self.key(account, "pause" if scope == "account" else f"pause:api:{scope}"))
         found: dict[str, Pause] = {}
-        account_pause = self.paused(account)
-        if account_pause is not None:
-            found["account"] = account_pause
-        for api in apis:
-            pause = self._read_pause(self.key(account, f"pause:api:{api}"))
+        for scope, fields in zip(scopes, pipe.execute(), strict=True):
+            pause = _pause_of(fields)
             if pause is not None:
-                found[api] = pause
+                found[scope] = pause
         return found
 
     def paused_ops(self, account: str) -> tuple[set[str], int]:
@@ -183,16 +208,7 @@ class AccountGate:
         return ops, wait_ms
 
     def _read_pause(self, key: str) -> Pause | None:
-        fields = self.redis.hgetall(key)
-        if not fields:
-            return None
-        values = {_text(k): _text(v) for k, v in fields.items()}
-        until = float(values.get("until", 0)) / 1000
-        if until <= time.time():
-            return None
-        return Pause(
-            values.get("reason", ""), values.get("errcode", ""), until, values.get("message", "")
-        )
+        return _pause_of(self.redis.hgetall(key))
 
     def resume(self, account: str, apis: tuple[str, ...] = tuple(BATCH_API.values())) -> bool:
         """Lift the account's pauses (its own and its APIs') and reset today's budget count;

@@ -58,7 +58,7 @@ RATE_LIMIT_DEFERRALS = Counter(
 )
 RATE_LIMIT_SLOTS_MISSED = Counter(
     "tagsync_rate_limit_slots_missed_total",
-    "Call slots reserved ahead that their flush came back for too late (the slot went unused).",
+    "Call slots that went unused: their flush came back, or woke, too late for them.",
 )
 PAUSES = Counter(
     "tagsync_account_pauses_total",

@@ -442,6 +442,14 @@ class PendingStore:
                 woken += int(self.redis.delete(key))
         return woken
 
+    def waiting(self, account: str, tag_id: int) -> int:
+        """How many openids of the tag wait in its pending buffers (both ops)."""
+        keys = TagKeys(account, tag_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.key("pending:tag"))
+        pipe.zcard(keys.key("pending:untag"))
+        return int(sum(pipe.execute()))
+
     def mark_backlog(self, accounts: Iterable[str]) -> None:
         """Say that ingest is merging these accounts' intents from a backlog (for a moment)."""
         pipe = self.redis.pipeline(transaction=False)

@@ -8,6 +8,7 @@ never a loop.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -97,12 +98,21 @@ class Quota:
     remain: int
 
 
-def pooled_session(pool_size: int = 16) -> requests.Session:
-    """A ``requests.Session`` with a connection pool and no retries of its own."""
+def pooled_session(pool_size: int = 16, *, api_base: str = DEFAULT_API_BASE) -> requests.Session:
+    """A ``requests.Session`` with a connection pool and no retries of its own.
+
+    The environment's proxy and CA bundle settings for ``api_base`` are read once here, not
+    at every request (requests reads every environment variable per request otherwise).
+    """
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    session.proxies.update(requests.utils.get_environ_proxies(api_base))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
     return session
 
 
@@ -144,7 +154,7 @@ class WeChatClient:
         self.token_mode = token_mode
         self._timeout = (connect_timeout, read_timeout)
         self._owns_session = session is None
-        self._session = session if session is not None else pooled_session(pool_size)
+        self._session = session or pooled_session(pool_size, api_base=self.api_base)
         if token_store is None:
             token_store = RedisTokenStore(redis, appid) if redis is not None else MemoryTokenStore()
         self.tokens = TokenProvider(fetch or self.fetch_token, token_store)
