@@ -42,14 +42,41 @@ def test_far_slots_are_reserved_in_turn_and_kept(redis_client: redis.Redis) -> N
     assert third.slot_at == pytest.approx(second.slot_at + interval, abs=2)
 
 
-def test_a_slot_come_back_for_too_late_is_replaced(redis_client: redis.Redis) -> None:
-    """A reserved slot missed by more than the tolerance is not used: a new one is taken."""
-    gate = AccountGate(redis_client, rate=1000, burst=1)
-    (seconds, micros) = redis_client.time()
-    stale = int(seconds * 1000 + micros / 1000) - SLOT_TOLERANCE_MS - 50
+def redis_ms(connection: redis.Redis) -> int:
+    seconds, micros = connection.time()
+    return int(seconds * 1000 + micros / 1000)
+
+
+def test_a_late_slot_goes_and_moves_the_free_slots_back(redis_client: redis.Redis) -> None:
+    """A reserved slot come back for 200 ms late, with no slot reserved after it, goes now;
+    the next free slot moves back by the lateness, keeping its spacing from this call."""
+    # Given: rate 2/s; a slot reserved and missed by 200 ms
+    gate = AccountGate(redis_client, rate=2, burst=1)
+    reserved = gate.admit("wxa", api=TAGGING)
+    assert reserved.slot_at is not None
+    late = reserved.slot_at - 200
+    redis_client.set(gate.key("wxa", "rate"), late + gate.interval_ms)
+    # When
+    admission = gate.admit("wxa", api=TAGGING, slot_at=late)
+    # Then
+    assert (admission.kind, admission.moved, admission.slot_at) == ("go", True, late)
+    following = gate.admit("wxa", api=TAGGING, max_sleep_ms=0)
+    assert following.slot_at is not None
+    assert following.slot_at - redis_ms(redis_client) >= gate.interval_ms - 20
+
+
+def test_a_late_slot_with_slots_reserved_after_it_is_replaced(redis_client: redis.Redis) -> None:
+    """A reserved slot come back for too late while a second's worth of slots follow it is
+    given up: a new slot is taken after them."""
+    # Given: rate 2/s; a missed slot, then 3 slots reserved after it
+    gate = AccountGate(redis_client, rate=2, burst=1)
+    stale = redis_ms(redis_client) - SLOT_TOLERANCE_MS - 50
+    redis_client.set(gate.key("wxa", "rate"), stale + 4 * gate.interval_ms)
+    # When
     admission = gate.admit("wxa", api=TAGGING, slot_at=stale)
-    assert admission.kind == "go" and admission.slot_at is not None
-    assert admission.slot_at > stale + SLOT_TOLERANCE_MS
+    # Then
+    assert not admission.moved and admission.slot_at is not None
+    assert admission.slot_at >= stale + 4 * gate.interval_ms - 1
 
 
 def test_an_api_pause_leaves_the_other_api_running(redis_client: redis.Redis) -> None:

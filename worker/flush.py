@@ -406,7 +406,9 @@ class Flusher:
                 # Come back shortly before the slot, which stays reserved for this tag.
                 return Wait(max(0, admission.wait_ms - MAX_SLEEP_MS), "slot", admission.slot_at)
             RATE_LIMIT_WAIT.observe(admission.wait_ms / 1000)
-            due = admitted + (admission.wait_ms - admission.late_ms) / 1000
+            # A moved slot's lateness is settled; any other's counts from its slot.
+            late_before = 0 if admission.moved else admission.late_ms
+            due = admitted + (admission.wait_ms - late_before) / 1000
             if admission.wait_ms:
                 time.sleep(admission.wait_ms / 1000)
                 run.sleep_left_ms -= admission.wait_ms

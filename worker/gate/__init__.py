@@ -61,6 +61,8 @@ class Admission:
     scope: str = ""
     #: How late the caller came back for the slot it passed in, ms (0: in time or none).
     late_ms: int = 0
+    #: A late reserved slot that goes anyway: the gate moved the later free slots back.
+    moved: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class AccountGate:
                 self.daily_budget,
                 "" if slot_at is None else slot_at,
                 SLOT_TOLERANCE_MS,
+                max(1, int(self.rate)),
             ],
         )
         kind = _text(answer[0])
@@ -145,6 +148,9 @@ class AccountGate:
         late = 0
         if slot_at is not None and len(answer) > 3:
             late = max(0, int(answer[3]) - slot_at)
+        if len(answer) > 4:
+            # A late reserved slot reused; the gate already moved the free slots back.
+            return Admission("go", 0, slot_at=int(answer[2]), late_ms=late, moved=True)
         return Admission(kind, int(answer[1]), slot_at=int(answer[2]), late_ms=late)  # type: ignore[arg-type]
 
     def late(self, account: str, late_ms: float) -> bool:

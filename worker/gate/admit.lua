@@ -7,11 +7,13 @@
 -- KEYS[3] budget (hash: day, used)  KEYS[4] the API's pause (hash)
 -- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
--- ARGV[6] how late a reserved slot may still be used, ms
+-- ARGV[6] how late a reserved slot may still be used, ms  ARGV[7] calls one second allows
 -- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
 --         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
 --           the longest sleep: come back shortly before it and pass it as ARGV[5];
---         {'paused', ms_left, reason, scope}: scope is 'account' or 'api'.
+--         {'paused', ms_left, reason, scope}: scope is 'account' or 'api';
+--         {'go', 0, slot_ms, now_ms, 'moved'}: a reserved slot came back for later than the
+--           tolerance, and goes now: the free slots after it moved back by its lateness.
 local k_rate, k_pause, k_budget, k_api_pause = unpack(KEYS)
 local interval, burst, max_sleep, budget =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -33,6 +35,19 @@ local function answer(slot)
 end
 
 if reserved and reserved >= now - tolerance then return answer(reserved) end
+if reserved then
+  -- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still
+  -- go now if fewer slots are reserved after it than one second allows, once the free
+  -- slots move back by its lateness (the same rule as late.lua). Else it is given up.
+  local per_second = tonumber(ARGV[7]) or 1
+  local held = tonumber(redis.call('GET', k_rate)) or now
+  local after = math.floor((held - reserved) / interval + 0.5) - 1
+  if after < per_second then
+    local moved = math.max(held, now) + (now - reserved)
+    redis.call('SET', k_rate, string.format('%.3f', moved), 'PX', math.ceil(moved - now) + 1000)
+    return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
+  end
+end
 
 if budget > 0 then
   -- Asia/Shanghai is UTC+8 all year: its day starts at 16:00 UTC.
