@@ -121,6 +121,9 @@ class _Run:
     calls_left: int = CALLS_PER_FLUSH
     sleep_left_ms: int = SLEEP_BUDGET_MS
     paused_ops: set[str] = field(default_factory=set)
+    #: Ingest is merging a backlog of this account's intents: batches hold for it (only
+    #: that account's: one account's flood must not hold another's calls).
+    backlog: bool = False
     #: When the lease was last set (acquire, take or renew), monotonic seconds.
     lease_set_at: float = field(default_factory=time.monotonic)
 
@@ -195,7 +198,8 @@ class Flusher:
             # one is a duplicate, e.g. a delayed look-again after a pause was lifted): taking
             # a second slot would leave one of them unused.
             return
-        if not self.store.acquire(account, tag_id, owner, self.lease_ms):
+        acquired, backlog = self.store.acquire_for_flush(account, tag_id, owner, self.lease_ms)
+        if not acquired:
             # Another flush holds the tag; it looks at pending again before letting go.
             return
         run = _Run(
@@ -207,6 +211,7 @@ class Flusher:
             self.lease_ms,
             slot_at,
             calls_left=self.calls_per_flush,
+            backlog=backlog,
         )
         try:
             wait = self._work(run)
@@ -234,11 +239,9 @@ class Flusher:
 
     def _work(self, run: _Run) -> Wait | None:
         """Take and send work until it runs out, must wait, or the budget is spent."""
-        paused, pause_ms = run.gate.paused_ops(run.account)
-        run.paused_ops = paused
-        # Only the accounts whose intents ingest is merging from a backlog hold their batches:
-        # one account's flood must not hold another's calls.
-        backlog = self.store.backlogged(run.account)
+        # Paused APIs are learnt from the gate's answers (run.paused_ops), not read up front:
+        # a pause is rare, a round trip on every flush is not.
+        pause_ms = 0
         while run.calls_left > 0:
             took = self.store.take(
                 run.account,
@@ -246,7 +249,7 @@ class Flusher:
                 run.owner,
                 run.lease_ms,
                 paused_ops=run.paused_ops,
-                hold_ms=BACKLOG_HOLD_MS if backlog else 0,
+                hold_ms=BACKLOG_HOLD_MS if run.backlog else 0,
             )
             run.lease_set_at = time.monotonic()  # take renews the lease
             if took.restored:

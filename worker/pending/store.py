@@ -130,6 +130,10 @@ class TagStatus:
     scheduled: str | None
 
 
+def _backlog_key(account: str) -> str:
+    return f"tagsync:{{{account}}}:backlog"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -246,6 +250,17 @@ class PendingStore:
         """Take the tag's lease unless another flush holds it."""
         lease = TagKeys(account, tag_id).key("lease")
         return bool(self.redis.set(lease, owner, nx=True, px=lease_ms))
+
+    def acquire_for_flush(
+        self, account: str, tag_id: int, owner: str, lease_ms: int
+    ) -> tuple[bool, bool]:
+        """``acquire``, and whether the account's batches hold for a backlog ingest is
+        merging (``backlogged``), in one round trip: (acquired, backlogged)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(TagKeys(account, tag_id).key("lease"), owner, nx=True, px=lease_ms)
+        pipe.exists(_backlog_key(account))
+        acquired, backlogged = pipe.execute()
+        return bool(acquired), bool(backlogged)
 
     def renew(self, account: str, tag_id: int, owner: str, lease_ms: int) -> None:
         """Extend the lease before a call; raise ``LeaseLost`` if another flush has it."""
@@ -454,12 +469,12 @@ class PendingStore:
         """Say that ingest is merging these accounts' intents from a backlog (for a moment)."""
         pipe = self.redis.pipeline(transaction=False)
         for account in accounts:
-            pipe.set(f"tagsync:{{{account}}}:backlog", 1, px=BACKLOG_MARK_MS)
+            pipe.set(_backlog_key(account), 1, px=BACKLOG_MARK_MS)
         pipe.execute()
 
     def backlogged(self, account: str) -> bool:
         """Is ingest merging a backlog of ``account``'s intents (its batches hold for it)?"""
-        return bool(self.redis.exists(f"tagsync:{{{account}}}:backlog"))
+        return bool(self.redis.exists(_backlog_key(account)))
 
     def sweep(self, *, accounts: Collection[str] | None = None) -> list[tuple[str, int]]:
         """Claim a flush for every tag (of ``accounts``) with work but no flush coming."""
