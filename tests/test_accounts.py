@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -16,6 +18,7 @@ from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import AccountsFileError, Limits, load_accounts_file
 from worker.accounts.directory import RELOAD_INTERVAL_S
+from worker.http import DeploymentApp
 from worker.runtime.settings import Settings, SettingsError
 
 GOOD = """
@@ -206,7 +209,7 @@ def test_a_running_directory_picks_up_an_authorized_account(
     store = AuthorizedAccounts(redis_client)
     # When
     store.authorize("wxnew", "refresh-new")
-    # Then: a miss looks at Redis at once (at most once a second)
+    # Then: a miss looks at Redis at once
     wait_until(lambda: "wxnew" in directory, timeout_s=3)
     account = directory.get("wxnew")
     assert account is not None and account.config.via_component
@@ -224,3 +227,95 @@ def test_settings_errors_name_the_accounts_file(tmp_path: Path) -> None:
     # When / Then
     with pytest.raises(SettingsError, match="cannot read the accounts file"):
         accounts_config(settings)
+
+
+def post(
+    app: Any, path: str, body: Any, *, token: str | None = "t0k3n", method: str = "POST"
+) -> tuple[str, Any]:
+    """A request to a WSGI app in process: (status line, JSON answer)."""
+    payload = json.dumps(body).encode()
+    environ = {
+        "PATH_INFO": path,
+        "REQUEST_METHOD": method,
+        "CONTENT_LENGTH": str(len(payload)),
+        "wsgi.input": io.BytesIO(payload),
+    }
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    seen: list[str] = []
+    answer = b"".join(app(environ, lambda status, headers: seen.append(status)))
+    return seen[0], json.loads(answer)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, redis_url: str) -> Any:
+    """The ingest server's WSGI app of a deployment with a component."""
+    settings = Settings.from_env(
+        {**ENV, "TAGSYNC_ACCOUNTS": str(write(tmp_path, GOOD)), "TAGSYNC_REDIS_URL": redis_url}
+    )
+    os.environ.update(ENV)
+    yield DeploymentApp(token="t0k3n", settings=settings)
+    for name in ENV:
+        os.environ.pop(name, None)
+
+
+def test_the_ingest_server_takes_tickets_and_authorizations(
+    deployment: Any, redis_client: redis.Redis
+) -> None:
+    """POST /v1/component/ticket and /v1/accounts store them; GET lists AppIDs, no tokens."""
+    # When
+    ticket = post(deployment, "/v1/component/ticket", {"ticket": "ticket@@@1"})
+    added = post(deployment, "/v1/accounts", {"appid": "wxm1", "refresh_token": "r-secret-1"})
+    renewed = post(deployment, "/v1/accounts", {"appid": "wxm1", "refresh_token": "r-secret-2"})
+    listed = post(deployment, "/v1/accounts", {}, method="GET")
+    # Then
+    assert ticket[0].startswith("200") and added[0].startswith("201")
+    assert renewed == ("200 OK", {"appid": "wxm1", "added": False})
+    assert [a["appid"] for a in listed[1]["accounts"]] == ["wxm1"]
+    assert "r-secret" not in json.dumps(listed[1])
+    store = AuthorizedAccounts(redis_client)
+    assert store.refresh_token("wxm1") == "r-secret-2"
+    assert store.ticket() is not None and store.ticket()[0] == "ticket@@@1"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "token", "status"),
+    [
+        ("/v1/accounts", {"appid": "wxm1", "refresh_token": "r"}, None, "401"),
+        ("/v1/accounts", {"appid": "wxm1", "refresh_token": "r"}, "wrong", "401"),
+        ("/v1/accounts", {"appid": "wx m1", "refresh_token": "r"}, "t0k3n", "400"),
+        ("/v1/accounts", {"appid": "wxm1"}, "t0k3n", "400"),
+        ("/v1/accounts", ["wxm1"], "t0k3n", "400"),
+        ("/v1/component/ticket", {"ticket": ""}, "t0k3n", "400"),
+        ("/v1/component/ticket", {"ticket": "a\nb"}, "t0k3n", "400"),
+    ],
+)
+def test_the_account_endpoints_refuse_bad_requests(
+    deployment: Any, redis_client: redis.Redis, path: str, body: Any, token: str | None, status: str
+) -> None:
+    """Without the token 401; a malformed body 400; nothing is stored either way."""
+    # When
+    answer = post(deployment, path, body, token=token)
+    # Then
+    assert answer[0].startswith(status), answer
+    assert AuthorizedAccounts(redis_client).appids() == set()
+    assert AuthorizedAccounts(redis_client).ticket() is None
+
+
+def test_the_account_endpoints_need_a_component(tmp_path: Path, redis_url: str) -> None:
+    """A deployment without [component] answers 409: nothing can be authorized to it."""
+    # Given
+    text = GOOD[: GOOD.index("[component]")]
+    settings = Settings.from_env(
+        {**ENV, "TAGSYNC_ACCOUNTS": str(write(tmp_path, text)), "TAGSYNC_REDIS_URL": redis_url}
+    )
+    app = DeploymentApp(token="t0k3n", settings=settings)
+    # When / Then
+    os.environ.update(ENV)
+    try:
+        assert post(app, "/v1/accounts", {"appid": "wxm1", "refresh_token": "r"})[0].startswith(
+            "409"
+        )
+    finally:
+        for name in ENV:
+            os.environ.pop(name, None)

@@ -123,3 +123,36 @@ def test_demo_passes(tmp_path: Any) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("PASS:") and "0 wrong" in last
+
+
+@pytest.mark.slow
+def test_demo_with_several_accounts_passes_for_each() -> None:
+    """`tagsync demo --accounts 4`: four accounts (one through the component), each
+    checked on its own line, and PASS."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "demo",
+            "--duration",
+            "3",
+            "--fans",
+            "300",
+            "--accounts",
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    checked = [line for line in lines if line.startswith("  ok ")]
+    assert len(checked) == 4 and sum("(component)" in line for line in checked) == 1
+    assert lines[-1].startswith("PASS:") and "of 4 accounts" in lines[-1]

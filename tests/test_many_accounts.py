@@ -253,6 +253,36 @@ def test_an_authorization_revoked_mid_run_pauses_and_resumes(
     assert run(accounts_env, "dlq", "list").count("\n") == 1  # the header only
 
 
+def test_a_revoked_accounts_intents_can_be_purged(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """`accounts purge` dead-letters a revoked account's kept intents (account_purged),
+    listed by `dlq list --account`; B's are untouched."""
+    # Given: D revoked and paused with 300 intents kept; B's intents dead-lettered never
+    authorize_d(accounts_env, platform)
+    d_tag = create_tag(accounts_env, D, "to-purge")
+    platform.post("/_sim/unauthorize", {"appid": D})
+    start_worker(processes=1, threads=4, **accounts_env)
+    producers.tag(d_tag, platform.fans(D), account=D)
+
+    def d_paused() -> bool:
+        state = json.loads(run(accounts_env, "status", "--json", "--account", D))
+        return state["accounts"][D]["paused"] is not None
+
+    wait_until(d_paused, timeout_s=30, what="D paused")
+    # When
+    out = run(accounts_env, "accounts", "purge", D)
+    # Then
+    assert out.startswith(f"{FANS} pending intents of {D} dead-lettered")
+    assert pending_of(redis_client, D) == 0
+    listed = run(accounts_env, "dlq", "list", "--account", D, "--limit", "1000")
+    assert listed.count("account_purged") == FANS
+    assert run(accounts_env, "dlq", "list", "--account", B).count("\n") == 1
+
+
 def test_a_rotated_refresh_token_survives_a_kill_9(
     accounts_env: dict[str, str],
     platform: PlatformSim,

@@ -22,7 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import producers
 import worker.observability.metrics
-from tests.conftest import APPID, SECRET, Sim, wait_drained, wait_until
+from tests.conftest import APPID, SECRET, Sim, wait_until
 from worker.observability.metrics_server import BacklogCollector
 from worker.runtime.redis_server import free_port
 from worker.runtime.settings import Settings
@@ -192,6 +192,9 @@ def test_metrics_endpoint_serves_every_process_and_the_backlog(
     ):
         assert name in text, name
     assert f'tag="{tags[0]}"' in text
+    # The counters an operator reads per account carry it.
+    assert re.search(rf'tagsync_intents_applied_total{{account="{APPID}",op="tag"}}', text)
+    assert re.search(rf'tagsync_wechat_errcodes_total{{account="{APPID}",', text)
     labels = set(re.findall(r'[{,](\w+)="', text))
     assert "openid" not in labels and labels <= {
         "account", "tag", "op", "reason", "errcode", "endpoint", "outcome", "le", "queue", "api",
@@ -288,4 +291,3 @@ def test_logs_are_json_lines_with_the_batch_fields(
     text = "\n".join(lines)
     assert SECRET not in text
     assert isinstance(token, bytes) and token.decode() not in text
-    wait_drained(connection, timeout_s=60)

@@ -35,13 +35,17 @@ def ingest_rows(
         rows = [rows]
     intents: list[Intent] = []
     rejected: list[DeadLetter] = []
+    # Each account of the message is looked up once (an unknown one costs a Redis read).
+    served: dict[str, bool] = {}
     for row in rows:
         try:
             intent = parse_row(row)
         except InvalidIntent as exc:
             rejected.append(DeadLetter.for_row(row, str(exc)))
             continue
-        if intent.account not in accounts:
+        if intent.account not in served:
+            served[intent.account] = intent.account in accounts
+        if not served[intent.account]:
             rejected.append(
                 DeadLetter(
                     intent.account,

@@ -3,7 +3,8 @@
 Parts are built on first use, so an idle account costs nothing but a line in the file (or
 a field in Redis). Accounts authorized at run time are picked up without a restart: the
 directory compares Redis's change counter at most every ``RELOAD_INTERVAL_S`` when asked,
-and at once (at most every ``MISS_RELOAD_S``) when asked for an account it does not know.
+and at once when asked for an account it does not know (one GET; the set is read again
+only when the counter moved). Threads that ask while another reloads wait for its answer.
 No thread polls anything per account.
 """
 
@@ -30,9 +31,6 @@ log = structlog.get_logger("tagsync.accounts")
 #: How often a process looks whether accounts were authorized or removed (a change is
 #: picked up within this, well inside the 10 s promised).
 RELOAD_INTERVAL_S = 2.0
-#: How often an unknown account may trigger a look at Redis (a flood of intents for an
-#: account nobody authorized must not become a flood of reads).
-MISS_RELOAD_S = 1.0
 #: Connections kept per host by the shared pool (one pool for every account's client).
 POOL_SIZE = 64
 
@@ -119,7 +117,7 @@ class Accounts:
         self._authorized: frozenset[str] = frozenset()
         self._version: int | None = None
         self._checked_at = -1e9
-        self._missed_at = -1e9
+        self._reload_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Accounts(configured={len(self._configured)}, authorized={len(self._authorized)})"
@@ -136,10 +134,7 @@ class Accounts:
         """The account ``appid`` with its parts, built on first use; None if not served."""
         self._refresh()
         if appid not in self._configured and appid not in self._authorized:
-            now = time.monotonic()
-            if now - self._missed_at < MISS_RELOAD_S:
-                return None
-            self._missed_at = now
+            # Maybe authorized a moment ago: look at the change counter now.
             self._refresh(force=True)
         with self._lock:
             built = self._built.get(appid)
@@ -178,10 +173,16 @@ class Accounts:
     def _refresh(self, *, force: bool = False) -> None:
         if self.component is None:
             return  # nothing is authorized at run time without a component
-        now = time.monotonic()
-        if not force and now - self._checked_at < RELOAD_INTERVAL_S:
+        if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
             return
-        self._checked_at = now
+        with self._reload_lock:
+            if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
+                return  # another thread reloaded while this one waited
+            self._reload()
+
+    def _reload(self) -> None:
+        """Read the change counter; read the authorized set again if it moved."""
+        self._checked_at = time.monotonic()
         version = self._authorized_store.version()
         if version == self._version:
             return
