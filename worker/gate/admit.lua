@@ -7,7 +7,8 @@
 -- KEYS[3] budget (hash: day, used)  KEYS[4] the API's pause (hash)
 -- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
--- ARGV[6] how late a reserved slot may still be used, ms  ARGV[7] calls one second allows
+-- ARGV[6] how late a reserved slot may still be used, ms
+-- ARGV[7] calls one second allows, if a late reserved slot may be reused (0: it may not)
 -- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
 --         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
 --           the longest sleep: come back shortly before it and pass it as ARGV[5];
@@ -35,15 +36,16 @@ local function answer(slot)
 end
 
 if reserved and reserved >= now - tolerance then return answer(reserved) end
-if reserved then
+if reserved and tonumber(ARGV[7]) > 0 then
   -- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still
   -- go now if fewer slots are reserved after it than one second allows, once the free
-  -- slots move back by its lateness (the same rule as late.lua). Else it is given up.
-  local per_second = tonumber(ARGV[7]) or 1
+  -- slots move back as far as needed (the same rule as late.lua). Else it is given up.
+  local per_second = tonumber(ARGV[7])
   local held = tonumber(redis.call('GET', k_rate)) or now
   local after = math.floor((held - reserved) / interval + 0.5) - 1
   if after < per_second then
-    local moved = math.max(held, now) + (now - reserved)
+    -- The per_second-th call after this one must come 1 s (+10 ms) after it, at the least.
+    local moved = math.max(held, now + 1010 - (per_second - after - 1) * interval)
     redis.call('SET', k_rate, string.format('%.3f', moved), 'PX', math.ceil(moved - now) + 1000)
     return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
   end
