@@ -5,12 +5,16 @@
     2. ingest.ingest_rows                 ``ingest.py``: check rows; bad ones to dead letters
     3. PendingStore.ingest                ``pending/``: per-tag buffers in Redis, last write wins
     4. actors.flush -> Flusher.flush      ``flush.py``: lease the tag, take a batch of <= 50
-    5. AccountGate.admit                  ``gate/``: a call slot (rate, daily budget, pauses)
+    5. AccountGate.admit                  ``gate/``: a call slot (the account's rate, daily
+                                          budget, pauses)
     6. WeChatClient.batch_tag             ``wechat/``: the call; ``errcodes.py``: the policy
     7. settle the answer                  applied: ``pending/`` (ack); refused openids:
                                           ``split.py``; given up: ``dead_letters.py``
 
+Each step works for the intent's account: ``accounts/`` gives the served accounts (a file,
+Open Platform authorizations in Redis) with each one's client and gate.
 ``sweep.py`` sends a flush to any tag that has work but none coming (lost wake-ups);
-``cli/`` is the ``tagsync`` command. Plumbing lives apart: ``runtime/`` (settings, Redis
+``http.py`` is the ingest server (intents and the account endpoints); ``cli/`` is the
+``tagsync`` command. Plumbing lives apart: ``runtime/`` (settings, Redis
 clients, the broker, process set-up) and ``observability/`` (metrics, logs, redaction).
 """
