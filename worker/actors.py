@@ -41,14 +41,22 @@ SLOT_LEAD_MS = MAX_SLEEP_MS
 _timer = LocalTimer()
 
 
+def _low_rate(account: str) -> bool:
+    served = runtime().accounts.get(account)
+    return served is not None and served.gate.interval_ms > MAX_SLEEP_MS
+
+
 def send_flush(account: str, tag_id: int, delay_ms: int, *, slot_at: int | None = None) -> None:
     """Enqueue a flush of (account, tag), after ``delay_ms``, for a reserved call slot.
 
-    A flush that waits for its slot is asked to come back ``MAX_SLEEP_MS`` before it; a
-    short such wait is kept on this process's timer and enqueued ``SLOT_LEAD_MS`` before
-    the slot instead (cheaper, and the flush sleeps less once it runs).
+    A flush that waits for its slot is asked to come back ``MAX_SLEEP_MS`` before it. For
+    an account below 4 calls/s (every call of it waits so), a short such wait is kept on
+    this process's timer and enqueued ``SLOT_LEAD_MS`` before the slot instead: one queue
+    write instead of dramatiq's delay queue. Faster accounts keep the delay queue, whose
+    slightly later arrival leaves their flushes less time asleep on threads (with the
+    timer, one run in five of the rate benchmark fell from 0.98 to 0.93 of the limit).
     """
-    if slot_at is not None and 0 < delay_ms <= LOCAL_WAIT_MAX_MS:
+    if slot_at is not None and 0 < delay_ms <= LOCAL_WAIT_MAX_MS and _low_rate(account):
         fire_s = max(0, delay_ms + MAX_SLEEP_MS - SLOT_LEAD_MS) / 1000
         _timer.call_later(fire_s, lambda: flush.send(account, tag_id, slot_at))
         return
