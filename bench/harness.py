@@ -53,10 +53,7 @@ class Stack:
 
     def pending(self) -> int:
         """Intents pending or in flight, over every tag."""
-        return sum(
-            t.pending_tag + t.pending_untag + t.inflight + t.splitting
-            for t in PendingStore(self.redis).status()
-        )
+        return sum(t.unsettled for t in PendingStore(self.redis).status())
 
     def queued(self) -> int:
         """Intent messages not yet ingested: in the queue or prefetched by a worker."""

@@ -229,7 +229,7 @@ def backlog(connection: redis.Redis) -> int:
     from worker.pending import PendingStore
 
     statuses = PendingStore(connection).status()
-    waiting = sum(t.pending_tag + t.pending_untag + t.inflight + t.splitting for t in statuses)
+    waiting = sum(t.unsettled for t in statuses)
     waiting += int(connection.llen("dramatiq:tagsync.intents"))
     acks = connection.scan_iter("dramatiq:__acks__.*.tagsync.intents")
     waiting += sum(int(connection.scard(key)) for key in acks)

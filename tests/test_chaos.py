@@ -555,7 +555,4 @@ def backlog_of(connection: redis.Redis) -> int:
     """Intents pending or in flight in the pending buffers (without the queue)."""
     from worker.pending import PendingStore
 
-    return sum(
-        t.pending_tag + t.pending_untag + t.inflight + t.splitting
-        for t in PendingStore(connection).status()
-    )
+    return sum(t.unsettled for t in PendingStore(connection).status())

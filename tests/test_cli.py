@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -106,20 +107,23 @@ def test_tags_commands(env: dict[str, str], sim: Sim) -> None:
     assert too_long.returncode == 2 and "31 UTF-8 bytes" in too_long.stderr
 
 
-@pytest.mark.slow
-def test_demo_passes(tmp_path: Any) -> None:
-    """`tagsync demo` runs everything on embedded defaults and ends with PASS."""
-    import os
-
+def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`tagsync demo ARGS` on embedded defaults (no TAGSYNC_ or WECHAT_ settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--duration", "3", "--fans", "500"],
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "demo", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_demo_passes(tmp_path: Any) -> None:
+    """`tagsync demo` runs everything on embedded defaults and ends with PASS."""
+    result = run_demo("--duration", "3", "--fans", "500", timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("PASS:") and "0 wrong" in last
@@ -129,28 +133,7 @@ def test_demo_passes(tmp_path: Any) -> None:
 def test_demo_with_several_accounts_passes_for_each() -> None:
     """`tagsync demo --accounts 4`: four accounts (one through the component), each
     checked on its own line, and PASS."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "demo",
-            "--duration",
-            "3",
-            "--fans",
-            "300",
-            "--accounts",
-            "4",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    result = run_demo("--duration", "3", "--fans", "300", "--accounts", "4", timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     checked = [line for line in lines if line.startswith("  ok ")]

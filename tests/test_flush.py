@@ -73,7 +73,7 @@ class Rig:
 
     def left(self, tag_id: int) -> int:
         status = [t for t in self.store.status() if t.tag_id == tag_id]
-        return sum(t.pending_tag + t.pending_untag + t.inflight + t.splitting for t in status)
+        return sum(t.unsettled for t in status)
 
 
 def make_rig(

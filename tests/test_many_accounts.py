@@ -140,12 +140,23 @@ def all_tagged(platform: PlatformSim, appid: str, tags: list[int]) -> bool:
     return all(platform.fans_of(appid, tag_id) == fans for tag_id in tags)
 
 
+def tags_of_each(env: dict[str, str], prefix: str, count: int) -> dict[str, list[int]]:
+    """``count`` new tags in each of the accounts A, B and C."""
+    return {
+        appid: [create_tag(env, appid, f"{prefix}{i}") for i in range(count)]
+        for appid in (APPID, B, C)
+    }
+
+
+def tag_all_fans(platform: PlatformSim, tags: dict[str, list[int]]) -> None:
+    """Enqueue: every fan of each account gets each of its ``tags``."""
+    for appid, ids in tags.items():
+        for tag_id in ids:
+            producers.tag(tag_id, platform.fans(appid), account=appid)
+
+
 def pending_of(connection: redis.Redis, appid: str) -> int:
-    return sum(
-        t.pending_tag + t.pending_untag + t.inflight + t.splitting
-        for t in PendingStore(connection).status()
-        if t.account == appid
-    )
+    return sum(t.unsettled for t in PendingStore(connection).status() if t.account == appid)
 
 
 def test_each_account_keeps_its_own_rate(
@@ -156,16 +167,11 @@ def test_each_account_keeps_its_own_rate(
 ) -> None:
     """Three accounts at 5 calls/s each, all at once: every fan tagged, no 45011 anywhere."""
     # Given: WeChat allows each app 5 calls a second; the file says rate = 5
-    tags = {
-        appid: [create_tag(accounts_env, appid, f"r{i}") for i in range(3)]
-        for appid in (APPID, B, C)
-    }
+    tags = tags_of_each(accounts_env, "r", 3)
     for appid in tags:
         platform.post("/_sim/config", {"rate_per_sec": 5}, appid=appid)
     # When
-    for appid, ids in tags.items():
-        for tag_id in ids:
-            producers.tag(tag_id, platform.fans(appid), account=appid)
+    tag_all_fans(platform, tags)
     start_worker(processes=2, threads=4, **accounts_env)
     wait_drained(redis_client, timeout_s=90)
     # Then
@@ -185,15 +191,10 @@ def test_a_paused_account_does_not_slow_the_others(
 ) -> None:
     """A's tagging quota runs out (45009): A waits, B and C finish as fast as their rate."""
     # Given: A may tag 2 batches today; B and C 12 batches each at 5/s (about 2.4 s)
-    tags = {
-        appid: [create_tag(accounts_env, appid, f"q{i}") for i in range(2)]
-        for appid in (APPID, B, C)
-    }
+    tags = tags_of_each(accounts_env, "q", 2)
     platform.post("/_sim/config", {"daily_quota": 2}, appid=APPID)
     # When
-    for appid, ids in tags.items():
-        for tag_id in ids:
-            producers.tag(tag_id, platform.fans(appid), account=appid)
+    tag_all_fans(platform, tags)
     start_worker(processes=2, threads=4, **accounts_env)
     started = time.monotonic()
     wait_until(

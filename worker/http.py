@@ -42,6 +42,8 @@ class DeploymentApp:
         self.ingest = IngestApp(token)
         self._settings = settings
         self._redis: redis.Redis | None = None
+        #: Read from the accounts file at the first account request (as workers read it once).
+        self._has_component: bool | None = None
 
     def __repr__(self) -> str:
         return "DeploymentApp(token=***)"
@@ -51,11 +53,12 @@ class DeploymentApp:
         settings = self._settings or Settings.from_env()
         if self._redis is None and settings.redis_url:
             self._redis = redis.Redis.from_url(settings.redis_url)
-        try:
-            has_component = accounts_config(settings).component is not None
-        except ValueError:  # no accounts file and no WECHAT_APPID on this host
-            has_component = False
-        return has_component, self._redis
+        if self._has_component is None:
+            try:
+                self._has_component = accounts_config(settings).component is not None
+            except ValueError:  # no accounts file and no WECHAT_APPID on this host
+                self._has_component = False
+        return self._has_component, self._redis
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")

@@ -20,6 +20,7 @@ from typing import Any
 
 from redis import Redis
 
+from worker.accounts.config import APPID_RE
 from worker.observability.redaction import REDACTOR
 
 #: appid -> JSON {"added": epoch seconds}.
@@ -144,8 +145,6 @@ class AuthorizedAccounts:
         entries = document.get("accounts")
         if not isinstance(entries, list):
             raise ValueError("the export has no accounts list")
-        from worker.accounts.config import APPID_RE
-
         checked = []
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict):

@@ -115,6 +115,8 @@ class Accounts:
         self._lock = threading.Lock()
         self._built: dict[str, Account] = {}
         self._authorized: frozenset[str] = frozenset()
+        #: Configured and authorized AppIDs, set at each reload (asked on every flush).
+        self._served: frozenset[str] = frozenset(self._configured)
         self._version: int | None = None
         self._checked_at = -1e9
         self._reload_lock = threading.Lock()
@@ -125,7 +127,7 @@ class Accounts:
     def appids(self) -> frozenset[str]:
         """Every served AppID (configured and authorized)."""
         self._refresh()
-        return frozenset(self._configured) | self._authorized
+        return self._served
 
     def __contains__(self, appid: object) -> bool:
         return isinstance(appid, str) and self.get(appid) is not None
@@ -133,7 +135,7 @@ class Accounts:
     def get(self, appid: str) -> Account | None:
         """The account ``appid`` with its parts, built on first use; None if not served."""
         self._refresh()
-        if appid not in self._configured and appid not in self._authorized:
+        if appid not in self._served:
             # Maybe authorized a moment ago: look at the change counter now.
             self._refresh(force=True)
         with self._lock:
@@ -194,10 +196,11 @@ class Accounts:
                     self._built.pop(appid, None)
             added = authorized - self._authorized
             self._authorized, self._version = authorized, version
+            self._served = frozenset(self._configured) | authorized
         if added or removed:
             log.info(
                 "accounts.reloaded",
                 added=len(added),
                 removed=len(removed),
-                served=len(self._configured) + len(authorized),
+                served=len(self._served),
             )

@@ -21,6 +21,7 @@ from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
+from worker.wechat.tokens import RedisTokenStore
 
 
 def add_account_option(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +173,7 @@ def authorize_account(connection: redis.Redis, appid: str, refresh_token: str) -
 
 def _lift_revoked(connection: redis.Redis, appid: str) -> None:
     """A new authorization: drop tokens had with the old one, lift the pause, wake the tags."""
-    connection.delete(f"tagsync:{{{appid}}}:token")
+    RedisTokenStore(connection, appid).clear()
     if AccountGate(connection, rate=1).lift(appid, "authorization"):
         PendingStore(connection).wake(appid)
 
@@ -205,11 +206,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _pending(connection: redis.Redis, appid: str) -> int:
-    return sum(
-        t.pending_tag + t.pending_untag + t.inflight + t.splitting
-        for t in PendingStore(connection).status()
-        if t.account == appid
-    )
+    return sum(t.unsettled for t in PendingStore(connection).status() if t.account == appid)
 
 
 def _purge(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from worker.runtime.lua import load_script
+from worker.runtime.lua import load_script, script_text
 
 #: The share of TAGSYNC_RATE the gate admits. A call reaches WeChat some milliseconds
 #: after its slot (thread wake-up, GIL, network), and not always the same number: slots
@@ -112,9 +112,10 @@ class AccountGate:
         self.interval_ms = 1000.0 / (rate * RATE_SAFETY)
         #: Calls one second allows, when late calls are accounted for (0: they are not).
         self.late_per_second = max(1, int(rate)) if rate < LATE_ACCOUNTING_RATE else 0
-        self._admit = load_script(redis, "worker.gate", "admit.lua")
+        lib = script_text("worker.gate", "lib.lua")
+        self._admit = redis.register_script(lib + script_text("worker.gate", "admit.lua"))
         self._pause = load_script(redis, "worker.gate", "pause.lua")
-        self._late = load_script(redis, "worker.gate", "late.lua")
+        self._late = redis.register_script(lib + script_text("worker.gate", "late.lua"))
 
     @staticmethod
     def key(account: str, name: str) -> str:

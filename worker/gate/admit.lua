@@ -19,8 +19,7 @@ local k_rate, k_pause, k_budget, k_api_pause = unpack(KEYS)
 local interval, burst, max_sleep, budget =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local reserved, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = now_ms()
 
 for _, pair in ipairs({{k_pause, 'account'}, {k_api_pause, 'api'}}) do
   local pause_until = tonumber(redis.call('HGET', pair[1], 'until'))
@@ -36,19 +35,11 @@ local function answer(slot)
 end
 
 if reserved and reserved >= now - tolerance then return answer(reserved) end
-if reserved and tonumber(ARGV[7]) > 0 then
-  -- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still
-  -- go now if fewer slots are reserved after it than one second allows, once the free
-  -- slots move back as far as needed (the same rule as late.lua). Else it is given up.
-  local per_second = tonumber(ARGV[7])
-  local held = tonumber(redis.call('GET', k_rate)) or now
-  local after = math.floor((held - reserved) / interval + 0.5) - 1
-  if after < per_second then
-    -- The per_second-th call after this one must come 1 s (+10 ms) after it, at the least.
-    local moved = math.max(held, now + 1010 - (per_second - after - 1) * interval)
-    redis.call('SET', k_rate, string.format('%.3f', moved), 'PX', math.ceil(moved - now) + 1000)
-    return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
-  end
+-- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still go
+-- now by the rule of late calls (lib.lua). Else it is given up for a new one.
+if reserved and tonumber(ARGV[7]) > 0
+    and late_call_may_go(k_rate, reserved, now, interval, tonumber(ARGV[7])) then
+  return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
 end
 
 if budget > 0 then

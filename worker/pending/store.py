@@ -129,6 +129,11 @@ class TagStatus:
     leased: bool
     scheduled: str | None
 
+    @property
+    def unsettled(self) -> int:
+        """Intents of the tag not yet applied or dead-lettered: pending, in flight, splitting."""
+        return self.pending_tag + self.pending_untag + self.inflight + self.splitting
+
 
 def _backlog_key(account: str) -> str:
     return f"tagsync:{{{account}}}:backlog"
@@ -471,10 +476,6 @@ class PendingStore:
         for account in accounts:
             pipe.set(_backlog_key(account), 1, px=BACKLOG_MARK_MS)
         pipe.execute()
-
-    def backlogged(self, account: str) -> bool:
-        """Is ingest merging a backlog of ``account``'s intents (its batches hold for it)?"""
-        return bool(self.redis.exists(_backlog_key(account)))
 
     def sweep(self, *, accounts: Collection[str] | None = None) -> list[tuple[str, int]]:
         """Claim a flush for every tag (of ``accounts``) with work but no flush coming."""

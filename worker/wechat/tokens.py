@@ -159,6 +159,10 @@ class RedisTokenStore:
         keys = [self._key, self._failed_key]
         return bool(self._invalidate(keys=keys, args=[token, int(FAILED_MEMORY_S * 1000)]))
 
+    def clear(self) -> None:
+        """Forget the stored token (one had with credentials since replaced)."""
+        self._redis.delete(self._key)
+
     def last_failed(self) -> str | None:
         value = self._redis.get(self._failed_key)
         return value.decode() if isinstance(value, bytes) else value
