@@ -303,3 +303,9 @@ def _ticket(args: argparse.Namespace) -> int:
     authorized.set_ticket(_read_secret(args.ticket))
     print(f"component_verify_ticket stored ({time.strftime('%H:%M:%S')})")
     return 0
+
+
+def admin_client(settings: Settings, account: str | None = None) -> WeChatClient:
+    """The client an admin command calls WeChat with (being moved behind the account's gate:
+    rate, daily budget and pauses shared with the worker)."""
+    return make_client(settings, account)
