@@ -32,14 +32,7 @@ import structlog
 
 from worker.accounts.directory import Account, AccountDirectory
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.gate import (
-    AUTHORIZATION_PAUSE_MS,
-    BATCH_API,
-    CREDENTIAL_PAUSE_MS,
-    MAX_SLEEP_MS,
-    AccountGate,
-    PauseUntil,
-)
+from worker.gate import BATCH_API, MAX_SLEEP_MS, AccountGate, pause_for
 from worker.observability.metrics import (
     BATCH_SIZE,
     INTENT_AGE,
@@ -534,24 +527,7 @@ class Flusher:
 
     def _pause(self, run: _Run, batch: Batch, exc: WeChatError, row: Errcode) -> Wait | None:
         """Pause the account or the API; keep every intent; no attempt counted."""
-        api = BATCH_API[batch.op] if row.pause_scope == "api" else None
-        length = row.pause_length
-        until: PauseUntil = length if length in ("minute", "day") else "for"
-        if row.pause_length == "authorization":
-            # Revoked: only a new authorization helps (``accounts authorize`` lifts it).
-            reason, ms = "authorization", AUTHORIZATION_PAUSE_MS
-        else:
-            reason = "credentials" if row.error_class.value == "credential" else "quota"
-            ms = CREDENTIAL_PAUSE_MS
-        ends = run.gate.pause(
-            run.account,
-            api=api,
-            reason=reason,
-            errcode=exc.errcode,
-            until=until,
-            ms=ms,
-            message=str(exc),
-        )
+        ends, reason, api = pause_for(run.gate, run.account, exc, api=BATCH_API[batch.op])
         if batch.plan is None:
             self.store.putback(batch, run.owner)
         PAUSES.labels(run.account, reason, str(exc.errcode)).inc()

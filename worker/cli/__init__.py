@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from worker.cli import accounts, admin, demo, dlq, produce, run
+from worker.gated import AccountPaused
 from worker.observability.logs import configure_logging
 from worker.runtime.settings import VARIABLES, Settings, SettingsError
 from worker.wechat.errcodes import markdown_table
@@ -41,7 +42,8 @@ def _errcodes(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``tagsync`` command; exit 1 on a WeChat error, 2 on bad settings or input."""
+    """Run one ``tagsync`` command; exit 1 on a WeChat error, 2 on bad settings or input,
+    3 when the account is paused for longer than a command waits."""
     args = build_parser().parse_args(argv)
     try:
         configure_logging(Settings.from_env().log_format)
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ValueError) as exc:  # bad settings or input, e.g. a long tag name
         print(f"tagsync: {exc}", file=sys.stderr)
         return 2
+    except AccountPaused as exc:  # try later: nothing was spent
+        print(f"tagsync: {exc}", file=sys.stderr)
+        return 3
     except WeChatError as exc:
         meaning = f" ({exc.row.meaning})" if exc.errcode is not None else ""
         print(f"tagsync: {exc.call} failed{meaning}: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from worker.accounts.config import APPID_RE
 from worker.accounts.purge import purge_account
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
+from worker.gated import GatedClient
 from worker.pending import PendingStore
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
@@ -79,12 +80,6 @@ def open_account(settings: Settings, requested: str | None = None) -> Account | 
     found = directory.get(appid)
     assert found is not None
     return found
-
-
-def make_client(settings: Settings, account: str | None = None) -> WeChatClient:
-    """A client of the chosen account; tokens are shared through Redis when it is set."""
-    opened = open_account(settings, account)
-    return opened.client if isinstance(opened, Account) else opened
 
 
 def register(commands: Any) -> None:
@@ -305,7 +300,10 @@ def _ticket(args: argparse.Namespace) -> int:
     return 0
 
 
-def admin_client(settings: Settings, account: str | None = None) -> WeChatClient:
-    """The client an admin command calls WeChat with (being moved behind the account's gate:
-    rate, daily budget and pauses shared with the worker)."""
-    return make_client(settings, account)
+def admin_client(settings: Settings, account: str | None = None) -> GatedClient:
+    """The client an admin command calls WeChat with: through the account's gate (rate,
+    daily budget and pauses shared with the worker) when Redis is set."""
+    opened = open_account(settings, account)
+    if isinstance(opened, Account):
+        return GatedClient(opened.client, opened.gate)
+    return GatedClient(opened, None)

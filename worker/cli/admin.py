@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from worker.cli.accounts import add_account_option, make_client
+from worker.cli.accounts import add_account_option, admin_client
 from worker.runtime.settings import Settings
 
 
@@ -52,7 +52,7 @@ def register(commands: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env(), args.account) as client:
+    with admin_client(Settings.from_env(), args.account) as client:
         tags = client.list_tags()
     if args.json:
         print(
@@ -68,21 +68,21 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env(), args.account) as client:
+    with admin_client(Settings.from_env(), args.account) as client:
         tag = client.create_tag(args.name)
     print(f"created tag {tag.id} {tag.name!r}")
     return 0
 
 
 def _rename(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env(), args.account) as client:
+    with admin_client(Settings.from_env(), args.account) as client:
         client.rename_tag(args.id, args.name)
     print(f"renamed tag {args.id} to {args.name!r}")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env(), args.account) as client:
+    with admin_client(Settings.from_env(), args.account) as client:
         client.delete_tag(args.id)
     print(f"deleted tag {args.id}")
     return 0
@@ -92,7 +92,7 @@ def _fans(args: argparse.Namespace) -> int:
     out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     count = 0
     try:
-        with make_client(Settings.from_env(), args.account) as client:
+        with admin_client(Settings.from_env(), args.account) as client:
             for openid in client.iter_tag_fans(args.id):
                 out.write(openid + "\n")
                 count += 1
@@ -107,7 +107,7 @@ def _fans(args: argparse.Namespace) -> int:
 
 
 def _user_tags(args: argparse.Namespace) -> int:
-    with make_client(Settings.from_env(), args.account) as client:
+    with admin_client(Settings.from_env(), args.account) as client:
         tag_ids = client.tags_of_fan(args.openid)
     print(" ".join(str(t) for t in tag_ids) if tag_ids else "(no tags)")
     return 0

@@ -16,6 +16,7 @@ from producers.intents import Intent, InvalidIntent, make_intent
 from worker.accounts import Account
 from worker.cli.accounts import add_account_option, open_account
 from worker.dead_letters import DeadLetters
+from worker.gated import AccountPaused, GatedClient
 from worker.pending import PendingStore
 from worker.runtime.settings import Settings, SettingsError
 from worker.sweep import lift_pause
@@ -150,9 +151,13 @@ def _quota_get(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     opened = open_account(settings, args.account)
     client = opened.client if isinstance(opened, Account) else opened
-    for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
-        quota = client.get_quota(path)
-        print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
+    gated = GatedClient(client, opened.gate if isinstance(opened, Account) else None)
+    try:
+        for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
+            quota = gated.get_quota(path)
+            print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
+    except AccountPaused as exc:  # the pause itself is what is worth showing, below
+        print(f"WeChat's quota not asked: {exc}")
     if isinstance(opened, Account):
         gate = opened.gate
         budget = gate.daily_budget or "no"

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from redis import Redis
 
 from worker.runtime.lua import load_script, script_text
+from worker.wechat.errors import WeChatError
 
 #: The share of TAGSYNC_RATE the gate admits. A call reaches WeChat some milliseconds
 #: after its slot (thread wake-up, GIL, network), and not always the same number: slots
@@ -251,3 +252,30 @@ class AccountGate:
         seconds, micros = self.redis.time()
         tat = float(self.redis.get(self.key(account, "rate")) or 0)
         return max(0, round(tat - (seconds * 1000 + micros / 1000)))
+
+
+def pause_for(
+    gate: AccountGate, account: str, exc: WeChatError, *, api: str
+) -> tuple[float, str, str | None]:
+    """Pause what ``exc``'s errcode row says (the account, or only ``api``), for as long
+    as it says; return (end in epoch seconds, reason, the paused API or None)."""
+    row = exc.row
+    paused_api = api if row.pause_scope == "api" else None
+    length = row.pause_length
+    until: PauseUntil = length if length in ("minute", "day") else "for"
+    if length == "authorization":
+        # Revoked: only a new authorization helps (``accounts authorize`` lifts it).
+        reason, ms = "authorization", AUTHORIZATION_PAUSE_MS
+    else:
+        reason = "credentials" if row.error_class.value == "credential" else "quota"
+        ms = CREDENTIAL_PAUSE_MS
+    ends = gate.pause(
+        account,
+        api=paused_api,
+        reason=reason,
+        errcode=exc.errcode,
+        until=until,
+        ms=ms,
+        message=str(exc),
+    )
+    return ends, reason, paused_api
