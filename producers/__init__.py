@@ -3,6 +3,7 @@
     import producers
     producers.tag(134, "ocYxcuAEy30bX0NXmGn4ypqx3tI0")
     producers.untag(134, openids_iterable, ts=event.time)
+    producers.tag("VIP", openid)   # by name: the worker resolves it per account
 
 Every call checks all its intents first and enqueues nothing if one is bad
 (``InvalidIntent`` names the index and field). Depends on dramatiq and redis only.
@@ -19,29 +20,32 @@ from producers.intents import QUEUE_NAME, Intent, InvalidIntent, build_intents, 
 
 
 def tag(
-    tag_id: int,
+    tag_id: int | str,
     openids: str | Iterable[str],
     *,
     ts: float | None = None,
     account: str | None = None,
 ) -> int:
-    """Enqueue "tag these fans with ``tag_id``"; return how many intents were enqueued."""
+    """Enqueue "tag these fans with ``tag_id``" (a tag id, or a tag's name); return how
+    many intents were enqueued."""
     return enqueue(build_intents("tag", tag_id, openids, ts, account))
 
 
 def untag(
-    tag_id: int,
+    tag_id: int | str,
     openids: str | Iterable[str],
     *,
     ts: float | None = None,
     account: str | None = None,
 ) -> int:
-    """Enqueue "untag these fans from ``tag_id``"; return how many intents were enqueued."""
+    """Enqueue "untag these fans from ``tag_id``" (a tag id, or a tag's name); return how
+    many intents were enqueued."""
     return enqueue(build_intents("untag", tag_id, openids, ts, account))
 
 
 def send(intents: Iterable[Any]) -> int:
-    """Enqueue intent dicts (``op``, ``tag_id``, ``openid``, optional ``ts`` and ``account``)."""
+    """Enqueue intent dicts (``op``, ``tag_id`` or ``tag``, ``openid``, optional ``ts`` and
+    ``account``)."""
     return enqueue(parse_intents(intents))
 
 

@@ -49,7 +49,7 @@ class Producer:
 
     def tag(
         self,
-        tag_id: int,
+        tag_id: int | str,
         openids: str | Iterable[str],
         *,
         ts: float | None = None,
@@ -60,7 +60,7 @@ class Producer:
 
     def untag(
         self,
-        tag_id: int,
+        tag_id: int | str,
         openids: str | Iterable[str],
         *,
         ts: float | None = None,
@@ -76,7 +76,7 @@ class Producer:
     def _add_built(
         self,
         op: str,
-        tag_id: int,
+        tag_id: int | str,
         openids: str | Iterable[str],
         ts: float | None,
         account: str | None,

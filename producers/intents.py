@@ -1,9 +1,10 @@
 """The intent contract: what one "tag or untag fan X with tag T" looks like, and its checks.
 
 An intent is ``{"op": "tag"|"untag", "tag_id": int >= 0, "openid": str, "ts": float,
-"account": str}``. On the queue a message carries up to 1,000 intents as compact rows
-``[op, tag_id, openid, ts, account]``; the worker checks every row again, since anything
-may have written to the queue.
+"account": str}``; a tag may be named instead, ``"tag": "VIP"`` in place of ``tag_id``
+(the worker resolves names per account). On the queue a message carries up to 1,000
+intents as compact rows ``[op, tag_id or name, openid, ts, account]``; the worker checks
+every row again, since anything may have written to the queue.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ OPENID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: How far in the future an event time may lie: more is a wrong clock or milliseconds.
 MAX_FUTURE_S = 86_400.0
-#: The fields of an intent.
-FIELDS = frozenset({"op", "tag_id", "openid", "ts", "account"})
+#: The fields of an intent (``tag_id`` or ``tag``, not both).
+FIELDS = frozenset({"op", "tag_id", "tag", "openid", "ts", "account"})
 #: The largest tag id: WeChat's tag ids are 32-bit signed integers.
 MAX_TAG_ID = 2**31 - 1
+#: A tag name's limit in UTF-8 bytes (WeChat answers 45158 beyond it).
+MAX_TAG_NAME_BYTES = 30
+#: The ``tag_id`` of an intent that names its tag, until the worker resolves the name.
+UNRESOLVED = -1
 
 Op = Literal["tag", "untag"]
 
@@ -48,17 +53,24 @@ class InvalidIntent(ValueError):
 
 
 class Intent(NamedTuple):
-    """One checked intent."""
+    """One checked intent. One that names its tag has ``tag_name`` and ``tag_id`` -1
+    until the worker resolves the name (``resolved``)."""
 
     op: Op
     tag_id: int
     openid: str
     ts: float
     account: str
+    tag_name: str | None = None
 
     def row(self) -> list[Any]:
         """The compact form carried in queue messages."""
-        return [self.op, self.tag_id, self.openid, self.ts, self.account]
+        tag = self.tag_id if self.tag_name is None else self.tag_name
+        return [self.op, tag, self.openid, self.ts, self.account]
+
+    def resolved(self, tag_id: int) -> Intent:
+        """This intent for tag ``tag_id``, the id its name stands for."""
+        return self._replace(tag_id=tag_id, tag_name=None)
 
 
 def default_account() -> str | None:
@@ -80,6 +92,29 @@ def check_tag_id(tag_id: Any) -> int:
     if not 0 <= tag_id <= MAX_TAG_ID:
         raise InvalidIntent("tag_id", f"must be from 0 to {MAX_TAG_ID}, not {_show(tag_id)}")
     return tag_id
+
+
+def check_tag_name(name: Any, field: str = "tag") -> str:
+    """``name`` if it is a tag name WeChat takes: not blank, at most 30 UTF-8 bytes."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidIntent(field, f"must be a tag name (1 to 30 UTF-8 bytes), not {_show(name)}")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_TAG_NAME_BYTES:
+        raise InvalidIntent(
+            field, f"is {size} UTF-8 bytes; WeChat allows {MAX_TAG_NAME_BYTES}: {_show(name)}"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidIntent(field, f"is not valid Unicode text: {_show(name)}") from None
+    return name
+
+
+def check_tag(tag: Any) -> tuple[int, str | None]:
+    """A tag given by id (an int) or by name (a str): (tag_id, name or None)."""
+    if isinstance(tag, str):
+        return UNRESOLVED, check_tag_name(tag)
+    return check_tag_id(tag), None
 
 
 def check_openid(openid: Any) -> str:
@@ -122,28 +157,33 @@ def check_account(account: Any) -> str:
 
 def make_intent(
     op: Any,
-    tag_id: Any,
+    tag: Any,
     openid: Any,
     ts: Any = None,
     account: Any = None,
     *,
     now: float | None = None,
 ) -> Intent:
-    """A checked ``Intent``; ``ts`` defaults to now, ``account`` to ``WECHAT_APPID``."""
+    """A checked ``Intent`` for ``tag`` (an id, or a name); ``ts`` defaults to now,
+    ``account`` to ``WECHAT_APPID``."""
     now = time.time() if now is None else now
+    op = check_op(op)
+    tag_id, name = check_tag(tag)
     return Intent(
-        check_op(op),
-        check_tag_id(tag_id),
+        op,
+        tag_id,
         check_openid(openid),
         now if ts is None else check_ts(ts, now),
         check_account(default_account() if account is None else account),
+        name,
     )
 
 
 def build_intents(
-    op: str, tag_id: int, openids: str | Iterable[str], ts: float | None, account: str | None
+    op: str, tag: int | str, openids: str | Iterable[str], ts: float | None, account: str | None
 ) -> list[Intent]:
-    """Intents of one op for one tag and one or many openids; the first bad one raises."""
+    """Intents of one op for one tag (id or name) and one or many openids; the first bad
+    one raises."""
     now = time.time()
     if isinstance(openids, str):
         items: Iterable[Any] = [openids]
@@ -156,7 +196,7 @@ def build_intents(
     intents = []
     for index, openid in enumerate(items):
         try:
-            intents.append(make_intent(op, tag_id, openid, ts, account, now=now))
+            intents.append(make_intent(op, tag, openid, ts, account, now=now))
         except InvalidIntent as exc:
             raise InvalidIntent(exc.field, exc.message, index=index) from None
     return intents
@@ -172,12 +212,20 @@ def parse_intent(value: Any, *, index: int | None = None, now: float | None = No
             key = unknown[0]
             name = key if isinstance(key, str) and key.strip() else _show(key)
             raise InvalidIntent(name, f"unknown field (fields are {', '.join(sorted(FIELDS))})")
-        for required in ("op", "tag_id", "openid"):
+        for required in ("op", "openid"):
             if required not in value:
                 raise InvalidIntent(required, "missing")
+        if "tag_id" in value and "tag" in value:
+            raise InvalidIntent("tag", "give tag_id or tag (a name), not both")
+        if "tag" in value:
+            tag: int | str = check_tag_name(value["tag"])
+        elif "tag_id" in value:
+            tag = check_tag_id(value["tag_id"])
+        else:
+            raise InvalidIntent("tag_id", "missing (or name the tag with 'tag')")
         return make_intent(
             value["op"],
-            value["tag_id"],
+            tag,
             value["openid"],
             value.get("ts"),
             value.get("account"),
@@ -214,7 +262,7 @@ def parse_intents(values: Iterable[Any]) -> list[Intent]:
 
 
 def parse_row(row: Any) -> Intent:
-    """Check one queue row ``[op, tag_id, openid, ts, account]`` (the worker's side)."""
+    """Check one queue row ``[op, tag_id or name, openid, ts, account]`` (the worker's side)."""
     if not isinstance(row, list | tuple) or len(row) != 5:
         raise InvalidIntent("row", f"must be [op, tag_id, openid, ts, account], not {_show(row)}")
     op, tag_id, openid, ts, account = row

@@ -33,6 +33,10 @@ SECRET = "test-secret-" + secrets.token_hex(12)
 FANS = 2000
 
 
+#: The bearer token of the ingest server the ``ingest_url`` fixture starts.
+INGEST_TOKEN = "s3cret-ingest-token"
+
+
 class Sim:
     """The simulator process as tests see it: its URL and its ``/_sim/*`` endpoints."""
 
@@ -280,12 +284,13 @@ def wait_until(
 
 
 def tagsync(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, input_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a ``tagsync`` command as an operator would; its output and exit status."""
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
         env=env,
+        input=input_text,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -324,3 +329,23 @@ def expected_state(
 def fans_of(sim: Sim, tag_id: int) -> set[str]:
     """The fans the simulator has on a tag."""
     return set(sim.state()["tags"].get(str(tag_id), {}).get("fans", []))
+
+
+@pytest.fixture
+def ingest_url(env: dict[str, str]) -> Iterator[str]:
+    """`tagsync ingest` on a free port (bearer token ``INGEST_TOKEN``)."""
+    from worker.runtime.redis_server import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "ingest", "--port", str(port)],
+        env={**env, "TAGSYNC_INGEST_TOKEN": INGEST_TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "listening" in line, line
+    yield f"http://127.0.0.1:{port}"
+    stop_process(process)

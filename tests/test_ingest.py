@@ -13,6 +13,7 @@ from worker.dead_letters import DeadLetter, DeadLetters
 from worker.ingest import ingest_rows
 from worker.pending import PendingStore, TagKeys
 from worker.split import Group, SplitPlan
+from worker.tag_names import TagNames
 
 ACCOUNT = "wxingest0000test"
 
@@ -30,10 +31,23 @@ class Flushes:
 
 
 @dataclass
+class Resolves:
+    """The name resolutions ingest asked for: (account, name, rows)."""
+
+    sent: list[tuple[str, str, list[list[Any]]]] = field(default_factory=list)
+
+    def append_call(
+        self, account: str, name: str, rows: list[list[Any]], attempt: int, delay_ms: int
+    ) -> None:
+        self.sent.append((account, name, rows))
+
+
+@dataclass
 class Ingest:
     store: PendingStore
     dead: DeadLetters
     flushes: Flushes
+    resolves: Resolves = field(default_factory=Resolves)
 
     def __call__(self, rows: Any) -> Any:
         return ingest_rows(
@@ -42,6 +56,8 @@ class Ingest:
             dead_letters=self.dead,
             send_flush=self.flushes,
             accounts=frozenset({ACCOUNT}),
+            names=TagNames(self.store.redis),
+            send_resolve=self.resolves.append_call,
         )
 
     def letters(self) -> list[DeadLetter]:
@@ -92,7 +108,9 @@ def test_a_duplicate_message_is_coalesced(ingest: Ingest) -> None:
         "tag",
         {"op": "tag"},
         ["tag", 7],
-        ["tag", "7", "a", 1.0, ACCOUNT],
+        ["tag", "", "a", 1.0, ACCOUNT],
+        ["tag", "x" * 31, "a", 1.0, ACCOUNT],
+        ["tag", 7.0, "a", 1.0, ACCOUNT],
         ["tag", -1, "a", 1.0, ACCOUNT],
         ["tag", 7, "bad openid!", 1.0, ACCOUNT],
         ["tag", 7, "a", "yesterday", ACCOUNT],
@@ -149,3 +167,27 @@ def test_a_newer_intent_takes_a_fan_out_of_a_waiting_split(ingest: Ingest) -> No
     assert ingest.pending(7, "untag") == {"a": 101.0}
     split = store.redis.hgetall(TagKeys(ACCOUNT, 7).split("tag"))
     assert set(split) == {b"~op", b"~plan", b"b"}
+
+
+def test_a_named_tag_the_cache_knows_is_merged_under_its_id(ingest: Ingest) -> None:
+    """An intent naming a cached tag coalesces with intents numbering it (one last write)."""
+    # Given "VIP" is tag 7 in the account's name cache
+    TagNames(ingest.store.redis).add(ACCOUNT, "VIP", 7)
+    # When the same fan is tagged by id, then untagged by name, later
+    ingest([row("tag", 7, "a", 100.0), row("untag", "VIP", "a", 101.0)])
+    # Then one intent is pending, the later one, under tag 7; nothing went to the resolver
+    assert ingest.pending(7, "tag") == {} and ingest.pending(7, "untag") == {"a": 101.0}
+    assert ingest.resolves.sent == []
+
+
+def test_unknown_names_go_to_the_resolver_once_per_account_and_name(ingest: Ingest) -> None:
+    """Rows naming a tag the cache lacks are sent to the resolver, grouped, not merged."""
+    # Given an empty name cache
+    # When a message names two unknown tags, one of them twice
+    result = ingest([row("tag", "VIP", "a"), row("tag", "Gold", "b"), row("untag", "VIP", "c")])
+    # Then nothing is merged and the resolver gets one message per name with its rows
+    assert result.added == 0
+    assert sorted((name, [r[2] for r in rows]) for _, name, rows in ingest.resolves.sent) == [
+        ("Gold", ["b"]),
+        ("VIP", ["a", "c"]),
+    ]

@@ -1,7 +1,9 @@
 """The dramatiq actors: what ``tagsync worker`` runs (``dramatiq worker.actors``).
 
 - ``ingest`` (queue ``tagsync.intents``): merges intents into the pending buffers;
-- ``flush`` (queue ``tagsync.flush``): sends one tag's next batches to WeChat.
+- ``flush`` (queue ``tagsync.flush``): sends one tag's next batches to WeChat;
+- ``resolve_tag`` (queue ``tagsync.flush``): finds (or creates) the id of a tag that
+  intents name, then merges them (``worker.tag_names``).
 Ingest has the higher priority: merging a queued message takes well under a millisecond,
 and every intent merged before its tag's batch leaves is one fewer call (a backlog in the
 queue coalesces fully instead of leaving in partial batches). Flushes never hold a thread
@@ -22,13 +24,14 @@ from worker.ingest import ingest_rows
 from worker.observability.log_context import LogContext
 from worker.observability.logs import configure_logging
 from worker.observability.metrics_server import Metrics
-from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE
+from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE, RESOLVE
 from worker.runtime.broker import broker_url, setup_broker
 from worker.runtime.parts import runtime
 from worker.runtime.recovery import OutageRecovery
 from worker.runtime.settings import Settings
 from worker.runtime.timer import LocalTimer
 from worker.sweep import Sweeper, sweep_once
+from worker.tag_names import NameResolver
 
 #: The longest wait for a reserved call slot kept on this process's timer rather than in a
 #: dramatiq delayed message.
@@ -63,6 +66,13 @@ def send_flush(account: str, tag_id: int, delay_ms: int, *, slot_at: int | None 
     flush.send_with_options(args=(account, tag_id, slot_at), delay=delay_ms or None)
 
 
+def send_resolve(
+    account: str, name: str, rows: list[list[Any]], attempt: int, delay_ms: int
+) -> None:
+    """Enqueue the resolution of a tag name for the rows that name it."""
+    resolve_tag.send_with_options(args=(account, name, rows, attempt), delay=delay_ms or None)
+
+
 def _sweep() -> None:
     rt = runtime()
     sweep_once(rt.store, send_flush, accounts=rt.accounts)
@@ -91,6 +101,7 @@ broker = setup_broker(
 )
 
 _flusher: Flusher | None = None
+_resolver: NameResolver | None = None
 
 
 def flusher() -> Flusher:
@@ -111,9 +122,23 @@ def flusher() -> Flusher:
     return _flusher
 
 
-@dramatiq.actor(queue_name=INTENTS_QUEUE, actor_name=INGEST, priority=0)
-def ingest(rows: Any) -> None:
-    """Merge a message of intent rows into the pending buffers."""
+def resolver() -> NameResolver:
+    """This process's tag name resolver."""
+    global _resolver
+    if _resolver is None:
+        rt = runtime()
+        _resolver = NameResolver(
+            names=rt.names,
+            accounts=rt.accounts,
+            dead_letters=rt.dead_letters,
+            merge=_merge,
+            send_resolve=send_resolve,
+            create_tags=rt.settings.create_tags,
+        )
+    return _resolver
+
+
+def _merge(rows: Any) -> None:
     rt = runtime()
     ingest_rows(
         rows,
@@ -121,7 +146,21 @@ def ingest(rows: Any) -> None:
         dead_letters=rt.dead_letters,
         send_flush=send_flush,
         accounts=rt.accounts,
+        names=rt.names,
+        send_resolve=send_resolve,
     )
+
+
+@dramatiq.actor(queue_name=INTENTS_QUEUE, actor_name=INGEST, priority=0)
+def ingest(rows: Any) -> None:
+    """Merge a message of intent rows into the pending buffers."""
+    _merge(rows)
+
+
+@dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=RESOLVE, priority=5)
+def resolve_tag(account: str, name: str, rows: list[list[Any]], attempt: int = 0) -> None:
+    """Find (or create) the id of the tag ``name`` and merge the rows that name it."""
+    resolver().resolve(account, name, rows, attempt)
 
 
 @dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=FLUSH, priority=10)

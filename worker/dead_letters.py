@@ -50,6 +50,9 @@ class DeadLetter:
     attempts: int = 0
     first_seen: float | None = None
     dead_lettered_at: float = 0.0
+    #: The tag's name, for an intent that named its tag (``tag_id`` is then -1 if the
+    #: name never resolved: unknown_tag, tag_limit).
+    tag_name: str = ""
 
     def fields(self) -> dict[str, str]:
         """The stream entry's fields (empty values omitted)."""
@@ -72,13 +75,15 @@ class DeadLetter:
             ts=seconds,
             reason="invalid_intent",
             errmsg=errmsg,
+            tag_name=_short(tag_id, 64) if isinstance(tag_id, str) else "",
         )
 
     @property
     def intent_id(self) -> str:
         """What makes the intent itself unique: written once per id. A row that is not an
         intent is told apart by what is wrong with it (its fields may be unreadable)."""
-        intent = f"{self.account}|{self.tag_id}|{self.op}|{self.openid}|{self.ts!r}"
+        tag = f"{self.tag_id}:{self.tag_name}" if self.tag_name else str(self.tag_id)
+        intent = f"{self.account}|{tag}|{self.op}|{self.openid}|{self.ts!r}"
         return f"{intent}|{self.errmsg}" if self.reason == "invalid_intent" else intent
 
 
@@ -185,4 +190,5 @@ def _parse(fields: dict[str, str]) -> DeadLetter:
         attempts=int(number("attempts") or 0),
         first_seen=number("first_seen"),
         dead_lettered_at=number("dead_lettered_at") or 0.0,
+        tag_name=fields.get("tag_name", ""),
     )

@@ -45,6 +45,7 @@ from worker.observability.metrics import (
 from worker.pending import Batch, LeaseLost, PendingStore
 from worker.queues import SendFlush
 from worker.split import SplitPlan, Verdict
+from worker.tag_names import TagNames
 from worker.wechat.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, WeChatClient
 from worker.wechat.errcodes import UNKNOWN_ERRCODE_ATTEMPTS, Action, Errcode
 from worker.wechat.errors import WeChatError
@@ -138,6 +139,7 @@ class Flusher:
         wechat_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.store = store
+        self.names = TagNames(store.redis)
         self.accounts = accounts
         self.dead_letters = dead_letters
         self.send_flush = send_flush
@@ -551,8 +553,10 @@ class Flusher:
         """Does ``tags/get`` list the tag? None when no call slot is near (unknown)."""
         with self._tag_list_lock:
             fetched_at, ids = self._tag_lists.get(run.account, (-1e9, frozenset()))
-            if time.monotonic() - fetched_at < TAG_LIST_TTL_S:
-                return batch.tag_id in ids
+            # Only a listed tag is trusted from the cache: one created since it was
+            # fetched (a tag name just resolved by creating it) must not be taken for gone.
+            if time.monotonic() - fetched_at < TAG_LIST_TTL_S and batch.tag_id in ids:
+                return True
         admission = run.gate.admit(run.account, api="tags/get")
         if admission.kind != "go" or admission.wait_ms > run.sleep_left_ms:
             return None
@@ -587,6 +591,7 @@ class Flusher:
             for op, openid, ts in entries
         )
         self.store.drop_tag(run.account, run.tag_id, run.owner)
+        self.names.forget(run.account)  # a name may still point at the tag
         log.error("tag.gone", account=run.account, tag=run.tag_id, dead_lettered=dead)
 
     def _dead_letter(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from worker.gate import AccountGate, Pause, pause_for
+from worker.tag_names import TagNames
 from worker.wechat.client import FansPage, Quota, Tag, WeChatClient
 from worker.wechat.errcodes import Action
 from worker.wechat.errors import WeChatError
@@ -84,15 +85,24 @@ class GatedClient:
 
     def create_tag(self, name: str) -> Tag:
         """Create a tag (``tags/create``)."""
-        return self._call("tags/create", lambda: self.client.create_tag(name))
+        tag = self._call("tags/create", lambda: self.client.create_tag(name))
+        self._names_changed()
+        return tag
 
     def rename_tag(self, tag_id: int, name: str) -> None:
         """Rename a tag (``tags/update``)."""
         self._call("tags/update", lambda: self.client.rename_tag(tag_id, name))
+        self._names_changed()
 
     def delete_tag(self, tag_id: int) -> None:
         """Delete a tag (``tags/delete``; 45057 over 100,000 fans)."""
         self._call("tags/delete", lambda: self.client.delete_tag(tag_id))
+        self._names_changed()
+
+    def _names_changed(self) -> None:
+        """The workers' tag name cache learns the change at its next miss, not in 5 min."""
+        if self.gate is not None:
+            TagNames(self.gate.redis).forget(self.appid)
 
     def tag_fans(self, tag_id: int, next_openid: str = "") -> FansPage:
         """One page of a tag's fans (``user/tag/get``)."""

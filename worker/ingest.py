@@ -1,13 +1,15 @@
 """Ingest: check a queue message's intent rows and merge them into the pending buffers.
 
 Nothing a producer sends may crash the worker: a row that fails the intent contract, or
-names an account this worker has no credentials for, is dead-lettered, not raised.
+names an account this worker has no credentials for, is dead-lettered, not raised. Rows
+that name their tag are merged under its id when the account's name cache knows it, else
+handed to the name resolver (``worker.tag_names``) in one message per (account, name).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Container
 from typing import Any
 
@@ -18,6 +20,7 @@ from worker.dead_letters import DeadLetter, DeadLetters
 from worker.observability.metrics import INTENTS_RECEIVED, INTENTS_STALE, INTENTS_SUPERSEDED
 from worker.pending import IngestResult, PendingStore
 from worker.queues import BACKLOG_MESSAGES, SendFlush, queued_intents
+from worker.tag_names import SendResolve, TagNames
 
 log = structlog.get_logger("tagsync.ingest")
 
@@ -29,11 +32,14 @@ def ingest_rows(
     dead_letters: DeadLetters,
     send_flush: SendFlush,
     accounts: Container[str],
+    names: TagNames,
+    send_resolve: SendResolve,
 ) -> IngestResult:
     """Merge a message's rows into pending; send the flushes it calls for."""
     if not isinstance(rows, list):
         rows = [rows]
     intents: list[Intent] = []
+    named: list[Intent] = []
     rejected: list[DeadLetter] = []
     # Each account of the message is looked up once (an unknown one costs a Redis read).
     served: dict[str, bool] = {}
@@ -59,7 +65,12 @@ def ingest_rows(
                 )
             )
             continue
+        if intent.tag_name is not None:
+            named.append(intent)
+            continue
         intents.append(intent)
+    if named:
+        intents += _resolve(named, names, send_resolve)
     if rejected:
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
@@ -98,3 +109,27 @@ def ingest_rows(
         rejected=len(rejected),
     )
     return result
+
+
+def _resolve(named: list[Intent], names: TagNames, send_resolve: SendResolve) -> list[Intent]:
+    """The named intents whose names the cache knows, resolved; the others sent to the
+    resolver, one message per (account, name)."""
+    resolved: list[Intent] = []
+    unknown: dict[tuple[str, str], list[list[Any]]] = defaultdict(list)
+    by_account: dict[str, list[Intent]] = defaultdict(list)
+    for intent in named:
+        by_account[intent.account].append(intent)
+    for account, group in by_account.items():
+        ids = names.lookup(account, sorted({i.tag_name for i in group if i.tag_name}))
+        for intent in group:
+            assert intent.tag_name is not None
+            tag_id = ids.get(intent.tag_name)
+            if tag_id is None:
+                unknown[(account, intent.tag_name)].append(intent.row())
+            else:
+                resolved.append(intent.resolved(tag_id))
+    for (account, name), rows in unknown.items():
+        send_resolve(account, name, rows, 0, 0)
+    if unknown:
+        log.info("ingest.names_to_resolve", names=len(unknown), intents=len(named) - len(resolved))
+    return resolved

@@ -19,6 +19,7 @@ FLUSH_QUEUE = "tagsync.flush"
 #: The actors' names.
 INGEST = INGEST_ACTOR
 FLUSH = "flush"
+RESOLVE = "resolve_tag"
 
 
 #: Intent messages in the queue from which it counts as a backlog: the accounts of the

@@ -37,6 +37,7 @@ def register(commands: Any) -> None:
         action.add_argument("--tag", type=int, dest="tag_id", help="only this tag id")
         action.add_argument("--account", metavar="APPID", help="only this account")
         if name == "list":
+            action.add_argument("--json", action="store_true", help="print JSON lines")
             action.add_argument(
                 "--limit",
                 type=int,
@@ -74,19 +75,26 @@ def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     store, letters = _letters(args)
-    print(
-        f"{'DEAD-LETTERED':<19} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
-        f"{'REASON':<17} {'ERRCODE':>7} ATTEMPTS"
-    )
+    if not args.json:
+        print(
+            f"{'DEAD-LETTERED':<19} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
+            f"{'REASON':<17} {'ERRCODE':>7} ATTEMPTS"
+        )
     shown = 0
-    for _, letter in letters:
+    for entry_id, letter in letters:
         if shown >= args.limit:
-            print(f"... more (of {store.count()} kept); use --limit or export")
+            if not args.json:
+                print(f"... more (of {store.count()} kept); use --limit or export")
             break
+        shown += 1
+        if args.json:
+            print(json.dumps({"id": entry_id, **asdict(letter)}, ensure_ascii=False))
+            continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_lettered_at))
         errcode = "" if letter.errcode is None else letter.errcode
+        tag = letter.tag_name if letter.tag_id < 0 and letter.tag_name else letter.tag_id
         print(
-            f"{when:<19} {letter.tag_id:>6} {letter.op:<5} {letter.openid:<28} "
+            f"{when:<19} {tag:>6} {letter.op:<5} {letter.openid:<28} "
             f"{letter.reason:<17} {errcode:>7} {letter.attempts}"
         )
     return 0
@@ -121,7 +129,7 @@ def _replay(args: argparse.Namespace) -> int:
             intents.append(
                 make_intent(
                     letter.op,
-                    letter.tag_id,
+                    letter.tag_name or letter.tag_id,  # a name resolves afresh
                     letter.openid,
                     now + len(intents) * 1e-6,
                     letter.account,

@@ -12,17 +12,20 @@ from worker.dead_letters import DeadLetters
 from worker.pending import PendingStore
 from worker.runtime.redis_client import retrying_client
 from worker.runtime.settings import Settings, SettingsError
+from worker.tag_names import TagNames
 
 
 @dataclass
 class Runtime:
-    """Settings, Redis, the pending store, the dead letters and the served accounts."""
+    """Settings, Redis, the pending store, the dead letters, the served accounts and the
+    tag name cache."""
 
     settings: Settings
     redis: redis.Redis
     store: PendingStore
     dead_letters: DeadLetters
     accounts: Accounts
+    names: TagNames
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -47,6 +50,7 @@ class Runtime:
                 api_base=settings.api_base,
                 read_timeout=settings.wechat_timeout_s,
             ),
+            names=TagNames(connection),
         )
 
 

@@ -34,6 +34,7 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_INGEST_TOKEN": "bearer token the HTTP ingest requires",
     "TAGSYNC_WECHAT_TIMEOUT_S": "read timeout of a WeChat call; leases outlive it (default 10)",
     "TAGSYNC_DLQ_MAX_LEN": "about how many dead letters are kept (default 100000)",
+    "TAGSYNC_CREATE_TAGS": "1: intents naming an unknown tag create it (default 0: unknown_tag)",
 }
 
 
@@ -79,6 +80,7 @@ class Settings:
     ingest_token: Secret | None = field(default=None, repr=False)
     wechat_timeout_s: float = 10.0
     dlq_max_len: int = 100_000
+    create_tags: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +94,9 @@ class Settings:
             raise SettingsError(f"TAGSYNC_LOG_FORMAT={log_format!r} must be 'json' or 'console'")
         budget = _number(env, "TAGSYNC_DAILY_BUDGET", 0, int, minimum=0)
         rate = _number(env, "TAGSYNC_RATE", 20.0, float, minimum=0.001)
+        create = env.get("TAGSYNC_CREATE_TAGS", "").strip().lower()
+        if create not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise SettingsError(f"TAGSYNC_CREATE_TAGS={create!r} must be 1 or 0")
         settings = cls(
             redis_url=env.get("TAGSYNC_REDIS_URL", "").strip() or None,
             accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
@@ -110,6 +115,7 @@ class Settings:
             metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
             wechat_timeout_s=_number(env, "TAGSYNC_WECHAT_TIMEOUT_S", 10.0, float, minimum=0.1),
             dlq_max_len=_number(env, "TAGSYNC_DLQ_MAX_LEN", 100_000, int, minimum=1),
+            create_tags=create in ("1", "true", "yes"),
             log_format=log_format,  # type: ignore[arg-type]
             ingest_token=(
                 Secret(env["TAGSYNC_INGEST_TOKEN"]) if env.get("TAGSYNC_INGEST_TOKEN") else None

@@ -19,6 +19,7 @@ import structlog
 from redis import Redis
 from requests.adapters import HTTPAdapter
 
+from producers.intents import check_tag_name as check_name
 from worker.observability.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
 from worker.observability.redaction import Secret, redact
 from worker.wechat.errors import (
@@ -41,8 +42,6 @@ from worker.wechat.tokens import (
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 #: Most openids one batch (un)tagging call takes (40032 beyond it).
 MAX_BATCH = 50
-#: A tag name's limit in UTF-8 bytes (45158 beyond it).
-MAX_TAG_NAME_BYTES = 30
 #: Seconds to wait for a connection to WeChat.
 CONNECT_TIMEOUT_S = 3.05
 #: Seconds to wait for WeChat's answer once the request is sent.
@@ -117,12 +116,8 @@ def pooled_session(pool_size: int = 16, *, api_base: str = DEFAULT_API_BASE) -> 
 
 
 def check_tag_name(name: str) -> None:
-    """Refuse a tag name WeChat would refuse: empty, or over 30 UTF-8 bytes."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("tag name must not be empty")
-    size = len(name.encode("utf-8"))
-    if size > MAX_TAG_NAME_BYTES:
-        raise ValueError(f"tag name is {size} UTF-8 bytes; WeChat allows {MAX_TAG_NAME_BYTES}")
+    """Refuse a tag name WeChat would refuse: blank, or over 30 UTF-8 bytes."""
+    check_name(name, "name")
 
 
 class WeChatClient:
