@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worker.cli import accounts, admin, demo, dlq, produce, run
+from worker.cli import accounts, admin, demo, dlq, produce, reconcile, run
 from worker.gated import AccountPaused
 from worker.observability.logs import configure_logging
 from worker.runtime.settings import VARIABLES, Settings, SettingsError
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.register(commands)
     dlq.register(commands)
     admin.register(commands)
+    reconcile.register(commands)
     accounts.register(commands)
     demo.register(commands)
     errcodes = commands.add_parser(
