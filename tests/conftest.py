@@ -231,13 +231,11 @@ def backlog(connection: redis.Redis) -> int:
     few seconds) may wait after its tag has nothing left to do.
     """
     from worker.pending import PendingStore
+    from worker.queues import unsettled_messages
 
     statuses = PendingStore(connection).status()
     waiting = sum(t.unsettled for t in statuses)
-    waiting += int(connection.llen("dramatiq:tagsync.intents"))
-    acks = connection.scan_iter("dramatiq:__acks__.*.tagsync.intents")
-    waiting += sum(int(connection.scard(key)) for key in acks)
-    return waiting
+    return waiting + unsettled_messages(connection)
 
 
 def wait_drained(connection: redis.Redis, timeout_s: float = 60) -> None:

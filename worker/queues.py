@@ -33,6 +33,14 @@ def queued_intents(redis: Redis) -> int:
     return int(redis.llen(f"dramatiq:{INTENTS_QUEUE}"))
 
 
+def unsettled_messages(redis: Redis) -> int:
+    """Intent messages not yet ingested: queued, or fetched by a worker and not yet acked."""
+    waiting = queued_intents(redis)
+    for key in redis.scan_iter(f"dramatiq:__acks__.*.{INTENTS_QUEUE}"):
+        waiting += int(redis.scard(key))
+    return waiting
+
+
 class SendFlush(Protocol):
     """Enqueue a flush of (account, tag) after ``delay_ms``; ``slot_at`` is a call slot the
     gate reserved for it (ms on Redis's clock), to be used when it runs."""
