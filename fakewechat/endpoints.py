@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fakewechat.errors import error
 from fakewechat.platform import NoComponent, Platform, UnknownApp
-from fakewechat.simulator import ConfigError, Simulator
+from fakewechat.simulator import ConfigError, Simulator, UnknownTag
 
 #: The appid that names every app at once.
 ALL_APPS = "*"
@@ -23,6 +24,9 @@ POST_ONLY = frozenset(
 )
 
 Document = dict[str, Any]
+
+#: Most new fans one `/_sim/members {"count"}` adds.
+MAX_MEMBERS_COUNT = 2_000_000
 
 
 def answer(
@@ -48,12 +52,13 @@ def answer(
         if path not in _APP_ENDPOINTS:
             return unknown
         return 200, _APP_ENDPOINTS[path](platform.app(appid), method, query, body)
+    except UnknownTag as exc:
+        # WeChat's own answer for a tag that does not exist, and the test endpoints' "error".
+        return 400, {**error(45159, str(exc)), "error": str(exc)}
     except (UnknownApp, NoComponent) as exc:
         return 404, {"error": str(exc)}
     except (ConfigError, ValueError, TypeError) as exc:
         return 400, {"error": str(exc)}
-    except KeyError as exc:
-        return 404, {"error": f"no tag {exc}"}
 
 
 # -- one app's endpoints ------------------------------------------------------------------
@@ -88,18 +93,44 @@ def _fans(app: Simulator, method: str, query: dict[str, str], body: Document) ->
 
 
 def _members(app: Simulator, method: str, query: dict[str, str], body: Document) -> Document:
-    """`POST /_sim/members {"tagid", "count"|"openids"}`: tag fans directly (bulk set-up)."""
-    if "openids" in body:
-        openids = list(body["openids"])
-        bad = [o for o in openids if not app.fans.is_fan(o)]
-        if bad:
-            raise ValueError(f"{len(bad)} openids are not fans")
-    else:
-        count = int(body.get("count", 0))
-        if count > app.fans.total:
-            raise ValueError(f"only {app.fans.total} fans")
-        openids = app.fans.page(0, count)
-    return {"count": app.seed_members(int(body["tagid"]), openids)}
+    """`POST /_sim/members`: make a tag big fast, without API calls (nothing is counted).
+
+    - ``{"tag_id": I, "count": N}``: N new fans (the fan sequence continues, as with
+      ``/_sim/fans {"count": N}``), all tagged I -> ``{"added": N, "count": fans of I}``.
+    - ``{"tag_id": I, "openids": [...]}``: tag those (unknown ones become fans first);
+      a fan that would go over ``max_tags_per_fan`` is skipped ->
+      ``{"added": k, "count": fans of I, "skipped": n}``.
+    - ``{"tagid": I, ...}``, the older spelling: ``count`` tags the app's first N fans
+      (existing ones, with the same skipping), ``openids`` as above.
+
+    A tag the app lacks answers 400 with errcode 45159; bad input 400 with ``error``.
+    """
+    unknown = sorted(set(body) - {"tag_id", "tagid", "count", "openids"})
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}: give tag_id and either count or openids")
+    if ("tag_id" in body) == ("tagid" in body):
+        raise ValueError("give the tag as tag_id (an integer)")
+    legacy = "tagid" in body
+    key = "tagid" if legacy else "tag_id"
+    tag_id = _integer(body[key], key)
+    if ("count" in body) == ("openids" in body):
+        raise ValueError("give exactly one of count (new fans to add) and openids (fans to tag)")
+    if "count" in body:
+        count = _integer(body["count"], "count")
+        if not 1 <= count <= MAX_MEMBERS_COUNT:
+            raise ValueError(f"count must be 1 to {MAX_MEMBERS_COUNT:,}, not {count}")
+        return app.tag_first_fans(tag_id, count) if legacy else app.tag_new_fans(tag_id, count)
+    openids = body["openids"]
+    if not isinstance(openids, list) or not all(isinstance(o, str) for o in openids):
+        raise ValueError("openids must be a list of strings")
+    return app.tag_listed_fans(tag_id, openids)
+
+
+def _integer(value: Any, name: str) -> int:
+    """``value`` if it is a JSON integer (not a boolean), else ``ValueError`` naming it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    return value
 
 
 _APP_ENDPOINTS: dict[str, Callable[[Simulator, str, dict[str, str], Document], Document]] = {

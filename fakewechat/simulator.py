@@ -7,7 +7,6 @@ answer. All state sits behind one lock: every call is atomic, as WeChat's batch 
 
 from __future__ import annotations
 
-import bisect
 import random
 import threading
 from collections import Counter
@@ -16,11 +15,12 @@ from typing import Any
 
 from fakewechat.config import MALFORMED_KINDS, ConfigError, SimConfig
 from fakewechat.errors import OK, error
+from fakewechat.members import Members, TagCounts
 from fakewechat.openids import FanDirectory
 from fakewechat.stats import BATCH_KINDS, Stats
 from fakewechat.tokens import AUTHORIZER, TokenBook
 
-__all__ = ["Answer", "ConfigError", "SimConfig", "Simulator", "Tag", "bad_json"]
+__all__ = ["Answer", "ConfigError", "SimConfig", "Simulator", "Tag", "UnknownTag", "bad_json"]
 
 #: Tags 0, 1 and 2 are the system's own: they cannot be renamed or deleted (45058).
 RESERVED_TAG_IDS = frozenset({0, 1, 2})
@@ -38,24 +38,21 @@ MAX_FANS_TO_DELETE = 100_000
 TOKEN_PATHS = frozenset({"token", "stable_token"})
 
 
+class UnknownTag(LookupError):
+    """A test endpoint named a tag the app does not have (45159)."""
+
+    def __init__(self, tag_id: int) -> None:
+        super().__init__(f"no tag {tag_id}")
+        self.tag_id = tag_id
+
+
 @dataclass
 class Tag:
-    """One tag of the account and the fans that carry it."""
+    """One tag of the account and the fans that carry it (by position, see ``members``)."""
 
     id: int
     name: str
-    fans: set[str] = field(default_factory=set)
-    _sorted: list[str] | None = None
-
-    def sorted_fans(self) -> list[str]:
-        """Fans in openid order, the order `user/tag/get` pages through (cached)."""
-        if self._sorted is None:
-            self._sorted = sorted(self.fans)
-        return self._sorted
-
-    def changed(self) -> None:
-        """Forget the cached order after a change of membership."""
-        self._sorted = None
+    fans: Members = field(default_factory=Members)
 
 
 @dataclass
@@ -77,6 +74,9 @@ class Answer:
     stat_code: str | None = None
     #: The app that answered (the platform routes ``done`` back to it).
     appid: str | None = None
+    #: The fans of a `user/tag/get` page, by position, spelt into ``body`` once the app's
+    #: lock is released (ten thousand openids take tens of milliseconds to spell).
+    page: list[int] | None = None
 
 
 @dataclass
@@ -84,7 +84,8 @@ class AppState:
     """What the account holds: its tags, who carries which, and today's quota use."""
 
     tags: dict[int, Tag] = field(default_factory=dict)
-    tags_of_fan: dict[str, set[int]] = field(default_factory=dict)
+    #: How many tags each fan carries, by position (the 45059 rule in O(1)).
+    tag_counts: TagCounts = field(default_factory=TagCounts)
     next_tag_id: int = FIRST_TAG_ID
     daily_used: Counter[str] = field(default_factory=Counter)
 
@@ -130,11 +131,17 @@ class Simulator:
             return {"batches": list(self.counters.log)}
 
     def state(self) -> dict[str, Any]:
-        """The `/_sim/state` document: every tag with its name and fans."""
+        """The `/_sim/state` document: every tag with its name and fans (in openid order).
+
+        The one endpoint that spells every member: seconds for a tag of a million fans.
+        """
         with self._lock:
             return {
                 "tags": {
-                    str(tag.id): {"name": tag.name, "fans": tag.sorted_fans()}
+                    str(tag.id): {
+                        "name": tag.name,
+                        "fans": sorted(self.fans.openids_at(tag.fans)),
+                    }
                     for tag in self.app.tags.values()
                 }
             }
@@ -144,17 +151,66 @@ class Simulator:
         with self._lock:
             self.tokens.expire_all()
 
-    def seed_members(self, tag_id: int, openids: list[str]) -> int:
-        """Tag fans directly, bypassing limits and stats (bulk set-up for big tags)."""
+    def tag_new_fans(self, tag_id: int, count: int) -> dict[str, int]:
+        """`/_sim/members {"count"}`: add ``count`` new fans, all carrying ``tag_id``.
+
+        O(1) in Python whatever ``count`` (the fans are a range, the memberships a slice);
+        no call is counted. ``UnknownTag`` (before any fan is added) if there is no such tag.
+        """
         with self._lock:
-            tag = self.app.tags.get(tag_id)
-            if tag is None:
-                raise KeyError(tag_id)
+            tag = self._tag_for_members(tag_id)
+            start = self.fans.add_range(count)
+            tag.fans.add_new(start, count)
+            self.app.tag_counts.set_new(start, count)
+            return {"added": count, "count": tag.fans.count}
+
+    def tag_listed_fans(self, tag_id: int, openids: list[str]) -> dict[str, int]:
+        """`/_sim/members {"openids"}`: tag these fans, adding the unknown ones as fans first.
+
+        A fan that would go over ``max_tags_per_fan`` is skipped (batchtagging would answer
+        45059), not refused. ``UnknownTag`` or ``ValueError`` (an openid that cannot be
+        this app's) change nothing. No call is counted.
+        """
+        with self._lock:
+            tag = self._tag_for_members(tag_id)
+            self.fans.add_openids(o for o in openids if not self.fans.is_fan(o))
+            positions = []
             for openid in openids:
-                tag.fans.add(openid)
-                self.app.tags_of_fan.setdefault(openid, set()).add(tag_id)
-            tag.changed()
-            return len(tag.fans)
+                position = self.fans.position_of(openid)
+                if position is None:  # added just above: cannot happen
+                    raise ValueError(f"not a fan: {openid!r}")
+                positions.append(position)
+            return self._tag_positions(tag, positions)
+
+    def tag_first_fans(self, tag_id: int, count: int) -> dict[str, int]:
+        """The legacy `/_sim/members {"tagid", "count"}`: tag the first ``count`` fans."""
+        with self._lock:
+            tag = self._tag_for_members(tag_id)
+            if count > self.fans.total:
+                raise ValueError(f"count {count} is over the app's {self.fans.total} fans")
+            return self._tag_positions(tag, range(count))
+
+    def _tag_for_members(self, tag_id: int) -> Tag:
+        tag = self.app.tags.get(tag_id)
+        if tag is None:
+            raise UnknownTag(tag_id)
+        return tag
+
+    def _tag_positions(self, tag: Tag, positions: range | list[int]) -> dict[str, int]:
+        """Tag fans by position, skipping those with ``max_tags_per_fan`` tags already."""
+        limit = int(self.config.max_tags_per_fan)
+        counts = self.app.tag_counts
+        added = skipped = 0
+        for position in positions:
+            if position in tag.fans:
+                continue
+            if counts[position] >= limit:
+                skipped += 1
+                continue
+            tag.fans.add(position)
+            counts.increment(position)
+            added += 1
+        return {"added": added, "count": tag.fans.count, "skipped": skipped}
 
     # -- for the platform (several apps, a third-party platform) -------------------------
 
@@ -211,6 +267,11 @@ class Simulator:
             if path in BATCH_KINDS and tag_id is not None:
                 self.counters.batch_started(tag_id)
                 answer.batch_tag = tag_id
+        if answer.page is not None:
+            # Positions never move (fans are only appended): spelling needs no lock.
+            openids = self.fans.openids_at(answer.page)
+            answer.body = {"count": len(openids), "data": {"openid": openids}}
+            answer.body["next_openid"] = openids[-1]
         return answer
 
     def done(self, answer: Answer) -> None:
@@ -272,7 +333,7 @@ class Simulator:
         ):
             return Answer(200, error(45159), delay_s=delay)
         result = handler(body if isinstance(body, dict) else {})
-        answer = Answer(200, result, delay_s=delay)
+        answer = Answer(200, result, delay_s=delay, page=result.pop(_PAGE, None))
         if malformed == "reset":
             answer.reset = True
             answer.stat_code = "reset"
@@ -331,7 +392,7 @@ class Simulator:
     def _list_tags(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
             "tags": [
-                {"id": t.id, "name": t.name, "count": len(t.fans)} for t in self.app.tags.values()
+                {"id": t.id, "name": t.name, "count": t.fans.count} for t in self.app.tags.values()
             ]
         }
 
@@ -355,10 +416,10 @@ class Simulator:
         if tag_id is None or tag_id not in self.app.tags:
             return error(45159)
         tag = self.app.tags[tag_id]
-        if len(tag.fans) > MAX_FANS_TO_DELETE:
+        if tag.fans.count > MAX_FANS_TO_DELETE:
             return error(45057)
-        for openid in tag.fans:
-            self.app.tags_of_fan[openid].discard(tag_id)
+        # At most 100,000 members: the walk is bounded.
+        self.app.tag_counts.decrement(tag.fans)
         del self.app.tags[tag_id]
         return dict(OK)
 
@@ -367,14 +428,18 @@ class Simulator:
         if tag is None:
             return error(45159)
         after = body.get("next_openid") or ""
-        if not isinstance(after, str) or (after and self._openid_error(after)):
+        if not isinstance(after, str):
             return error(40003)
-        fans = tag.sorted_fans()
-        start = bisect.bisect_right(fans, after) if after else 0
-        page = fans[start : start + int(self.config.page_size)]
+        # The page starts right after the cursor's fan, in listing order, whether or not
+        # that fan still carries the tag: O(page), and stable while fans are untagged.
+        position = self.fans.position_of(after) if after else -1
+        if position is None:
+            return error(40003)
+        page = tag.fans.after(position, int(self.config.page_size))
         if not page:
             return {"count": 0, "next_openid": ""}
-        return {"count": len(page), "data": {"openid": page}, "next_openid": page[-1]}
+        # Spelt by ``call`` after the lock is released.
+        return {"count": len(page), _PAGE: page}
 
     def _openid_error(self, openid: Any) -> int:
         if not isinstance(openid, str):
@@ -383,50 +448,50 @@ class Simulator:
             return 0
         return 49003 if self.fans.is_foreign(openid) else 40003
 
-    def _batch_check(self, body: dict[str, Any]) -> tuple[Tag | None, list[str], dict[str, Any]]:
+    def _batch_check(self, body: dict[str, Any]) -> tuple[Tag | None, list[int], dict[str, Any]]:
+        """The tag and the fans' positions of a batch call, or its error (nothing applied)."""
         openids = body.get("openid_list")
         if not isinstance(openids, list) or not openids or len(openids) > MAX_BATCH:
             return None, [], error(40032)
         tag = self.app.tags.get(_tag_id(body.get("tagid")) or -1)
         if tag is None:
             return None, [], error(45159)
+        positions = []
         for openid in openids:
-            code = self._openid_error(openid)
-            if code:
-                return None, [], error(code, str(openid)[:64])
-        return tag, openids, {}
+            position = self.fans.position_of(openid) if isinstance(openid, str) else None
+            if position is None:
+                return None, [], error(self._openid_error(openid) or 40003, str(openid)[:64])
+            positions.append(position)
+        return tag, positions, {}
 
     def _batch_tagging(self, body: dict[str, Any]) -> dict[str, Any]:
-        tag, openids, failure = self._batch_check(body)
+        tag, positions, failure = self._batch_check(body)
         if tag is None:
             return failure
         limit = int(self.config.max_tags_per_fan)
-        for openid in openids:
-            carried = self.app.tags_of_fan.get(openid, set())
-            if tag.id not in carried and len(carried) >= limit:
+        counts = self.app.tag_counts
+        for openid, position in zip(body["openid_list"], positions, strict=True):
+            if position not in tag.fans and counts[position] >= limit:
                 return error(45059, openid)
-        for openid in openids:
-            self.app.tags_of_fan.setdefault(openid, set()).add(tag.id)
-            tag.fans.add(openid)
-        tag.changed()
+        for position in positions:
+            if tag.fans.add(position):
+                counts.increment(position)
         return dict(OK)
 
     def _batch_untagging(self, body: dict[str, Any]) -> dict[str, Any]:
-        tag, openids, failure = self._batch_check(body)
+        tag, positions, failure = self._batch_check(body)
         if tag is None:
             return failure
-        for openid in openids:
-            self.app.tags_of_fan.get(openid, set()).discard(tag.id)
-            tag.fans.discard(openid)
-        tag.changed()
+        self.app.tag_counts.decrement([p for p in positions if tag.fans.discard(p)])
         return dict(OK)
 
     def _tags_of_fan(self, body: dict[str, Any]) -> dict[str, Any]:
         openid = body.get("openid")
-        code = self._openid_error(openid)
-        if code or not isinstance(openid, str):
-            return error(code or 40003)
-        return {"tagid_list": sorted(self.app.tags_of_fan.get(openid, set()))}
+        position = self.fans.position_of(openid) if isinstance(openid, str) else None
+        if position is None:
+            return error(self._openid_error(openid) or 40003)
+        # At most 100 tags: O(tags).
+        return {"tagid_list": sorted(t.id for t in self.app.tags.values() if position in t.fans)}
 
     # -- quotas -----------------------------------------------------------------------
 
@@ -470,6 +535,9 @@ def _garbled(kind: str, delay: float) -> Answer:
 
 #: What `openapi/quota/get` reports as the daily limit when `daily_quota` is not set.
 UNLIMITED_DAILY_QUOTA = 10_000_000
+
+#: The key under which `user/tag/get` hands its page's positions to ``call`` to spell.
+_PAGE = "_page_positions"
 
 #: Marks a request body that was not valid JSON (WeChat answers 47001).
 _BAD_JSON = object()
