@@ -10,10 +10,12 @@ import time
 from typing import Any, NoReturn
 
 import redis
+from rich.console import Console
 
 from producers.intents import QUEUE_NAME
 from worker.accounts import Account, Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
+from worker.cli import status_view
 from worker.cli.accounts import add_account_option
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
@@ -56,9 +58,25 @@ def register(commands: Any) -> None:
     worker.set_defaults(run=run_worker)
 
     status = commands.add_parser(
-        "status", help="pending and in-flight intents per tag, dead letters"
+        "status",
+        help="pending and in-flight intents per tag, dead letters",
+        description=(
+            "Accounts (pauses, rate limit and rate in use, budget, token) and tags (pending, "
+            "in flight, oldest pending). On a terminal a live view, redrawn every --interval "
+            "seconds until Ctrl-C; through a pipe one look in plain text."
+        ),
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--once", action="store_true", help="print the tables once and exit (also on a terminal)"
+    )
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between redraws of the live view (default %(default)g)",
+    )
     add_account_option(status)
     status.set_defaults(run=run_status)
 
@@ -236,7 +254,10 @@ def collect_status(
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Print the backlog per tag and op, and totals."""
+    """Show the backlog per tag and op, the accounts and totals: JSON, a live view on a
+    terminal (or ``--once``), else plain text."""
+    if args.interval < 0.1:
+        raise SettingsError("--interval must be at least 0.1 s")
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set")
@@ -245,39 +266,20 @@ def run_status(args: argparse.Namespace) -> int:
     directory = Accounts(config, redis=connection, api_base=settings.api_base)
     if args.account is not None and args.account not in directory.appids():
         print(f"tagsync: note: {args.account} is not served by this deployment", file=sys.stderr)
-    report = collect_status(connection, settings, directory=directory, only=args.account)
+
+    def report() -> dict[str, Any]:
+        return collect_status(connection, settings, directory=directory, only=args.account)
+
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report()))
         return 0
-    columns = ("PENDING+", "PENDING-", "IN-FLIGHT", "OLDEST")
-    print(f"{'ACCOUNT':<20} {'TAG':>6} " + " ".join(f"{c:>9}" for c in columns) + "  STATE")
-    for tag in report["tags"]:
-        age = tag["oldest_pending_age_s"]
-        state = "flushing" if tag["flushing"] else (tag["scheduled"] or "idle")
-        pending = tag["pending"]
-        print(
-            f"{tag['account']:<20} {tag['tag_id']:>6} {pending['tag']:>9} {pending['untag']:>9} "
-            f"{tag['in_flight']:>9} {'-' if age is None else f'{age:.1f}s':>9}  {state}"
+    if args.once or sys.stdout.isatty():
+        return status_view.watch(
+            report,
+            status_view.RateMeter(connection),
+            console=Console(),
+            interval_s=args.interval,
+            once=args.once,
         )
-    for account, state in report["accounts"].items():
-        token = state["token"]
-        paused = [
-            f"PAUSED{'' if scope == 'account' else ' ' + scope} ({pause['reason']}, errcode "
-            f"{pause['errcode'] or '-'}) until "
-            f"{time.strftime('%H:%M:%S', time.localtime(pause['until']))}: {pause['message']}"
-            for scope, pause in state["pauses"].items()
-        ]
-        print(
-            f"account {account}: "
-            + ("; ".join(paused) if paused else "running")
-            + f"; rate {state['rate']['limit_per_s']:g}/s, slots reserved "
-            f"{state['rate']['reserved_ahead_ms']} ms ahead; {state['budget']['used_today']} calls "
-            f"today (budget {state['budget']['limit'] or 'none'}); token "
-            + (f"cached, {token['expires_in_s']} s left" if token["cached"] else "not cached")
-        )
-    totals = report["totals"]
-    print(
-        f"totals: {totals['pending']} pending, {totals['in_flight']} in flight, "
-        f"{totals['queued_messages']} queued messages, {totals['dead_letters']} dead letters"
-    )
+    print(status_view.plain_text(report()))
     return 0

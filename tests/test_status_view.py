@@ -1,0 +1,305 @@
+"""`tagsync status` as an operator sees it: a live table on a terminal, plain text through
+a pipe, and the rate each account is using (``worker.cli.status_view``)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import producers
+from tests.conftest import APPID, Sim, tagsync, wait_until
+from worker.cli.status_view import GateLook, RateMeter, rate_between
+from worker.gate import BATCH_API, AccountGate
+from worker.pending import PendingStore
+
+#: Tags of the paused backlog and how many intents each has (the first is the busiest).
+BACKLOG = {501: 6, 502: 3, 503: 2, 504: 1, 505: 1, 506: 1, 507: 1, 508: 1}
+#: ANSI control sequences (colours, cursor moves) between the frames' text.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Terminal:
+    """``tagsync status`` on a pseudo-terminal: its screen output as it comes."""
+
+    def __init__(self, env: dict[str, str], *args: str, columns: int, lines: int) -> None:
+        self.master, replica = pty.openpty()
+        term = {"TERM": "xterm", "COLUMNS": str(columns), "LINES": str(lines)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "status", *args],
+            env={**env, **term},
+            stdin=replica,
+            stdout=replica,
+            stderr=replica,
+        )
+        os.close(replica)
+        self._chunks: list[bytes] = []
+        # Read all the time: a full pty would block the command.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the command exited and closed its side
+                return
+            if not chunk:
+                return
+            self._chunks.append(chunk)
+
+    @property
+    def raw(self) -> str:
+        """Everything written so far, control sequences included."""
+        return b"".join(self._chunks).decode(errors="replace")
+
+    @property
+    def text(self) -> str:
+        """Everything written so far, without control sequences."""
+        return ANSI.sub("", self.raw).replace("\r", "")
+
+    def frames(self) -> list[str]:
+        """The frames drawn so far, each from its heading line."""
+        return ["tagsync status" + f for f in self.text.split("tagsync status")[1:]]
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """The exit status, once the command ended and its output is read."""
+        status = self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return status
+
+    def stop(self) -> None:
+        """Kill the command if it still runs; close the terminal."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal(env: dict[str, str]) -> Iterator[Any]:
+    """Open ``tagsync status ARGS`` on a pseudo-terminal (stopped at teardown)."""
+    opened: list[Terminal] = []
+
+    def open_(*args: str, columns: int = 120, lines: int = 30, **extra: str) -> Terminal:
+        opened.append(Terminal({**env, **extra}, *args, columns=columns, lines=lines))
+        return opened[-1]
+
+    yield open_
+    for screen in opened:
+        screen.stop()
+
+
+@pytest.fixture
+def paused_backlog(
+    start_worker: Any, queue: redis.Redis, redis_client: redis.Redis
+) -> dict[int, int]:
+    """Intents pending in Redis for ``BACKLOG``'s tags: sent by producers, ingested by a
+    real worker, not flushed (the account is paused for a credential error)."""
+    gate = AccountGate(redis_client, rate=20)
+    gate.pause(
+        APPID,
+        reason="credentials",
+        errcode=40001,
+        until="for",
+        ms=120_000,
+        message="invalid credential",
+    )
+    for tag_id, count in BACKLOG.items():
+        producers.tag(tag_id, [f"fan{tag_id}x{i}" for i in range(count)], account=APPID)
+    start_worker(processes=1, threads=2)
+    store = PendingStore(redis_client)
+    total = sum(BACKLOG.values())
+    wait_until(
+        lambda: sum(t.pending_tag for t in store.status()) == total,
+        what="the worker to ingest the backlog",
+    )
+    return BACKLOG
+
+
+def account_row(frame: str) -> str:
+    """The account table's row of the test account in a frame."""
+    return next(line for line in frame.splitlines() if re.match(rf"{APPID}\s+\d+/s", line))
+
+
+def test_live_view_redraws_and_exits_0_on_ctrl_c(
+    paused_backlog: dict[int, int], terminal: Any
+) -> None:
+    """On a terminal, `tagsync status` redraws a table of accounts and tags until Ctrl-C,
+    then exits 0 without a traceback."""
+    # Given a paused account with intents pending on its tags
+    # When status runs on a terminal for two redraws
+    screen = terminal("--interval", "0.3")
+    wait_until(lambda: len(screen.frames()) >= 3, timeout_s=15, what="three frames")
+    screen.process.send_signal(signal.SIGINT)
+    status = screen.wait_exit(timeout_s=5)
+    # Then each frame has both tables and the totals, the busiest tag first
+    assert status == 0, screen.text[-2000:]
+    frame = screen.frames()[1]
+    assert "PAUSED credentials 40001 until" in account_row(frame)
+    tag_rows = [
+        line.split() for line in frame.splitlines() if re.match(rf"{APPID}\s+5\d\d\s", line)
+    ]
+    assert tag_rows[0][:4] == [APPID, "501", "6", "0"]
+    assert {row[1] for row in tag_rows} == {str(tag) for tag in paused_backlog}
+    assert "totals: 16 pending, 0 in flight" in frame
+    # And the first frame has no rate yet, the next ones have one: nothing was called
+    assert account_row(screen.frames()[0]).split()[2] == "-"
+    assert account_row(frame).split()[2] == "0.0/s"
+    assert "Traceback" not in screen.text
+
+
+def test_once_prints_one_frame_that_fits_the_terminal(
+    paused_backlog: dict[int, int], terminal: Any
+) -> None:
+    """`tagsync status --once` on a terminal prints one frame, cut to the terminal's
+    height with a "+N more" line, and exits 0."""
+    # Given more tags with intents than a 16-line terminal has room for
+    # When status --once runs on it
+    screen = terminal("--once", lines=16)
+    status = screen.wait_exit(timeout_s=15)
+    # Then one frame, no live redraw, and the busiest tags shown first
+    assert status == 0, screen.text
+    (frame,) = screen.frames()
+    assert "Ctrl-C" not in frame
+    lines = frame.rstrip("\n").splitlines()
+    assert len(lines) < 16
+    shown = [line.split()[1] for line in lines if re.match(rf"{APPID}\s+5\d\d\s", line)]
+    assert shown[0] == "501"
+    assert f"+{len(paused_backlog) - len(shown)} more tags" in frame
+    assert lines[-1].startswith("totals: 16 pending")
+
+
+def test_pipe_gets_the_plain_text(paused_backlog: dict[int, int], env: dict[str, str]) -> None:
+    """Through a pipe, `tagsync status` prints the plain lines scripts parse, no colours."""
+    # Given a paused account with intents pending on its tags
+    # When status runs with its output to a pipe
+    result = tagsync(env, "status")
+    # Then the header, one line per tag, one per account and the totals, as before
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"{'ACCOUNT':<20} {'TAG':>6}  PENDING+  PENDING- IN-FLIGHT    OLDEST  STATE"
+    )
+    tags = {int(line.split()[1]): line for line in lines[1 : 1 + len(paused_backlog)]}
+    assert set(tags) == set(paused_backlog)
+    assert re.fullmatch(
+        rf"{APPID:<20}    501         6         0         0 +\d+\.\ds  \S+", tags[501]
+    )
+    account = next(line for line in lines if line.startswith("account "))
+    assert re.fullmatch(
+        rf"account {APPID}: PAUSED \(credentials, errcode 40001\) until \d\d:\d\d:\d\d: "
+        r"invalid credential; rate 20/s, slots reserved \d+ ms ahead; 0 calls today "
+        r"\(budget none\); token (cached, \d+ s left|not cached)",
+        account,
+    )
+    assert lines[-1] == "totals: 16 pending, 0 in flight, 0 queued messages, 0 dead letters"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "budget",
+    [pytest.param("", id="reserved-slots"), pytest.param("100000", id="budget-count")],
+)
+def test_live_view_shows_the_rate_in_use_while_a_backlog_drains(
+    start_worker: Any, queue: redis.Redis, sim: Sim, terminal: Any, budget: str
+) -> None:
+    """While a worker flushes a backlog at 10 calls/s, the live view shows the rate in use:
+    above 0, and never above the limit when exact; from the reserved slots without a
+    daily budget, from the budget's count with one."""
+    # Given a worker limited to 10 calls/s and a live view
+    limits = {"TAGSYNC_RATE": "10", "TAGSYNC_DAILY_BUDGET": budget}
+    tags = [sim.api("tags/create", {"tag": {"name": f"rate{i}"}})["tag"]["id"] for i in range(5)]
+    start_worker(processes=1, threads=4, **limits)
+    screen = terminal("--interval", "0.5", **limits)
+    wait_until(lambda: len(screen.frames()) >= 1, timeout_s=15, what="the first frame")
+    # When a backlog of 40 batch calls (4 s at the limit) arrives
+    for tag_id in tags:
+        producers.tag(tag_id, sim.fans(400), account=APPID)
+
+    def rates() -> list[tuple[bool, float]]:
+        found = []
+        for frame in screen.frames()[1:]:
+            with_rate = re.match(rf"{APPID}\s+10/s\s+(≤?)([\d.]+)/s", account_row(frame))
+            if with_rate:
+                found.append((with_rate[1] == "", float(with_rate[2])))
+        return found
+
+    # Then a frame shows the calls being made, as the gate measures them
+    wait_until(
+        lambda: any(exact and figure > 0 for exact, figure in rates()),
+        timeout_s=20,
+        what="a rate in use above 0",
+    )
+    assert all(figure <= 10 for exact, figure in rates() if exact), rates()
+
+
+def test_rate_meter_reads_the_calls_the_budget_counts(redis_client: redis.Redis) -> None:
+    """With a daily budget, the calls between two looks are the growth of the gate's count,
+    less the slots still reserved ahead (counted, not yet made): exact once they passed."""
+    # Given an account at 10 calls/s with a daily budget, looked at once
+    gate = AccountGate(redis_client, rate=10, daily_budget=1_000_000)
+    meter = RateMeter(redis_client)
+    before = meter.looks([APPID])[APPID]
+    # When the gate admits 5 calls, their slots half a second apart
+    for _ in range(5):
+        assert gate.admit(APPID, api=BATCH_API["tag"], max_sleep_ms=60_000).kind == "go"
+    during = meter.looks([APPID])[APPID]
+    wait_until(lambda: gate.reserved_ahead_ms(APPID) == 0, what="the reserved slots to pass")
+    after = meter.looks([APPID])[APPID]
+
+    def calls(first: GateLook, second: GateLook) -> int:
+        rate = rate_between(first, second, limit_per_s=10, burst=1, counts=True)
+        assert rate is not None and rate.exact
+        return round(rate.calls_per_s * (second.now_ms - first.now_ms) / 1000)
+
+    # Then the calls whose slots came count, the ones still ahead do not yet
+    assert 1 <= calls(before, during) < 5
+    assert calls(before, after) == 5
+
+
+def test_rate_meter_reads_reserved_slots_without_a_budget(redis_client: redis.Redis) -> None:
+    """Without a budget: the gate's full rate while slots stay reserved ahead, an upper
+    bound when free slots are left, and an exact 0 when no slot was taken."""
+    # Given an account at 2 calls/s with 6 calls admitted (3 s of slots reserved ahead)
+    full = AccountGate(redis_client, rate=2)
+    meter = RateMeter(redis_client)
+    for _ in range(6):
+        full.admit(APPID, api=BATCH_API["tag"], max_sleep_ms=60_000)
+    # When it is looked at twice 0.2 s apart
+    first = meter.looks([APPID])[APPID]
+    wait_until(lambda: meter.looks([APPID])[APPID].now_ms > first.now_ms + 200, what="0.2 s")
+    second = meter.looks([APPID])[APPID]
+    # Then every slot is a call: the gate's rate
+    busy = rate_between(first, second, limit_per_s=2, burst=1, counts=False)
+    assert busy is not None and busy.exact and busy.calls_per_s == pytest.approx(1.96)
+
+    # Given another account at 50 calls/s that makes one call between two looks
+    sparse = AccountGate(redis_client, rate=50)
+    start = meter.looks(["wxsparse"])["wxsparse"]
+    sparse.admit("wxsparse", api=BATCH_API["tag"])
+    wait_until(
+        lambda: meter.looks(["wxsparse"])["wxsparse"].now_ms > start.now_ms + 300, what="0.3 s"
+    )
+    end = meter.looks(["wxsparse"])["wxsparse"]
+    # When the rate is read off its slots
+    bound = rate_between(start, end, limit_per_s=50, burst=1, counts=False)
+    idle = rate_between(
+        end, meter.looks(["wxsparse"])["wxsparse"], limit_per_s=50, burst=1, counts=False
+    )
+    # Then it is an upper bound of the one call (not exact), and 0 after it
+    elapsed_s = (end.now_ms - start.now_ms) / 1000
+    assert bound is not None and not bound.exact and bound.calls_per_s >= 1 / elapsed_s
+    assert str(bound).startswith("≤")
+    assert idle is not None and idle.exact and idle.calls_per_s == 0
