@@ -245,3 +245,5 @@ def test_a_45009_met_by_an_admin_call_pauses_that_api_for_everyone(
     assert sim.stats()["calls"]["tags/get"] == 3
     pauses = AccountGate(redis_client, rate=20).pauses(APPID, ("tags/get",))
     assert set(pauses) == {"tags/get"} and pauses["tags/get"].errcode == "45009"
+    status = json.loads(tagsync(env, "status", "--json").stdout)
+    assert status["accounts"][APPID]["pauses"]["tags/get"]["errcode"] == "45009"

@@ -31,6 +31,17 @@ BACKOFF_S = 1.0
 #: A slot this far ahead (reserved by a busy worker) is still worth waiting for.
 MAX_SLOT_WAIT_MS = 10 * 60 * 1000
 
+#: The APIs admin calls use; each may be paused on its own (45009 is counted per API).
+ADMIN_APIS = (
+    "tags/get",
+    "tags/create",
+    "tags/update",
+    "tags/delete",
+    "user/tag/get",
+    "tags/getidlist",
+    "openapi/quota/get",
+)
+
 T = TypeVar("T")
 
 

@@ -12,6 +12,7 @@ from worker.cli.accounts import add_account_option, admin_client
 from worker.drain import RESERVED_TAGS, Drain, ReservedTag
 from worker.export import FansExport
 from worker.runtime.settings import Settings, SettingsError
+from worker.wechat.errors import WeChatError
 
 
 def register(commands: Any) -> None:
@@ -116,7 +117,12 @@ def _delete(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with admin_client(settings, args.account) as client:
         if not args.drain:
-            client.delete_tag(args.id)
+            try:
+                client.delete_tag(args.id)
+            except WeChatError as exc:
+                if exc.errcode == 45057:
+                    _say(f"tag {args.id} has over 100,000 fans: `--drain` untags the surplus first")
+                raise
             print(f"deleted tag {args.id}")
             return 0
         if client.gate is None:

@@ -18,7 +18,8 @@ from worker.accounts.authorized import AuthorizedAccounts
 from worker.cli import status_view
 from worker.cli.accounts import add_account_option
 from worker.dead_letters import DeadLetters
-from worker.gate import AccountGate
+from worker.gate import BATCH_API, AccountGate
+from worker.gated import ADMIN_APIS
 from worker.pending import PendingStore
 from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.settings import Settings, SettingsError
@@ -178,7 +179,7 @@ def account_status(
             "until": pause.until,
             "message": pause.message,
         }
-        for scope, pause in gate.pauses(account).items()
+        for scope, pause in gate.pauses(account, (*BATCH_API.values(), *ADMIN_APIS)).items()
     }
     token_ms = int(connection.pttl(f"tagsync:{{{account}}}:token"))
     return {
