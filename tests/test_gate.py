@@ -1,4 +1,4 @@
-"""The account gate in a real Redis: GCRA spacing, budget, pauses."""
+"""The account gate in a real Redis: GCRA spacing, the count of calls, budget, pauses."""
 
 from __future__ import annotations
 
@@ -79,6 +79,73 @@ def test_a_late_slot_with_slots_reserved_after_it_is_replaced(redis_client: redi
     assert admission.slot_at >= stale + 4 * gate.interval_ms - 1
 
 
+def test_calls_are_counted_without_a_budget(redis_client: redis.Redis) -> None:
+    """With no daily budget the gate still counts every call it reserves a slot for, a far
+    one ('wait') as well as a near one ('go'): `tagsync status` shows them."""
+    # Given: 2 calls/s and no budget
+    gate = AccountGate(redis_client, rate=2, burst=1)
+    # When: three callers ask, two of them for slots further ahead than they sleep
+    kinds = [gate.admit("wxa", api=TAGGING, max_sleep_ms=100).kind for _ in range(3)]
+    # Then: three calls counted today, none paused
+    assert kinds == ["go", "wait", "wait"]
+    assert gate.budget_used("wxa") == 3
+    assert gate.paused("wxa") is None
+
+
+def test_a_reserved_slot_is_counted_once(redis_client: redis.Redis) -> None:
+    """A call is counted when its slot is reserved: coming back for the slot in time, or
+    late and moved, or late and given up for a new one, counts nothing more."""
+    # Given: 2 calls/s and a budget of 3; one call made, and a slot reserved to come back for
+    gate = AccountGate(redis_client, rate=2, burst=1, daily_budget=3)
+    assert gate.admit("wxa", api=TAGGING, max_sleep_ms=100).kind == "go"
+    reserved = gate.admit("wxa", api=TAGGING, max_sleep_ms=100)
+    assert reserved.kind == "wait" and reserved.slot_at is not None
+    assert gate.budget_used("wxa") == 2
+    # When: the caller comes back for it in time
+    again = gate.admit("wxa", api=TAGGING, slot_at=reserved.slot_at, max_sleep_ms=10_000)
+    # Then: the same slot, still 2 calls
+    assert (again.kind, again.slot_at) == ("go", reserved.slot_at)
+    assert gate.budget_used("wxa") == 2
+
+    # Given: a third call reserved (the budget's last), and its slot missed by 200 ms with
+    # no slot reserved after it
+    third = gate.admit("wxa", api=TAGGING, max_sleep_ms=10_000)
+    assert third.slot_at is not None and gate.budget_used("wxa") == 3
+    late = redis_ms(redis_client) - 200
+    redis_client.set(gate.key("wxa", "rate"), late + gate.interval_ms)
+    # When: it comes back late
+    moved = gate.admit("wxa", api=TAGGING, slot_at=late)
+    # Then: it goes, moved, not counted again
+    assert (moved.kind, moved.moved) == ("go", True)
+    assert gate.budget_used("wxa") == 3
+
+    # Given: the same call's slot missed while 3 slots are reserved after it
+    stale = redis_ms(redis_client) - SLOT_TOLERANCE_MS - 50
+    redis_client.set(gate.key("wxa", "rate"), stale + 4 * gate.interval_ms)
+    # When: it comes back late
+    replaced = gate.admit("wxa", api=TAGGING, slot_at=stale, max_sleep_ms=10_000)
+    # Then: a new slot for it, neither counted again nor paused by the budget it is within
+    assert replaced.kind == "go" and not replaced.moved and replaced.slot_at != stale
+    assert gate.budget_used("wxa") == 3
+    # And a new call is past the budget: paused
+    assert gate.admit("wxa", api=TAGGING).reason == "daily_budget"
+
+
+def test_the_count_starts_again_each_shanghai_day(redis_client: redis.Redis) -> None:
+    """A count of an earlier day reads 0 calls today, and the day's first call restarts it
+    at 1 (with a budget or not)."""
+    # Given: 50 calls counted yesterday (Asia/Shanghai), none today
+    gate = AccountGate(redis_client, rate=1000)
+    seconds, _ = redis_client.time()
+    today = (seconds + 8 * 3600) // 86400
+    redis_client.hset(gate.key("wxa", "budget"), mapping={"day": today - 1, "used": 50})
+    # When / Then: nothing counted today until a call is made, then that one
+    assert gate.budget_used("wxa") == 0
+    assert gate.admit("wxa", api=TAGGING).kind == "go"
+    assert gate.budget_used("wxa") == 1
+    assert int(redis_client.hget(gate.key("wxa", "budget"), "day") or 0) == today
+
+
 def test_an_api_pause_leaves_the_other_api_running(redis_client: redis.Redis) -> None:
     """45009 pauses one API (WeChat counts daily quotas per API); the other goes on."""
     gate = AccountGate(redis_client, rate=1000)
@@ -115,6 +182,7 @@ def test_daily_budget_pauses_until_shanghai_midnight(redis_client: redis.Redis) 
     assert [gate.admit("wxa", api=TAGGING).kind for _ in range(2)] == ["go", "go"]
     third = gate.admit("wxa", api=TAGGING)
     assert (third.kind, third.reason) == ("paused", "daily_budget")
+    assert gate.budget_used("wxa") == 2  # the refused call is not counted
     pause = gate.paused("wxa")
     assert pause is not None
     shanghai = (pause.until + 8 * 3600) % 86400

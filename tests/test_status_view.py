@@ -208,18 +208,14 @@ def test_pipe_gets_the_plain_text(paused_backlog: dict[int, int], env: dict[str,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "budget",
-    [pytest.param("", id="reserved-slots"), pytest.param("100000", id="budget-count")],
-)
 def test_live_view_shows_the_rate_in_use_while_a_backlog_drains(
-    start_worker: Any, queue: redis.Redis, sim: Sim, terminal: Any, budget: str
+    start_worker: Any, queue: redis.Redis, sim: Sim, terminal: Any
 ) -> None:
-    """While a worker flushes a backlog at 10 calls/s, the live view shows the rate in use:
-    above 0, and never above the limit when exact; from the reserved slots without a
-    daily budget, from the budget's count with one."""
-    # Given a worker limited to 10 calls/s and a live view
-    limits = {"TAGSYNC_RATE": "10", "TAGSYNC_DAILY_BUDGET": budget}
+    """While a worker without a daily budget flushes a backlog at 10 calls/s, the live view
+    shows the rate in use from the gate's count of calls: above 0, never above the limit;
+    and the calls counted today."""
+    # Given a worker limited to 10 calls/s, no daily budget, and a live view
+    limits = {"TAGSYNC_RATE": "10", "TAGSYNC_DAILY_BUDGET": ""}
     tags = [sim.api("tags/create", {"tag": {"name": f"rate{i}"}})["tag"]["id"] for i in range(5)]
     start_worker(processes=1, threads=4, **limits)
     screen = terminal("--interval", "0.5", **limits)
@@ -228,31 +224,35 @@ def test_live_view_shows_the_rate_in_use_while_a_backlog_drains(
     for tag_id in tags:
         producers.tag(tag_id, sim.fans(400), account=APPID)
 
-    def rates() -> list[tuple[bool, float]]:
+    def rows() -> list[tuple[float, int]]:
         found = []
         for frame in screen.frames()[1:]:
-            with_rate = re.match(rf"{APPID}\s+10/s\s+(≤?)([\d.]+)/s", account_row(frame))
-            if with_rate:
-                found.append((with_rate[1] == "", float(with_rate[2])))
+            row = re.match(rf"{APPID}\s+10/s\s+([\d.]+)/s\s+\d+ ms\s+(\d+)\s", account_row(frame))
+            if row:
+                found.append((float(row[1]), int(row[2])))
         return found
 
-    # Then a frame shows the calls being made, as the gate measures them
+    # Then a frame shows the calls being made, as the gate counts them
     wait_until(
-        lambda: any(exact and figure > 0 for exact, figure in rates()),
+        lambda: any(rate > 0 for rate, _ in rows()),
         timeout_s=20,
         what="a rate in use above 0",
     )
-    assert all(figure <= 10 for exact, figure in rates() if exact), rates()
+    assert all(rate <= 10 for rate, _ in rows()), rows()
+    # And the calls counted today, with no "/budget"
+    wait_until(lambda: rows()[-1][1] >= 40, timeout_s=20, what="40 calls counted today")
+    assert all(rate <= 10 for rate, _ in rows()), rows()
 
 
-def test_rate_meter_reads_the_calls_the_budget_counts(redis_client: redis.Redis) -> None:
-    """With a daily budget, the calls between two looks are the growth of the gate's count,
-    less the slots still reserved ahead (counted, not yet made): exact once they passed."""
-    # Given an account at 10 calls/s with a daily budget, looked at once
-    gate = AccountGate(redis_client, rate=10, daily_budget=1_000_000)
+def test_rate_meter_reads_the_calls_the_gate_counts(redis_client: redis.Redis) -> None:
+    """Without a daily budget too, the calls between two looks are the growth of the gate's
+    count, less the slots still reserved ahead (counted, not yet made): exact once they
+    passed."""
+    # Given an account at 10 calls/s without a daily budget, looked at once
+    gate = AccountGate(redis_client, rate=10)
     meter = RateMeter(redis_client)
     before = meter.looks([APPID])[APPID]
-    # When the gate admits 5 calls, their slots half a second apart
+    # When the gate admits 5 calls, their slots a tenth of a second apart
     for _ in range(5):
         assert gate.admit(APPID, api=BATCH_API["tag"], max_sleep_ms=60_000).kind == "go"
     during = meter.looks([APPID])[APPID]
@@ -260,46 +260,31 @@ def test_rate_meter_reads_the_calls_the_budget_counts(redis_client: redis.Redis)
     after = meter.looks([APPID])[APPID]
 
     def calls(first: GateLook, second: GateLook) -> int:
-        rate = rate_between(first, second, limit_per_s=10, burst=1, counts=True)
-        assert rate is not None and rate.exact
-        return round(rate.calls_per_s * (second.now_ms - first.now_ms) / 1000)
+        rate = rate_between(first, second, limit_per_s=10, burst=1)
+        assert rate is not None
+        return round(rate * (second.now_ms - first.now_ms) / 1000)
 
     # Then the calls whose slots came count, the ones still ahead do not yet
     assert 1 <= calls(before, during) < 5
     assert calls(before, after) == 5
+    # And an idle account reads 0
+    assert calls(after, meter.looks([APPID])[APPID]) == 0
 
 
-def test_rate_meter_reads_reserved_slots_without_a_budget(redis_client: redis.Redis) -> None:
-    """Without a budget: the gate's full rate while slots stay reserved ahead, an upper
-    bound when free slots are left, and an exact 0 when no slot was taken."""
-    # Given an account at 2 calls/s with 6 calls admitted (3 s of slots reserved ahead)
-    full = AccountGate(redis_client, rate=2)
+def test_rate_meter_gives_no_figure_across_a_reset_count(redis_client: redis.Redis) -> None:
+    """A count reset between two looks (`accounts resume`, a new Shanghai day) gives no
+    rate rather than a wrong one; the next look has one again."""
+    # Given an account with 3 calls counted, looked at
+    gate = AccountGate(redis_client, rate=1000)
     meter = RateMeter(redis_client)
-    for _ in range(6):
-        full.admit(APPID, api=BATCH_API["tag"], max_sleep_ms=60_000)
-    # When it is looked at twice 0.2 s apart
-    first = meter.looks([APPID])[APPID]
-    wait_until(lambda: meter.looks([APPID])[APPID].now_ms > first.now_ms + 200, what="0.2 s")
-    second = meter.looks([APPID])[APPID]
-    # Then every slot is a call: the gate's rate
-    busy = rate_between(first, second, limit_per_s=2, burst=1, counts=False)
-    assert busy is not None and busy.exact and busy.calls_per_s == pytest.approx(1.96)
-
-    # Given another account at 50 calls/s that makes one call between two looks
-    sparse = AccountGate(redis_client, rate=50)
-    start = meter.looks(["wxsparse"])["wxsparse"]
-    sparse.admit("wxsparse", api=BATCH_API["tag"])
-    wait_until(
-        lambda: meter.looks(["wxsparse"])["wxsparse"].now_ms > start.now_ms + 300, what="0.3 s"
-    )
-    end = meter.looks(["wxsparse"])["wxsparse"]
-    # When the rate is read off its slots
-    bound = rate_between(start, end, limit_per_s=50, burst=1, counts=False)
-    idle = rate_between(
-        end, meter.looks(["wxsparse"])["wxsparse"], limit_per_s=50, burst=1, counts=False
-    )
-    # Then it is an upper bound of the one call (not exact), and 0 after it
-    elapsed_s = (end.now_ms - start.now_ms) / 1000
-    assert bound is not None and not bound.exact and bound.calls_per_s >= 1 / elapsed_s
-    assert str(bound).startswith("≤")
-    assert idle is not None and idle.exact and idle.calls_per_s == 0
+    for _ in range(3):
+        gate.admit(APPID, api=BATCH_API["tag"])
+    state = {APPID: {"rate": {"limit_per_s": 1000, "burst": 1}}}
+    assert meter.rates(state) == {APPID: None}  # the first look
+    # When the count is reset and one more call made
+    gate.resume(APPID)
+    gate.admit(APPID, api=BATCH_API["tag"])
+    wait_until(lambda: gate.reserved_ahead_ms(APPID) == 0, what="the reserved slot to pass")
+    # Then no figure at the next look, a figure again at the one after
+    assert meter.rates(state) == {APPID: None}
+    assert meter.rates(state)[APPID] == 0

@@ -6,8 +6,7 @@
 - ``--json`` is printed by ``run_status`` itself.
 
 The rate an account is using comes from two looks at its gate (``RateMeter``): the gate
-counts calls in ``tagsync:{account}:budget`` only when the account has a daily budget, so
-without one the rate is read off the rate limiter's reserved slots instead.
+counts every call of the day in ``tagsync:{account}:budget``, budget or not.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from rich.text import Text
 
 from worker.gate import RATE_SAFETY, AccountGate
 
-#: How long the rate limiter's key outlives its last reserved slot, ms (admit.lua's PX):
-#: an absent key means no slot in the last second or so.
-RATE_KEY_AFTERLIFE_MS = 1000
 #: Lines of a frame around the table rows: the heading, each table's title, header and
 #: rule, and the totals line.
 FRAME_LINES = 1 + 2 * 3 + 1
@@ -96,45 +92,29 @@ class GateLook:
     #: The rate limiter's theoretical arrival time: the end of the slots reserved so far
     #: (None: the key expired, no slot in the last second or so).
     reserved_until_ms: float | None
-    #: Calls the gate counted today (only counted when the account has a daily budget).
+    #: The Shanghai day the gate counts calls for (None: no call in two days, none counted).
+    day: int | None
+    #: Calls the gate counted that day.
     counted: int
-
-
-@dataclass(frozen=True)
-class RateInUse:
-    """Calls per second an account made between two looks."""
-
-    calls_per_s: float
-    #: False: an upper bound (the gate had free slots; how many were used is not recorded).
-    exact: bool
-
-    def __str__(self) -> str:
-        figure = f"{self.calls_per_s:.1f}/s"
-        return figure if self.exact else f"≤{figure}"
 
 
 class RateMeter:
     """The rate each account is using, from two looks at its gate in Redis.
 
-    - An account with a daily budget: the gate counts every call when it reserves the
-      call's slot, so the calls made between the looks are the count's growth less the
-      growth of the slots reserved ahead (exact, as far as every slot is used).
-    - Without one nothing counts calls; the rate limiter's key holds the end of the slots
-      reserved so far. While slots stay reserved ahead (a backlog drains at the limit)
-      every slot is a call: the rate is the gate's own, 0.98 x the limit (exact). With
-      free slots left, calls made <= (end of reservations - first look) / slot spacing:
-      an upper bound, shown with ``≤``.
+    The gate counts every call when it reserves the call's slot, so the calls made between
+    the looks are the count's growth less the growth of the slots reserved ahead (exact, as
+    far as every reserved slot is used).
     """
 
     def __init__(self, connection: redis.Redis) -> None:
         self.redis = connection
         self._last: dict[str, GateLook] = {}
 
-    def rates(self, accounts: Mapping[str, Mapping[str, Any]]) -> dict[str, RateInUse | None]:
-        """Look at the gates of ``accounts`` (a report's ``accounts``); the rate each used
-        since the previous look (None on the first look at an account)."""
+    def rates(self, accounts: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+        """Look at the gates of ``accounts`` (a report's ``accounts``); the calls per second
+        each made since the previous look (None on the first look at an account)."""
         looks = self.looks(accounts)
-        rates: dict[str, RateInUse | None] = {}
+        rates: dict[str, float | None] = {}
         for appid, now in looks.items():
             before = self._last.get(appid)
             state = accounts[appid]
@@ -146,7 +126,6 @@ class RateMeter:
                     now,
                     limit_per_s=float(state["rate"]["limit_per_s"]),
                     burst=int(state["rate"]["burst"]),
-                    counts=bool(state["budget"]["limit"]),
                 )
             )
         self._last = looks
@@ -159,48 +138,34 @@ class RateMeter:
         pipe.time()
         for appid in appids:
             pipe.get(AccountGate.key(appid, "rate"))
-            pipe.hget(AccountGate.key(appid, "budget"), "used")
+            pipe.hmget(AccountGate.key(appid, "budget"), "day", "used")
         seconds, micros = (answers := pipe.execute())[0]
         now_ms = seconds * 1000 + micros / 1000
         looks = {}
         for i, appid in enumerate(appids):
-            reserved, counted = answers[1 + 2 * i : 3 + 2 * i]
+            reserved, (day, counted) = answers[1 + 2 * i : 3 + 2 * i]
             looks[appid] = GateLook(
-                now_ms, float(reserved) if reserved else None, int(counted or 0)
+                now_ms,
+                float(reserved) if reserved else None,
+                int(day) if day else None,
+                int(counted or 0),
             )
         return looks
 
 
 def rate_between(
-    before: GateLook, after: GateLook, *, limit_per_s: float, burst: int, counts: bool
-) -> RateInUse | None:
+    before: GateLook, after: GateLook, *, limit_per_s: float, burst: int
+) -> float | None:
     """The calls per second made between two looks at a gate (see ``RateMeter``); None if
-    no time passed. ``counts``: the gate counts calls (the account has a daily budget)."""
+    no time passed, or the count was reset between them (a new Shanghai day, ``accounts
+    resume``): the next look has a figure again."""
     elapsed_ms = after.now_ms - before.now_ms
-    if elapsed_ms <= 0:
+    reset = before.day not in (None, after.day) or after.counted < before.counted
+    if elapsed_ms <= 0 or reset:
         return None
     spacing_ms = 1000 / (limit_per_s * RATE_SAFETY)  # AccountGate.interval_ms
-    # A count that went down was reset (a new Shanghai day, `accounts resume`): no figure
-    # from it, the reserved slots still tell.
-    if counts and after.counted >= before.counted:
-        made = _made(after, spacing_ms, burst) - _made(before, spacing_ms, burst)
-        return RateInUse(max(0.0, made) * 1000 / elapsed_ms, exact=True)
-    # Slots are reserved ahead when even the burst is used up (admit.lua: the next slot is
-    # the arrival time less burst - 1 spacings).
-    ahead_ms = (burst - 1) * spacing_ms
-    full_before = (before.reserved_until_ms or 0) - ahead_ms > before.now_ms
-    full_after = (after.reserved_until_ms or 0) - ahead_ms > after.now_ms
-    if full_before and full_after:
-        return RateInUse(1000 / spacing_ms, exact=True)
-    # The end of the reservations at the second look (at most this when the key expired).
-    reserved_until = after.reserved_until_ms or after.now_ms - RATE_KEY_AFTERLIFE_MS
-    # Each call moves the end on by a spacing, to at least a spacing past its slot and at
-    # most a burst of spacings past it. So the calls with a slot between the looks moved
-    # it from after the first look + a spacing to before the second look + a burst.
-    calls = (min(reserved_until, after.now_ms + burst * spacing_ms) - before.now_ms) / spacing_ms
-    if calls < 1:
-        return RateInUse(0.0, exact=True)  # no slot at all since the first look
-    return RateInUse(calls * 1000 / elapsed_ms, exact=False)
+    made = _made(after, spacing_ms, burst) - _made(before, spacing_ms, burst)
+    return max(0.0, made) * 1000 / elapsed_ms
 
 
 def _made(look: GateLook, spacing_ms: float, burst: int) -> float:
@@ -217,7 +182,7 @@ def _made(look: GateLook, spacing_ms: float, burst: int) -> float:
 
 def frame(
     report: Mapping[str, Any],
-    rates: Mapping[str, RateInUse | None],
+    rates: Mapping[str, float | None],
     *,
     height: int | None = None,
     heading: str = "",
@@ -260,10 +225,9 @@ def frame(
         account_table.add_row(
             appid,
             f"{rate['limit_per_s']:g}/s" + (f" x{rate['burst']}" if rate["burst"] > 1 else ""),
-            "-" if in_use is None else str(in_use),
+            "-" if in_use is None else f"{in_use:.1f}/s",
             f"{rate['reserved_ahead_ms']} ms",
-            # Without a budget the gate does not count calls.
-            f"{budget['used_today']}/{budget['limit']}" if budget["limit"] else "-",
+            f"{budget['used_today']}" + (f"/{budget['limit']}" if budget["limit"] else ""),
             f"{token['expires_in_s']} s" if token["cached"] else "none",
             _account_state(state["pauses"]),
         )

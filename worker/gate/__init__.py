@@ -5,7 +5,9 @@ On Redis's clock (``TIME`` inside Lua), shared by all workers of all hosts:
   slot for each caller in the order they ask and answers how long to wait for it, so
   nobody spins or burns a retry, and tags waiting for slots take turns: a caller whose
   slot lies further ahead than it may sleep keeps it and comes back for it;
-- a daily budget, ``TAGSYNC_DAILY_BUDGET`` calls per Asia/Shanghai day;
+- a count of the calls of each Asia/Shanghai day, kept for every account (``tagsync
+  status`` shows it and the rate in use from it), and a daily budget against it,
+  ``TAGSYNC_DAILY_BUDGET``;
 - pauses, of the whole account (45011 to the next minute, credential errors for a while,
   the budget to 00:00 Shanghai) or of one API (45009 to 00:00 Shanghai: WeChat counts
   daily quotas per API), with the reason kept for ``tagsync status``.
@@ -244,8 +246,14 @@ class AccountGate:
         return bool(self.redis.delete(key))
 
     def budget_used(self, account: str) -> int:
-        """Calls counted against today's budget."""
-        return int(self.redis.hget(self.key(account, "budget"), "used") or 0)
+        """Calls counted today (Asia/Shanghai, on Redis's clock), budget or not: the count
+        of an account idle since an earlier day is that day's, so it reads 0."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(self.key(account, "budget"), "day", "used")
+        (seconds, _), (day, used) = pipe.execute()
+        today = (seconds + 8 * 3600) // 86400  # admit.lua's day: Shanghai is UTC+8 all year
+        return int(used or 0) if day is not None and int(day) == today else 0
 
     def reserved_ahead_ms(self, account: str) -> int:
         """How far ahead call slots are already reserved (near 0 when idle)."""

@@ -3,8 +3,11 @@
 -- (Asia/Shanghai days) and the rate (GCRA), and reserves a call slot.
 -- Slots are handed out in the order they are asked for: a caller told to wait keeps its
 -- reserved slot and comes back for it (ARGV[5]), so tags waiting for slots take turns.
+-- Every call is counted, budget or not (`tagsync status` shows calls today and the rate in
+-- use from the count): once, when its slot is reserved; coming back for it counts nothing.
 -- KEYS[1] rate (string: theoretical arrival time, ms)  KEYS[2] account pause (hash)
--- KEYS[3] budget (hash: day, used)  KEYS[4] the API's pause (hash)
+-- KEYS[3] budget (hash: day, used: the Shanghai day and the calls counted in it)
+-- KEYS[4] the API's pause (hash)
 -- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
 -- ARGV[6] how late a reserved slot may still be used, ms
@@ -42,25 +45,26 @@ if reserved and tonumber(ARGV[7]) > 0
   return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
 end
 
-if budget > 0 then
-  -- Asia/Shanghai is UTC+8 all year: its day starts at 16:00 UTC.
-  local day = math.floor((now / 1000 + 28800) / 86400)
-  if tonumber(redis.call('HGET', k_budget, 'day')) ~= day then
-    redis.call('HSET', k_budget, 'day', day, 'used', 0)
-    redis.call('PEXPIRE', k_budget, 2 * 86400 * 1000)
-  end
-  if tonumber(redis.call('HGET', k_budget, 'used')) >= budget then
-    local midnight = ((day + 1) * 86400 - 28800) * 1000
-    redis.call('HSET', k_pause, 'reason', 'daily_budget', 'until', midnight, 'errcode', '',
-      'message', 'TAGSYNC_DAILY_BUDGET reached')
-    redis.call('PEXPIREAT', k_pause, math.ceil(midnight) + 1000)
-    return {'paused', math.ceil(midnight - now), 'daily_budget', 'account'}
-  end
+-- Asia/Shanghai is UTC+8 all year: its day starts at 16:00 UTC.
+local day = math.floor((now / 1000 + 28800) / 86400)
+if tonumber(redis.call('HGET', k_budget, 'day')) ~= day then
+  redis.call('HSET', k_budget, 'day', day, 'used', 0)
+  redis.call('PEXPIRE', k_budget, 2 * 86400 * 1000)
+end
+-- A caller back too late for its reserved slot takes a new one for the same call, which
+-- was counted (and passed the budget) when the first was reserved.
+local counted = reserved ~= nil
+if budget > 0 and not counted and tonumber(redis.call('HGET', k_budget, 'used')) >= budget then
+  local midnight = ((day + 1) * 86400 - 28800) * 1000
+  redis.call('HSET', k_pause, 'reason', 'daily_budget', 'until', midnight, 'errcode', '',
+    'message', 'TAGSYNC_DAILY_BUDGET reached')
+  redis.call('PEXPIREAT', k_pause, math.ceil(midnight) + 1000)
+  return {'paused', math.ceil(midnight - now), 'daily_budget', 'account'}
 end
 
 local tat = math.max(tonumber(redis.call('GET', k_rate)) or 0, now)
 local slot = math.max(now, tat - (burst - 1) * interval)
 local next_tat = tat + interval
 redis.call('SET', k_rate, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
-if budget > 0 then redis.call('HINCRBY', k_budget, 'used', 1) end
+if not counted then redis.call('HINCRBY', k_budget, 'used', 1) end
 return answer(slot)
