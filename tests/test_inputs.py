@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 import producers
 from producers.http import IngestApp
 from producers.intents import MAX_TAG_ID, InvalidIntent
-from tests.conftest import APPID, tagsync
+from tests.conftest import APPID, INGEST_TOKEN, tagsync
 from worker.cli.produce import read_intents
 
 QUEUE = "dramatiq:tagsync.intents"
@@ -174,39 +172,17 @@ def test_http_refuses_a_bad_intent_whole(app: IngestApp, queue: redis.Redis, int
     ],
 )
 def test_http_server_refuses_hostile_bodies_with_400(
-    body: bytes, env: dict[str, str], ingest_server: str
+    body: bytes, env: dict[str, str], ingest_url: str
 ) -> None:
     """The real server: deep nesting, 5,000-digit numbers, 1e999, lone surrogates, non-UTF-8."""
     response = requests.post(
-        f"{ingest_server}/v1/intents",
+        f"{ingest_url}/v1/intents",
         data=body,
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"},
         timeout=30,
     )
     assert 400 <= response.status_code < 500, response.text
     assert "errors" in response.json() or "error" in response.json()
-
-
-@pytest.fixture
-def ingest_server(env: dict[str, str]) -> Iterator[str]:
-    """`tagsync ingest` on a free port (the development server, real HTTP)."""
-    import subprocess
-
-    from worker.runtime.processes import stop_process
-    from worker.runtime.redis_server import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "ingest", "--port", str(port)],
-        env={**env, "TAGSYNC_INGEST_TOKEN": TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert "listening" in process.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    stop_process(process)
 
 
 # -- tagsync produce --------------------------------------------------------------------------

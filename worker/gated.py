@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from worker.gate import AccountGate, Pause, pause_for
 from worker.tag_names import TagNames
-from worker.wechat.client import FansPage, Quota, Tag, WeChatClient
-from worker.wechat.errcodes import Action
+from worker.wechat.client import FansPage, Quota, Tag, WeChatClient, iter_fans
+from worker.wechat.errcodes import Action, ErrorClass
 from worker.wechat.errors import WeChatError
 
 #: The longest pause an admin call waits out (45011 ends within a minute); a longer one
@@ -121,13 +121,7 @@ class GatedClient:
 
     def iter_tag_fans(self, tag_id: int) -> Iterator[str]:
         """Every fan of a tag, page after page."""
-        after = ""
-        while True:
-            page = self.tag_fans(tag_id, after)
-            yield from page.openids
-            if not page.openids or not page.next_openid or page.next_openid == after:
-                return
-            after = page.next_openid
+        return iter_fans(self.tag_fans, tag_id)
 
     def tags_of_fan(self, openid: str) -> list[int]:
         """The tag ids a fan carries (``tags/getidlist``)."""
@@ -146,8 +140,14 @@ class GatedClient:
                 return call()
             except WeChatError as exc:
                 row = exc.row
-                if self.gate is not None and row.action is Action.PAUSE:
+                if (
+                    self.gate is not None
+                    and row.action is Action.PAUSE
+                    and row.error_class is ErrorClass.QUOTA
+                ):
                     # What the worker would do: the pause protects the account for everyone.
+                    # (A credential error is reported, not paused on: this command's
+                    # credentials may be wrong where the workers' are right.)
                     ends, reason, _ = pause_for(self.gate, self.appid, exc, api=api)
                     self._notice(f"{api}: {exc}; account paused ({reason}) until {_clock(ends)}")
                     continue

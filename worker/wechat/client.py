@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,6 +115,18 @@ def pooled_session(pool_size: int = 16, *, api_base: str = DEFAULT_API_BASE) -> 
     return session
 
 
+def iter_fans(tag_fans: Callable[[int, str], FansPage], tag_id: int) -> Iterator[str]:
+    """Every fan of a tag from ``tag_fans(tag_id, next_openid)``, page after page to the
+    end (an empty page, no ``next_openid``, or the same one again)."""
+    after = ""
+    while True:
+        page = tag_fans(tag_id, after)
+        yield from page.openids
+        if not page.openids or not page.next_openid or page.next_openid == after:
+            return
+        after = page.next_openid
+
+
 def check_tag_name(name: str) -> None:
     """Refuse a tag name WeChat would refuse: blank, or over 30 UTF-8 bytes."""
     check_name(name, "name")
@@ -211,13 +223,7 @@ class WeChatClient:
 
     def iter_tag_fans(self, tag_id: int) -> Iterator[str]:
         """Every fan of a tag, paging with ``next_openid`` to the end."""
-        after = ""
-        while True:
-            page = self.tag_fans(tag_id, after)
-            yield from page.openids
-            if not page.openids or not page.next_openid or page.next_openid == after:
-                return
-            after = page.next_openid
+        return iter_fans(self.tag_fans, tag_id)
 
     def batch_tag(self, tag_id: int, openids: Iterable[str]) -> None:
         """Tag up to 50 fans (``tags/members/batchtagging``); all or nothing."""
