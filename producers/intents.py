@@ -113,6 +113,12 @@ def check_tag_name(name: Any, field: str = "tag") -> str:
 def check_tag(tag: Any) -> tuple[int, str | None]:
     """A tag given by id (an int) or by name (a str): (tag_id, name or None)."""
     if isinstance(tag, str):
+        if tag.strip().isdigit():
+            raise InvalidIntent(
+                "tag_id",
+                f"{_show(tag)} is a string: pass the number {tag.strip()} as tag_id "
+                "(a tag name of digits only is refused: it would read as an id)",
+            )
         return UNRESOLVED, check_tag_name(tag)
     return check_tag_id(tag), None
 
@@ -219,6 +225,7 @@ def parse_intent(value: Any, *, index: int | None = None, now: float | None = No
             raise InvalidIntent("tag", "give tag_id or tag (a name), not both")
         if "tag" in value:
             tag: int | str = check_tag_name(value["tag"])
+            check_tag(tag)  # digits only: an id in the wrong field
         elif "tag_id" in value:
             tag = check_tag_id(value["tag_id"])
         else:

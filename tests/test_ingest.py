@@ -37,7 +37,13 @@ class Resolves:
     sent: list[tuple[str, str, list[list[Any]]]] = field(default_factory=list)
 
     def append_call(
-        self, account: str, name: str, rows: list[list[Any]], attempt: int, delay_ms: int
+        self,
+        account: str,
+        name: str,
+        rows: list[list[Any]],
+        attempt: int,
+        delay_ms: int,
+        slot_at: int | None = None,
     ) -> None:
         self.sent.append((account, name, rows))
 

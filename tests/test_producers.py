@@ -72,6 +72,7 @@ def test_large_calls_go_in_messages_of_1000(queue: redis.Redis) -> None:
         (lambda: producers.tag(-1, OPENID), "tag_id"),
         (lambda: producers.tag(True, OPENID), "tag_id"),
         (lambda: producers.tag("", OPENID), "tag"),
+        (lambda: producers.tag("100", OPENID), "tag_id"),
         (lambda: producers.tag("x" * 31, OPENID), "tag"),
         (lambda: producers.tag(b"VIP", OPENID), "tag_id"),  # type: ignore[arg-type]
         (lambda: producers.tag(100, [OPENID, "bad openid!"]), "openid"),

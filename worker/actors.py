@@ -67,10 +67,17 @@ def send_flush(account: str, tag_id: int, delay_ms: int, *, slot_at: int | None 
 
 
 def send_resolve(
-    account: str, name: str, rows: list[list[Any]], attempt: int, delay_ms: int
+    account: str,
+    name: str,
+    rows: list[list[Any]],
+    attempt: int,
+    delay_ms: int,
+    slot_at: int | None = None,
 ) -> None:
     """Enqueue the resolution of a tag name for the rows that name it."""
-    resolve_tag.send_with_options(args=(account, name, rows, attempt), delay=delay_ms or None)
+    resolve_tag.send_with_options(
+        args=(account, name, rows, attempt, slot_at), delay=delay_ms or None
+    )
 
 
 def _sweep() -> None:
@@ -158,9 +165,11 @@ def ingest(rows: Any) -> None:
 
 
 @dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=RESOLVE, priority=5)
-def resolve_tag(account: str, name: str, rows: list[list[Any]], attempt: int = 0) -> None:
+def resolve_tag(
+    account: str, name: str, rows: list[list[Any]], attempt: int = 0, slot_at: int | None = None
+) -> None:
     """Find (or create) the id of the tag ``name`` and merge the rows that name it."""
-    resolver().resolve(account, name, rows, attempt)
+    resolver().resolve(account, name, rows, attempt, slot_at)
 
 
 @dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=FLUSH, priority=10)

@@ -136,13 +136,20 @@ class Drain:
         """Enqueue untags of ``surplus`` fans from the saved cursor; save the progress."""
         sent = 0
         stamp = time.time()
+        wrapped = False
         while sent < surplus:
-            page = self.client.tag_fans(self.tag_id, state.cursor)
+            try:
+                page = self.client.tag_fans(self.tag_id, state.cursor)
+            except WeChatError as exc:
+                if exc.errcode != 40003 or not state.cursor:
+                    raise
+                state.cursor = ""  # the cursor's fan left WeChat: start over (counts decide)
+                continue
             openids = page.openids[: surplus - sent]
             if not openids:
-                if not state.cursor:
-                    break  # WeChat lists none: the count is stale; the next round sees
-                state.cursor = ""  # the end: wrap (fans listed before may remain)
+                if not state.cursor or wrapped:
+                    break  # WeChat lists fewer than it counts: the next round looks again
+                state.cursor, wrapped = "", True  # the end: wrap once
                 continue
             for start in range(0, len(openids), CHUNK):
                 chunk = openids[start : start + CHUNK]
@@ -161,16 +168,20 @@ class Drain:
         return sent
 
     def _wait_settled(self) -> None:
-        """Wait until the pipeline holds nothing of the tag and no intent message waits."""
+        """Wait until the pipeline settled the drain's intents: nothing of the tag pending or
+        in flight, and either no intent message waiting or the tag seen with a backlog
+        since (ours were ingested: with steady traffic the queue is rarely empty)."""
         shown = 0.0
+        seen_backlog = False
         while True:
             unsettled = sum(
                 t.unsettled
                 for t in self.store.status()
                 if t.account == self.account and t.tag_id == self.tag_id
             )
+            seen_backlog = seen_backlog or unsettled > 0
             queued = unsettled_messages(self.redis)
-            if not unsettled and not queued:
+            if not unsettled and (seen_backlog or not queued):
                 return
             if time.monotonic() - shown >= 5:
                 self.say(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from worker.gated import GatedClient
 from worker.runtime.settings import SettingsError
+from worker.wechat.errors import WeChatError
 
 #: Progress is told at most this often when stderr is not a terminal.
 PROGRESS_EVERY_S = 5.0
@@ -66,8 +67,16 @@ class FansExport:
 
     def _save(self, cursor: Cursor) -> None:
         partial = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
-        partial.write_text(json.dumps(asdict(cursor)), encoding="utf-8")
+        with open(partial, "w", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(cursor)))
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, self.cursor_path)
+        directory = os.open(self.cursor_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss
+        finally:
+            os.close(directory)
 
     def run(self) -> int:
         """Export (or resume exporting) every fan; return how many the file holds."""
@@ -84,7 +93,16 @@ class FansExport:
         told = time.monotonic()
         try:
             while True:
-                page = self.client.tag_fans(self.tag_id, cursor.next_openid)
+                try:
+                    page = self.client.tag_fans(self.tag_id, cursor.next_openid)
+                except WeChatError as exc:
+                    if exc.errcode == 40003 and cursor.next_openid:
+                        raise SettingsError(
+                            f"WeChat no longer knows the fan the export stopped after "
+                            f"({exc}): remove {self.cursor_path} and {self.path} and export "
+                            "again"
+                        ) from None
+                    raise
                 if page.openids:
                     out.write("".join(o + "\n" for o in page.openids).encode())
                     out.flush()

@@ -164,13 +164,17 @@ class GatedClient:
         """Take a call slot of ``api``: sleep for it, or wait out (or report) a pause."""
         if self.gate is None:
             return
+        slot_at: int | None = None
         while True:
-            admission = self.gate.admit(self.appid, api=api, max_sleep_ms=MAX_SLOT_WAIT_MS)
+            admission = self.gate.admit(
+                self.appid, api=api, slot_at=slot_at, max_sleep_ms=MAX_SLOT_WAIT_MS
+            )
             if admission.kind == "go":
                 if admission.wait_ms:
                     time.sleep(admission.wait_ms / 1000)
                 return
-            if admission.kind == "wait":  # a slot further ahead than we sleep: ask again
+            if admission.kind == "wait":  # a slot further ahead than we sleep: come back
+                slot_at = admission.slot_at  # for it, not for a new one
                 time.sleep(min(admission.wait_ms, MAX_SLOT_WAIT_MS) / 1000)
                 continue
             pauses = self.gate.pauses(self.appid, (api,))

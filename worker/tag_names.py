@@ -32,7 +32,7 @@ from redis import Redis
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.accounts.directory import Account, AccountDirectory
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.gate import pause_for
+from worker.gate import MAX_SLEEP_MS, pause_for
 from worker.wechat.client import Tag
 from worker.wechat.errcodes import Action
 from worker.wechat.errors import WeChatError
@@ -67,7 +67,13 @@ class SendResolve(Protocol):
     """Enqueue the resolution of ``name`` for ``rows`` (queue rows naming it)."""
 
     def __call__(
-        self, account: str, name: str, rows: list[list[Any]], attempt: int, delay_ms: int
+        self,
+        account: str,
+        name: str,
+        rows: list[list[Any]],
+        attempt: int,
+        delay_ms: int,
+        slot_at: int | None = None,
     ) -> None: ...
 
 
@@ -127,12 +133,15 @@ class TagNames:
 
 
 class _Later(Exception):
-    """Try again after ``delay_ms`` (``counted``: it was a failure, not a wait)."""
+    """Try again after ``delay_ms`` (``counted``: it was a failure, not a wait), for the
+    call slot ``slot_at`` when one was reserved (kept, so a busy account's resolver is
+    not sent to the back of the line again and again)."""
 
-    def __init__(self, delay_ms: int, *, counted: bool = False) -> None:
+    def __init__(self, delay_ms: int, *, counted: bool = False, slot_at: int | None = None) -> None:
         super().__init__(delay_ms)
         self.delay_ms = delay_ms
         self.counted = counted
+        self.slot_at = slot_at
 
 
 class _Refused(Exception):
@@ -170,7 +179,14 @@ class NameResolver:
         self.send_resolve = send_resolve
         self.create_tags = create_tags
 
-    def resolve(self, account: str, name: str, rows: list[list[Any]], attempt: int = 0) -> None:
+    def resolve(
+        self,
+        account: str,
+        name: str,
+        rows: list[list[Any]],
+        attempt: int = 0,
+        slot_at: int | None = None,
+    ) -> None:
         """Merge ``rows`` under the id of ``name``, or schedule a retry, or dead-letter."""
         known = self.names.lookup(account, [name]).get(name)
         if known is not None:
@@ -182,10 +198,12 @@ class NameResolver:
             return
         owner = uuid.uuid4().hex
         if not self.names.lock(account, owner):
-            self.send_resolve(account, name, rows, attempt, LOCK_RETRY_MS)
+            self.send_resolve(account, name, rows, attempt, LOCK_RETRY_MS, slot_at)
             return
         try:
-            tag_id = self._resolve(served, name)
+            # Another resolver may have listed the name between our look and the lock.
+            known = self.names.lookup(account, [name]).get(name)
+            tag_id = known if known is not None else self._resolve(served, name, slot_at)
         except _Later as later:
             delay_ms = later.delay_ms
             if later.counted:
@@ -197,7 +215,7 @@ class NameResolver:
                     return
                 cap = min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (attempt - 1))
                 delay_ms = random.randint(1, cap)
-            self.send_resolve(account, name, rows, attempt, delay_ms)
+            self.send_resolve(account, name, rows, attempt, delay_ms, later.slot_at)
             return
         except _Refused as refused:
             self._dead_letter(account, name, rows, refused.reason, refused.errcode, refused.errmsg)
@@ -206,12 +224,12 @@ class NameResolver:
             self.names.unlock(account, owner)
         self.merge(resolved_rows(rows, tag_id))
 
-    def _resolve(self, served: Account, name: str) -> int:
+    def _resolve(self, served: Account, name: str, slot_at: int | None) -> int:
         """The id of ``name``: listed (refreshing a stale cache) or created; else raise."""
         account = served.appid
         age = self.names.age_ms(account)
         if age is None or age >= NAME_REFRESH_MS:
-            found = self._refresh(served, name)
+            found = self._refresh(served, name, slot_at)
             if found is not None:
                 return found
         if not self.create_tags:
@@ -219,7 +237,9 @@ class NameResolver:
                 "unknown_tag", None, f"no tag named {name!r} (TAGSYNC_CREATE_TAGS=1 creates it)"
             )
         try:
-            tag: Tag = self._gated(served, "tags/create", lambda: served.client.create_tag(name))
+            tag: Tag = self._gated(
+                served, "tags/create", lambda: served.client.create_tag(name), slot_at
+            )
         except WeChatError as exc:
             if exc.errcode == 45157:
                 # Taken: created meanwhile elsewhere (another deployment, an operator).
@@ -236,20 +256,22 @@ class NameResolver:
         log.info("tag.created", account=account, tag=tag.id, name=tag.name)
         return tag.id
 
-    def _refresh(self, served: Account, name: str) -> int | None:
+    def _refresh(self, served: Account, name: str, slot_at: int | None = None) -> int | None:
         """List the account's tags into the cache; the id of ``name`` if listed."""
-        tags = self._gated(served, "tags/get", served.client.list_tags)
+        tags = self._gated(served, "tags/get", served.client.list_tags, slot_at)
         self.names.store(served.appid, tags)
         return next((tag.id for tag in tags if tag.name == name), None)
 
-    def _gated(self, served: Account, api: str, call: Callable[[], Any]) -> Any:
+    def _gated(
+        self, served: Account, api: str, call: Callable[[], Any], slot_at: int | None = None
+    ) -> Any:
         """``call`` in a slot of the account's gate; a wait, pause or transient failure
         raises ``_Later``; a refusal (REPORT) is raised as the ``WeChatError`` it is."""
-        admission = served.gate.admit(served.appid, api=api)
+        admission = served.gate.admit(served.appid, api=api, slot_at=slot_at)
         if admission.kind == "paused":
             raise _Later(min(max(admission.wait_ms, 1), PAUSE_RECHECK_MS))
-        if admission.kind == "wait":
-            raise _Later(admission.wait_ms)
+        if admission.kind == "wait":  # come back shortly before the slot kept for us
+            raise _Later(max(0, admission.wait_ms - MAX_SLEEP_MS), slot_at=admission.slot_at)
         if admission.wait_ms:
             time.sleep(admission.wait_ms / 1000)
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import redis
+
 from worker.cli import accounts, admin, demo, dlq, produce, reconcile, run
 from worker.gated import AccountPaused
 from worker.observability.logs import configure_logging
@@ -59,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         meaning = f" ({exc.row.meaning})" if exc.errcode is not None else ""
         print(f"tagsync: {exc.call} failed{meaning}: {exc}", file=sys.stderr)
         return 1
+    except redis.RedisError as exc:
+        print(f"tagsync: Redis (TAGSYNC_REDIS_URL) failed: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written, a full disk
+        print(f"tagsync: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tagsync: interrupted", file=sys.stderr)
         return 130

@@ -223,7 +223,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
             phase = time.monotonic()
             listed = SortedRuns(spill, name="listed")
-            if tag is not None and tag.count > 0:
+            if tag is not None:  # even at a count of 0: tags/get's count may lag
                 _list_fans(client, tag, listed, progress)
             outcome.listed = listed.added
             outcome.timings["fetch_s"] = time.monotonic() - phase
