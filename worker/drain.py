@@ -29,12 +29,11 @@ import producers
 from worker.gated import GatedClient
 from worker.pending import PendingStore
 from worker.queues import unsettled_messages
+from worker.wechat.client import RESERVED_TAG_IDS
 from worker.wechat.errors import WeChatError
 
 #: WeChat deletes a tag of at most this many fans (45057 beyond).
 DELETE_LIMIT = 100_000
-#: Tags WeChat reserves (45058: they cannot be renamed or deleted).
-RESERVED_TAGS = frozenset({0, 1, 2})
 #: How often a waiting drain looks at the pipeline again.
 POLL_S = 1.0
 #: Untag intents per message sent to the queue.
@@ -72,7 +71,7 @@ class Drain:
         say: Callable[[str], None],
         poll_s: float = POLL_S,
     ) -> None:
-        if tag_id in RESERVED_TAGS:
+        if tag_id in RESERVED_TAG_IDS:
             raise ReservedTag(tag_id)
         self.client = client
         self.redis = redis
@@ -174,11 +173,7 @@ class Drain:
         shown = 0.0
         seen_backlog = False
         while True:
-            unsettled = sum(
-                t.unsettled
-                for t in self.store.status()
-                if t.account == self.account and t.tag_id == self.tag_id
-            )
+            unsettled = self.store.unsettled(self.account, self.tag_id)
             seen_backlog = seen_backlog or unsettled > 0
             queued = unsettled_messages(self.redis)
             if not unsettled and (seen_backlog or not queued):

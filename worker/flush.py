@@ -20,7 +20,6 @@ tag. A dead letter is written once per intent (``worker.dead_letters``).
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import Literal
 import structlog
 
 from worker.accounts.directory import Account, AccountDirectory
+from worker.backoff import backoff_ms
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import BATCH_API, MAX_SLEEP_MS, AccountGate, pause_for
 from worker.observability.metrics import (
@@ -81,12 +81,6 @@ TAG_LIST_TTL_S = 2.0
 BACKLOG_HOLD_MS = 30_000
 #: How soon a batch held for a backlog looks again.
 BACKLOG_RECHECK_MS = 250
-
-
-def backoff_ms(streak: int, *, min_ms: int, max_ms: int, rng: random.Random | None = None) -> int:
-    """Exponential backoff with full jitter: uniform in [0, min(max, min * 2^(streak-1))]."""
-    cap = min(max_ms, min_ms * 2 ** min(max(streak - 1, 0), 32))
-    return int((rng or random).uniform(0, cap))
 
 
 @dataclass(frozen=True)

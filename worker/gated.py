@@ -9,12 +9,12 @@ call here meets) is waited out when it ends soon, else reported as ``AccountPaus
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from worker.backoff import backoff_ms
 from worker.gate import AccountGate, Pause, pause_for
 from worker.tag_names import TagNames
 from worker.wechat.client import FansPage, Quota, Tag, WeChatClient, iter_fans
@@ -26,8 +26,9 @@ from worker.wechat.errors import WeChatError
 MAX_PAUSE_WAIT_S = 65.0
 #: How often a transient failure (-1, timeout, HTTP 5xx) is retried before it is raised.
 TRANSIENT_ATTEMPTS = 5
-#: The first backoff after a transient failure, doubling (with full jitter).
-BACKOFF_S = 1.0
+#: The first backoff after a transient failure, doubling (with full jitter), capped.
+BACKOFF_MS = 1_000
+MAX_BACKOFF_MS = 60_000
 #: A slot this far ahead (reserved by a busy worker) is still worth waiting for.
 MAX_SLOT_WAIT_MS = 10 * 60 * 1000
 
@@ -62,7 +63,8 @@ class AccountPaused(Exception):
         )
 
 
-def _say(text: str) -> None:
+def notice(text: str) -> None:
+    """Tell the operator running a command (stderr; stdout stays the command's output)."""
     print(f"tagsync: {text}", file=sys.stderr, flush=True)
 
 
@@ -75,7 +77,7 @@ class GatedClient:
         client: WeChatClient,
         gate: AccountGate | None,
         *,
-        notice: Callable[[str], None] = _say,
+        notice: Callable[[str], None] = notice,
         max_pause_wait_s: float = MAX_PAUSE_WAIT_S,
     ) -> None:
         self.client = client
@@ -156,9 +158,9 @@ class GatedClient:
                 attempt += 1
                 if attempt >= TRANSIENT_ATTEMPTS:
                     raise
-                backoff = random.uniform(0, BACKOFF_S * 2 ** (attempt - 1))
-                self._notice(f"{api}: {exc}; retrying in {backoff:.1f} s")
-                time.sleep(backoff)
+                backoff_s = backoff_ms(attempt, min_ms=BACKOFF_MS, max_ms=MAX_BACKOFF_MS) / 1000
+                self._notice(f"{api}: {exc}; retrying in {backoff_s:.1f} s")
+                time.sleep(backoff_s)
 
     def _admit(self, api: str) -> None:
         """Take a call slot of ``api``: sleep for it, or wait out (or report) a pause."""

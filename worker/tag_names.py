@@ -20,7 +20,6 @@ keeps its pending intents.
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from redis import Redis
 
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.accounts.directory import Account, AccountDirectory
+from worker.backoff import backoff_ms
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import MAX_SLEEP_MS, pause_for
 from worker.wechat.client import Tag
@@ -213,8 +213,7 @@ class NameResolver:
                         account, name, rows, "retries_exhausted", None, "tags/get kept failing"
                     )
                     return
-                cap = min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (attempt - 1))
-                delay_ms = random.randint(1, cap)
+                delay_ms = backoff_ms(attempt, min_ms=BACKOFF_MS, max_ms=MAX_BACKOFF_MS)
             self.send_resolve(account, name, rows, attempt, delay_ms, later.slot_at)
             return
         except _Refused as refused:

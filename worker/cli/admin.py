@@ -9,9 +9,11 @@ from typing import Any
 
 import producers
 from worker.cli.accounts import add_account_option, admin_client
-from worker.drain import RESERVED_TAGS, Drain, ReservedTag
+from worker.drain import Drain, ReservedTag
 from worker.export import FansExport
+from worker.gated import notice
 from worker.runtime.settings import Settings, SettingsError
+from worker.wechat.client import RESERVED_TAG_IDS
 from worker.wechat.errors import WeChatError
 
 
@@ -112,7 +114,7 @@ def _rename(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    if args.id in RESERVED_TAGS:
+    if args.id in RESERVED_TAG_IDS:
         raise ReservedTag(args.id)
     settings = Settings.from_env()
     with admin_client(settings, args.account) as client:
@@ -121,14 +123,16 @@ def _delete(args: argparse.Namespace) -> int:
                 client.delete_tag(args.id)
             except WeChatError as exc:
                 if exc.errcode == 45057:
-                    _say(f"tag {args.id} has over 100,000 fans: `--drain` untags the surplus first")
+                    notice(
+                        f"tag {args.id} has over 100,000 fans: `--drain` untags the surplus first"
+                    )
                 raise
             print(f"deleted tag {args.id}")
             return 0
         if client.gate is None:
             raise SettingsError("--drain untags through the workers: TAGSYNC_REDIS_URL must be set")
         producers.configure(redis_url=settings.redis_url)
-        drain = Drain(client, client.gate.redis, args.id, say=_say)
+        drain = Drain(client, client.gate.redis, args.id, say=notice)
         try:
             untagged = drain.run()
         except KeyboardInterrupt:
@@ -143,15 +147,11 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say(text: str) -> None:
-    print(f"tagsync: {text}", file=sys.stderr, flush=True)
-
-
 def _fans(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with admin_client(settings, args.account) as client:
         if args.out:
-            export = FansExport(client, args.id, args.out, say=_say)
+            export = FansExport(client, args.id, args.out, say=notice)
             count = export.run()
             print(f"{count} fans of tag {args.id} written to {args.out}", file=sys.stderr)
             return 0

@@ -31,10 +31,8 @@ from worker.gated import GatedClient
 from worker.pending import PendingStore
 from worker.reconcile import CHUNK_SIZE, BadLines, Change, Diff, SortedRuns, read_desired
 from worker.runtime.settings import Settings, SettingsError
-from worker.wechat.client import Tag
+from worker.wechat.client import RESERVED_TAG_IDS, Tag
 
-#: WeChat's own tags (0, 1, 2): renamed and deleted by nobody, tagged by WeChat.
-RESERVED_TAG_IDS = frozenset({0, 1, 2})
 #: Seconds between two progress lines when stderr is not a terminal.
 PROGRESS_EVERY_S = 5.0
 #: Seconds between two redraws of the progress line on a terminal.
@@ -305,11 +303,7 @@ def _pending(redis_url: str, account: str, tag: Tag | None) -> int:
         return 0
     connection = redis.Redis.from_url(redis_url)
     try:
-        return sum(
-            status.unsettled
-            for status in PendingStore(connection).status()
-            if status.account == account and status.tag_id == tag.id
-        )
+        return PendingStore(connection).unsettled(account, tag.id)
     finally:
         connection.close()
 

@@ -485,9 +485,9 @@ class PendingStore:
             self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS], client=pipe)
         return [tag for tag, claimed in zip(tags, pipe.execute(), strict=True) if claimed]
 
-    def status(self) -> list[TagStatus]:
-        """The backlog of every tag, read in one round trip."""
-        tags = self.tags()
+    def status(self, tags: list[tuple[str, int]] | None = None) -> list[TagStatus]:
+        """The backlog of every tag (or of ``tags``), read in one round trip."""
+        tags = self.tags() if tags is None else tags
         pipe = self.redis.pipeline(transaction=False)
         for account, tag_id in tags:
             keys = TagKeys(account, tag_id)
@@ -531,6 +531,10 @@ class PendingStore:
                 )
             )
         return result
+
+    def unsettled(self, account: str, tag_id: int) -> int:
+        """Intents of one tag not yet applied or dead-lettered."""
+        return self.status([(account, tag_id)])[0].unsettled
 
     @staticmethod
     def _keys(batch: Batch) -> TagKeys:

@@ -42,6 +42,9 @@ from worker.wechat.tokens import (
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 #: Most openids one batch (un)tagging call takes (40032 beyond it).
 MAX_BATCH = 50
+#: WeChat's three system default tags: never renamed or deleted (45058), never
+#: reconciled.
+RESERVED_TAG_IDS = frozenset({0, 1, 2})
 #: Seconds to wait for a connection to WeChat.
 CONNECT_TIMEOUT_S = 3.05
 #: Seconds to wait for WeChat's answer once the request is sent.
