@@ -8,15 +8,35 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
-from tests.conftest import APPID, Sim, batch_calls, fans_of, tagsync, wait_until
+from tests.conftest import (
+    APPID,
+    FANS,
+    Sim,
+    batch_calls,
+    fans_of,
+    start_simulator,
+    tagsync,
+    wait_until,
+)
 from worker.gate import AccountGate
 from worker.runtime.processes import stop_process
 from worker.wechat.client import WeChatClient
+
+
+@pytest.fixture(scope="module")
+def simulator_process() -> Iterator[str]:
+    """A simulator of this module's own: its big tags add 130,000 fans, and other modules
+    count on the session simulator's 2,000."""
+    process, url = start_simulator("--fans", str(FANS))
+    yield url
+    stop_process(process)
 
 
 def big_tag(sim: Sim, client: WeChatClient, fans: int, name: str = "big") -> int:
