@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worker.gated import GatedClient
+from worker.progress import Progress
 from worker.runtime.settings import SettingsError
 from worker.wechat.errors import WeChatError
-
-#: Progress is told at most this often when stderr is not a terminal.
-PROGRESS_EVERY_S = 5.0
 
 
 @dataclass
@@ -90,7 +87,7 @@ class FansExport:
         out = open(self.path, "r+b")  # noqa: SIM115 (closed below)
         out.truncate(cursor.bytes)  # a page written after the last cursor goes again
         out.seek(cursor.bytes)
-        told = time.monotonic()
+        progress = Progress(sys.stderr)
         try:
             while True:
                 try:
@@ -118,12 +115,9 @@ class FansExport:
                 if done:
                     break
                 self._save(cursor)
-                if sys.stderr.isatty():
-                    print(f"\r{cursor.count} fans...", end="", file=sys.stderr, flush=True)
-                elif time.monotonic() - told >= PROGRESS_EVERY_S:
-                    self.say(f"{cursor.count} fans of tag {self.tag_id} exported so far")
-                    told = time.monotonic()
+                progress.show(f"{cursor.count} fans of tag {self.tag_id} exported so far")
         finally:
             out.close()
+            progress.done(f"{cursor.count} fans of tag {self.tag_id} in {self.path}")
         self.cursor_path.unlink(missing_ok=True)
         return cursor.count

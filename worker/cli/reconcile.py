@@ -29,14 +29,11 @@ from producers.intents import MAX_INTENTS_PER_MESSAGE, Op
 from worker.cli.accounts import add_account_option, admin_client
 from worker.gated import GatedClient
 from worker.pending import PendingStore
+from worker.progress import Progress
 from worker.reconcile import CHUNK_SIZE, BadLines, Change, Diff, SortedRuns, read_desired
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import RESERVED_TAG_IDS, Tag
 
-#: Seconds between two progress lines when stderr is not a terminal.
-PROGRESS_EVERY_S = 5.0
-#: Seconds between two redraws of the progress line on a terminal.
-REDRAW_EVERY_S = 0.2
 #: Fans listed between two progress updates.
 PROGRESS_FANS = 10_000
 
@@ -101,37 +98,6 @@ def register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_account_option(parser)
     parser.set_defaults(run=run_reconcile)
-
-
-class Progress:
-    """Progress on stderr: a line redrawn in place on a terminal, else a line now and then."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
-        self._last = time.monotonic()
-        self._printed = False
-
-    def show(self, text: str) -> None:
-        """Report ``text`` if it is time to (cheap to call often)."""
-        now = time.monotonic()
-        if now - self._last < (REDRAW_EVERY_S if self.live else PROGRESS_EVERY_S):
-            return
-        self._last = now
-        self._printed = True
-        if self.live:
-            self.stream.write(f"\r{text}\033[K")
-        else:
-            self.stream.write(f"{text}\n")
-        self.stream.flush()
-
-    def done(self, text: str) -> None:
-        """End a phase: its last word, if anything of it was shown."""
-        if self._printed:
-            self.stream.write(f"\r{text}\033[K\n" if self.live else f"{text}\n")
-            self.stream.flush()
-        self._printed = False
-        self._last = time.monotonic()
 
 
 @dataclass
