@@ -128,6 +128,14 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def durable_redis() -> Iterator[RedisServer]:
+    """A Redis of its own with `appendonly yes` and `appendfsync always`, to kill and restart."""
+    server = RedisServer(appendonly=True, appendfsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The URL of an emptied Redis."""
     client = redis.Redis.from_url(redis_server.url)

@@ -168,14 +168,6 @@ def first_call_after(sim: Sim, moment: float) -> float:
 
 
 @pytest.fixture
-def durable_redis() -> Iterator[RedisServer]:
-    """A Redis of its own with `appendonly yes` and `appendfsync always`, to kill and restart."""
-    server = RedisServer(appendonly=True, appendfsync="always").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def chaos_env(worker_env: dict[str, str], durable_redis: RedisServer) -> Iterator[dict[str, str]]:
     """The worker environment on the durable Redis; producers point at it too."""
     producers.configure(redis_url=durable_redis.url)

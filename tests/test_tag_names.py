@@ -4,6 +4,7 @@ simulator (create on, create off, a rename mid-run, a concurrent create, 45056 a
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker.dead_letters import DeadLetters
+from worker.runtime.redis_server import RedisServer
 from worker.tag_names import TagNames
 from worker.wechat.client import WeChatClient
 
@@ -170,3 +172,45 @@ def test_the_hundred_and_first_tag_dead_letters_as_tag_limit(
         ("tag_limit", 45056, "OneTooMany")
     }
     assert len(tag_ids(sim)) == 100
+
+
+def test_names_resolve_across_a_redis_restart(
+    sim: Sim, durable_redis: RedisServer, start_worker: Any
+) -> None:
+    """Redis kill -9 while three processes resolve and create three new tags for a burst
+    naming them, back from its AOF: each tag exists once, every intent lands."""
+    # Given workers (3 processes, 20 calls/s) creating tags, on a Redis that will crash
+    connection = redis.Redis.from_url(durable_redis.url)
+    producers.configure(redis_url=durable_redis.url)
+    try:
+        fans = ensure_fans(sim, 600)
+        start_worker(
+            processes=3, threads=4, TAGSYNC_CREATE_TAGS="1", TAGSYNC_RATE="20",
+            TAGSYNC_REDIS_URL=durable_redis.url,
+        )  # fmt: skip
+        names = ["R0", "R1", "R2"]
+        for i, name in enumerate(names):
+            for start in range(0, 200, 20):  # many messages naming each tag
+                producers.tag(name, fans[i * 200 + start : i * 200 + start + 20], account=APPID)
+        # When Redis dies as the names are being resolved, and comes back 2 s later
+        wait_until(lambda: "tags/get" in sim.stats()["calls"], timeout_s=30, what="resolving")
+        durable_redis.kill()
+        time.sleep(2)
+        durable_redis.start()
+        # Then each name is one tag, carrying its 200 fans, and nothing is dead-lettered
+        wait_until(
+            lambda: (
+                sorted(tag_ids(sim)) == names
+                and all(len(fans_of(sim, tag_ids(sim)[n])) == 200 for n in names)
+            ),
+            timeout_s=120,
+            what="600 fans on 3 tags",
+        )
+        ids = tag_ids(sim)
+        for i, name in enumerate(names):
+            assert fans_of(sim, ids[name]) == set(fans[i * 200 : (i + 1) * 200])
+        wait_drained(connection, timeout_s=60)
+        assert letters(connection) == []
+    finally:
+        producers.configure(None)
+        connection.close()
