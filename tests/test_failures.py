@@ -374,6 +374,7 @@ def test_tags_waiting_for_call_slots_finish_together(
     done = sorted((at - log[0]["at"]) / span for at in last.values())
     print("tags done at", [round(d, 2) for d in done])
     # No tail: half the tags are still at work in the last tenth of the run, and none was
-    # done before two thirds of it.
-    assert done[10] >= 0.9 and done[0] >= 0.67, done
+    # done before half of it (16 threads for 20 tags deal turns in clumps; a first-come order
+    # has its first tag done at about a twentieth).
+    assert done[10] >= 0.9 and done[0] >= 0.5, done
     assert "45011" not in sim.stats()["errcodes"]
