@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from producers._queue import NotConfigured, configure, enqueue
+from producers._queue import NotConfigured, NotReplicated, configure, enqueue
 from producers.batching import Producer
 from producers.intents import QUEUE_NAME, Intent, InvalidIntent, build_intents, parse_intents
 
@@ -54,6 +54,7 @@ __all__ = [
     "Intent",
     "InvalidIntent",
     "NotConfigured",
+    "NotReplicated",
     "Producer",
     "configure",
     "enqueue",

@@ -1,4 +1,10 @@
-"""The one place producers touch the queue: a dramatiq Redis broker without middleware."""
+"""The one place producers touch the queue: a dramatiq Redis broker without middleware.
+
+With ``TAGSYNC_REDIS_WAIT_REPLICAS=N`` an enqueue returns only once N replicas hold it
+(Redis ``WAIT``), so an intent a producer was told is accepted survives the failover of an
+asynchronously replicated primary; otherwise ``NotReplicated`` is raised and the caller
+sends again (intents are idempotent: the same event time merges as one).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,43 @@ import os
 import threading
 from collections.abc import Iterable
 
+import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from producers.intents import INGEST_ACTOR, QUEUE_NAME, Intent, chunks
+from producers.redis_url import connect
 
 _lock = threading.Lock()
 _broker: RedisBroker | None = None
 _redis_url: str | None = None
 
 
+#: A producer's Redis command gives up after this long, s: callers see a stalled Redis as
+#: an error they can answer (HTTP 429), not a hung request.
+SOCKET_TIMEOUT_S = 5.0
+#: How long an enqueue waits for replicas by default, ms (``TAGSYNC_REDIS_WAIT_MS``).
+DEFAULT_WAIT_MS = 1000
+#: The key whose increment marks this connection's place in the replication stream.
+WAIT_MARK_KEY = "tagsync:producers:replicated"
+
+
 class NotConfigured(RuntimeError):
     """No Redis to enqueue to: set TAGSYNC_REDIS_URL or call producers.configure()."""
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than ``TAGSYNC_REDIS_WAIT_REPLICAS`` acknowledged an enqueue in time:
+    the intents may not survive a failover; send them again."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} must be a whole number")
+    return int(raw)
 
 
 def configure(redis_url: str | None = None) -> None:
@@ -40,7 +71,8 @@ def broker() -> RedisBroker:
                     "set TAGSYNC_REDIS_URL or call producers.configure(redis_url=...)"
                 )
             # No middleware: producers only enqueue, and must not pull in the worker's.
-            _broker = RedisBroker(url=url, middleware=[])  # type: ignore[no-untyped-call]
+            client = connect(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=2.0)
+            _broker = RedisBroker(client=client, middleware=[])  # type: ignore[no-untyped-call]
         return _broker
 
 
@@ -57,4 +89,27 @@ def enqueue(intents: Iterable[Intent]) -> int:
             options={},
         )
         target.enqueue(message)
+    replicas = _env_int("TAGSYNC_REDIS_WAIT_REPLICAS", 0)
+    if replicas and batch:
+        wait_for_replicas(
+            target.client, replicas, _env_int("TAGSYNC_REDIS_WAIT_MS", DEFAULT_WAIT_MS)
+        )
     return len(batch)
+
+
+def wait_for_replicas(client: redis.Redis, replicas: int, timeout_ms: int) -> None:
+    """Return once ``replicas`` replicas hold every write made so far; else ``NotReplicated``.
+
+    WAIT counts the writes of its own connection, and the enqueue took some connection of the
+    pool: so one pipeline writes a mark and waits on the same connection. The replication
+    stream is in order, so a replica holding the mark holds the enqueue before it.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(WAIT_MARK_KEY)
+    pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+    acked = int(pipe.execute()[1])
+    if acked < replicas:
+        raise NotReplicated(
+            f"{acked} of {replicas} replicas acknowledged the intents within {timeout_ms} ms "
+            "(TAGSYNC_REDIS_WAIT_REPLICAS); send them again"
+        )

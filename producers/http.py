@@ -4,8 +4,10 @@
                        {"intents": [{"op", "tag_id", "openid", "ts"?, "account"?}, ...]}
         202 {"accepted": n}
         400 {"errors": [{"index", "field", "message"}]}   nothing enqueued
-        401 without the right token; 413 over 1 MiB or 20,000 intents;
-        503 if the queue cannot be reached
+        401 without the right token; 413 over 1 MiB or TAGSYNC_INGEST_MAX_INTENTS intents;
+        429 with Retry-After when Redis is down, full (maxmemory) or too slow to answer, or
+            replicas did not acknowledge (TAGSYNC_REDIS_WAIT_REPLICAS): nothing is lost by
+            sending the same intents again
     GET /healthz       200 {"ok": true} (503 when Redis does not answer)
 
 Production: ``gunicorn producers.http:app``; development: ``tagsync ingest --port P``.
@@ -21,13 +23,16 @@ from typing import Any
 
 import redis
 
-from producers._queue import broker, enqueue
+from producers._queue import NotReplicated, broker, enqueue
 from producers.intents import check_all
 
 #: Largest request body accepted, in bytes.
 MAX_BODY = 1024 * 1024
-#: Most intents in one request (a 1 MiB body holds about 10,000 real ones).
+#: Most intents in one request unless ``TAGSYNC_INGEST_MAX_INTENTS`` says (a 1 MiB body holds
+#: about 10,000 real ones).
 MAX_INTENTS = 20_000
+#: Seconds a client is asked to wait before sending again when Redis cannot take intents.
+RETRY_AFTER_S = 2
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -42,6 +47,7 @@ _STATUS = {
     409: "409 Conflict",
     411: "411 Length Required",
     413: "413 Payload Too Large",
+    429: "429 Too Many Requests",
     503: "503 Service Unavailable",
 }
 
@@ -53,6 +59,22 @@ def reply(
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra]
     start_response(_STATUS[status], headers)
     return [payload]
+
+
+def busy(start_response: StartResponse, what: str) -> list[bytes]:
+    """The 429 answer when Redis cannot take a write now: the client should send again."""
+    return reply(
+        start_response,
+        429,
+        {"error": f"{what}; send again in {RETRY_AFTER_S} s"},
+        ("Retry-After", str(RETRY_AFTER_S)),
+    )
+
+
+def max_intents() -> int:
+    """The most intents one request may carry (``TAGSYNC_INGEST_MAX_INTENTS``)."""
+    raw = os.environ.get("TAGSYNC_INGEST_MAX_INTENTS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_INTENTS
 
 
 def _error(field: str, message: str, index: int | None = None) -> dict[str, Any]:
@@ -131,8 +153,9 @@ class IngestApp:
             return reply(start_response, exc.status, exc.document)
         if not isinstance(document, dict) or not isinstance(document.get("intents"), list):
             return reply(start_response, 400, _error("intents", 'body must be {"intents": [...]}'))
-        if len(document["intents"]) > MAX_INTENTS:
-            message = f"at most {MAX_INTENTS} intents a request; split them"
+        cap = max_intents()
+        if len(document["intents"]) > cap:
+            message = f"at most {cap} intents a request; split them"
             return reply(start_response, 413, _error("intents", message))
         intents, errors = check_all(document["intents"])
         if errors:
@@ -140,8 +163,10 @@ class IngestApp:
             return reply(start_response, 400, {"errors": details})
         try:
             accepted = enqueue(intents)
+        except NotReplicated:
+            return busy(start_response, "replicas did not acknowledge the intents")
         except (redis.RedisError, OSError):
-            return reply(start_response, 503, {"error": "the queue cannot be reached; retry"})
+            return busy(start_response, "the queue cannot take intents now")
         return reply(start_response, 202, {"accepted": accepted})
 
     def _health(self, start_response: StartResponse) -> list[bytes]:

@@ -26,6 +26,8 @@ from worker.wechat.errors import WeChatError
 MAX_PAUSE_WAIT_S = 65.0
 #: How often a transient failure (-1, timeout, HTTP 5xx) is retried before it is raised.
 TRANSIENT_ATTEMPTS = 5
+#: How often a call WeChat did not answer at all (refused, timed out, HTTP 5xx) is tried.
+NETWORK_ATTEMPTS = 3
 #: The first backoff after a transient failure, doubling (with full jitter), capped.
 BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 60_000
@@ -156,7 +158,8 @@ class GatedClient:
                 if row.action not in (Action.RETRY, Action.RETRY_FEW, Action.REFRESH_TOKEN):
                     raise
                 attempt += 1
-                if attempt >= TRANSIENT_ATTEMPTS:
+                # WeChat not answering at all is said soon; its -1 is worth more patience.
+                if attempt >= (NETWORK_ATTEMPTS if exc.errcode is None else TRANSIENT_ATTEMPTS):
                     raise
                 backoff_s = backoff_ms(attempt, min_ms=BACKOFF_MS, max_ms=MAX_BACKOFF_MS) / 1000
                 self._notice(f"{api}: {exc}; retrying in {backoff_s:.1f} s")

@@ -21,10 +21,12 @@ from producers.http import (
     BodyError,
     IngestApp,
     StartResponse,
+    busy,
     read_json,
     reply,
     unauthorized,
 )
+from producers.redis_url import connect
 from worker.accounts import accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import APPID_RE
@@ -52,7 +54,7 @@ class DeploymentApp:
         """Is a component configured, and the Redis of the authorizations."""
         settings = self._settings or Settings.from_env()
         if self._redis is None and settings.redis_url:
-            self._redis = redis.Redis.from_url(settings.redis_url)
+            self._redis = connect(settings.redis_url)
         if self._has_component is None:
             try:
                 self._has_component = accounts_config(settings).component is not None
@@ -88,7 +90,7 @@ class DeploymentApp:
         except BodyError as exc:
             return reply(start_response, exc.status, exc.document)
         except (redis.RedisError, OSError):
-            return reply(start_response, 503, {"error": "Redis cannot be reached; retry"})
+            return busy(start_response, "Redis cannot take the request now")
 
     def _ticket(
         self, start_response: StartResponse, connection: redis.Redis, document: Any

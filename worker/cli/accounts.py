@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from producers.redis_url import connect
 from worker.accounts import Account, Accounts, AccountsConfig, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import APPID_RE
@@ -35,7 +36,7 @@ def add_account_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _connect(settings: Settings) -> redis.Redis | None:
-    return redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    return connect(settings.redis_url) if settings.redis_url else None
 
 
 def served(settings: Settings) -> tuple[AccountsConfig, Accounts | None]:

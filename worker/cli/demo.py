@@ -26,6 +26,7 @@ import requests
 
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from producers.redis_url import connect, redacted
 from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.cli.run import collect_status
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
             redis_url = stack.enter_context(RedisServer()).url
             print(f"redis      embedded redis-server at {redis_url}")
         else:
-            print(f"redis      {redis_url} (TAGSYNC_REDIS_URL)")
+            print(f"redis      {redacted(redis_url)} (TAGSYNC_REDIS_URL)")
         env = {
             **os.environ,
             "TAGSYNC_REDIS_URL": redis_url,
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         api_base = _start_simulator(args.fans, env, stack, accounts)
         env["WECHAT_API_BASE"] = api_base
         http = requests.Session()
-        connection = redis.Redis.from_url(redis_url)
+        connection = connect(redis_url)
         _authorize(accounts, http, api_base, connection)
         directory = Accounts(
             accounts_config(Settings.from_env(env), env), redis=connection, api_base=api_base

@@ -13,6 +13,7 @@ import redis
 
 import producers
 from producers.intents import Intent, InvalidIntent, make_intent
+from producers.redis_url import connect
 from worker.accounts import Account
 from worker.cli.accounts import add_account_option, open_account
 from worker.dead_letters import DeadLetters
@@ -65,7 +66,7 @@ def register(commands: Any) -> None:
 def _redis(settings: Settings) -> redis.Redis:
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    return redis.Redis.from_url(settings.redis_url)
+    return connect(settings.redis_url)
 
 
 def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:

@@ -9,9 +9,13 @@ import sys
 from typing import Any, BinaryIO, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import structlog
+
 import producers
 from producers.intents import Intent, InvalidIntent, parse_intent
 from worker.runtime.settings import Settings, SettingsError
+
+log = structlog.get_logger("tagsync.ingest")
 
 #: Lines between two progress reports.
 PROGRESS_EVERY = 100_000
@@ -43,7 +47,7 @@ def register(commands: Any) -> None:
     )
     ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     ingest.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
-    ingest.set_defaults(run=run_ingest)
+    ingest.set_defaults(run=run_ingest, service=True)
 
 
 def _parse_line(raw: bytes) -> Intent | None:
@@ -144,7 +148,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     server = make_server(
         args.host, args.port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
-    print(f"tagsync ingest listening on http://{args.host}:{server.server_port}", flush=True)
+    log.info("ingest.listening", url=f"http://{args.host}:{server.server_port}")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

@@ -22,10 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import redis
-
 import producers
 from producers.intents import MAX_INTENTS_PER_MESSAGE, Op
+from producers.redis_url import connect
 from worker.cli.accounts import add_account_option, admin_client
 from worker.gated import GatedClient
 from worker.pending import PendingStore
@@ -267,7 +266,7 @@ def _pending(redis_url: str, account: str, tag: Tag | None) -> int:
     """Intents of the tag in the pipeline and not yet applied (WeChat does not list them)."""
     if tag is None:
         return 0
-    connection = redis.Redis.from_url(redis_url)
+    connection = connect(redis_url)
     try:
         return PendingStore(connection).unsettled(account, tag.id)
     finally:

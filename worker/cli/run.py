@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from typing import Any, NoReturn
 
 import redis
+import structlog
 from rich.console import Console
 
 from producers.intents import QUEUE_NAME
+from producers.redis_url import connect
 from worker.accounts import Account, Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.cli import status_view
@@ -25,6 +28,8 @@ from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
 from worker.wechat.errors import WeChatError
+
+log = structlog.get_logger("tagsync.worker")
 
 
 def register(commands: Any) -> None:
@@ -56,7 +61,7 @@ def register(commands: Any) -> None:
         metavar="S",
         help="keep retrying the checks for up to S seconds (Redis or WeChat still starting)",
     )
-    worker.set_defaults(run=run_worker)
+    worker.set_defaults(run=run_worker, service=True)
 
     status = commands.add_parser(
         "status",
@@ -92,21 +97,19 @@ def preflight(settings: Settings) -> None:
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set (e.g. redis://localhost:6379/0)")
     config = accounts_config(settings)
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    connection = connect(settings.redis_url, socket_connect_timeout=3)
     try:
         connection.ping()
     except redis.RedisError as exc:
         raise SettingsError(f"Redis at TAGSYNC_REDIS_URL does not answer: {exc}") from None
     if settings.accounts_file:
         authorized = len(AuthorizedAccounts(connection).appids()) if config.component else 0
-        print(
-            f"tagsync worker: {len(config.accounts)} accounts from {config.source}"
-            + (
-                f", component {config.component.appid} with {authorized} authorized"
-                if config.component
-                else ""
-            ),
-            file=sys.stderr,
+        log.info(
+            "worker.accounts",
+            accounts=len(config.accounts),
+            source=str(config.source),
+            component=config.component.appid if config.component else None,
+            authorized=authorized,
         )
         connection.close()
         return
@@ -125,12 +128,9 @@ def preflight(settings: Settings) -> None:
     try:
         # Worth knowing at start: how much of today's quota is left (not fatal if unknown).
         quota = client.get_quota()
-        print(
-            f"tagsync worker: batchtagging quota today {quota.used}/{quota.daily_limit} used",
-            file=sys.stderr,
-        )
+        log.info("worker.quota", api="batchtagging", used=quota.used, limit=quota.daily_limit)
     except WeChatError as exc:
-        print(f"tagsync worker: could not read the quota ({exc})", file=sys.stderr)
+        log.warning("worker.quota_unknown", error=str(exc))
     finally:
         client.close()
         connection.close()
@@ -150,14 +150,12 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
             except SettingsError as exc:
                 if time.monotonic() >= deadline:
                     raise
-                print(f"tagsync worker: waiting: {exc}", file=sys.stderr, flush=True)
+                log.warning("worker.waiting", reason=str(exc))
                 time.sleep(1)
     command = dramatiq_command(processes=args.processes, threads=args.threads)
-    print(
-        f"tagsync worker: {args.processes} processes x {args.threads} threads",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.info("worker.starting", processes=args.processes, threads=args.threads)
+    for handler in logging.getLogger().handlers:
+        handler.flush()  # before exec replaces this process and its buffers
     # Becomes dramatiq: signals go straight to it.
     os.execve(sys.executable, command, dramatiq_env(os.environ))  # noqa: S606
 
@@ -262,7 +260,7 @@ def run_status(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = connect(settings.redis_url)
     config = accounts_config(settings)
     directory = Accounts(config, redis=connection, api_base=settings.api_base)
     if args.account is not None and args.account not in directory.appids():

@@ -25,6 +25,8 @@ import structlog
 from dramatiq import Middleware
 from dramatiq.message import Message
 
+from producers.redis_url import connect
+
 log = structlog.get_logger("tagsync.recovery")
 
 #: How often each worker process looks whether Redis answers, s.
@@ -89,7 +91,7 @@ class OutageRecovery(Middleware):
         self._stop.set()
 
     def _watch(self) -> None:
-        client = redis.Redis.from_url(
+        client = connect(
             self.url, socket_timeout=WATCH_TIMEOUT_S, socket_connect_timeout=WATCH_TIMEOUT_S
         )
         away_since: float | None = None

@@ -22,6 +22,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
+from producers.redis_url import connect
+
 #: The longest pause between two tries of a command while Redis is away, s: commands
 #: resume within about a second of Redis answering again.
 MAX_RETRY_WAIT_S = 1.0
@@ -35,7 +37,7 @@ CONNECT_TIMEOUT_S = 2.0
 
 def retrying_client(url: str) -> redis.Redis:
     """A client whose commands are retried until Redis answers (the worker's own)."""
-    return redis.Redis.from_url(
+    return connect(
         url,
         retry=Retry(ExponentialBackoff(cap=MAX_RETRY_WAIT_S, base=FIRST_RETRY_WAIT_S), -1),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],

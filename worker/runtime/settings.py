@@ -6,7 +6,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
+from producers.redis_url import SCHEMES as REDIS_SCHEMES
+from producers.redis_url import redacted
 from worker.observability.redaction import Secret
 from worker.wechat.client import DEFAULT_API_BASE
 
@@ -14,7 +17,13 @@ T = TypeVar("T")
 
 #: The variables tagsync reads, with what each one means (``tagsync --help`` shows them).
 VARIABLES: dict[str, str] = {
-    "TAGSYNC_REDIS_URL": "Redis for the queue, pending intents, tokens and limits (redis://...)",
+    "TAGSYNC_REDIS_URL": (
+        "Redis for the queue, pending intents, tokens and limits: redis://, rediss:// (TLS) "
+        "or redis+sentinel://[:password@]host:port,host:port/MASTER[/db]"
+    ),
+    "TAGSYNC_REDIS_WAIT_REPLICAS": "producers return once N replicas hold intents (default 0)",
+    "TAGSYNC_REDIS_WAIT_MS": "how long producers wait for those replicas (default 1000)",
+    "TAGSYNC_INGEST_MAX_INTENTS": "most intents in one HTTP ingest request (default 20000)",
     "TAGSYNC_ACCOUNTS": "TOML file of accounts and an Open Platform component (README)",
     "WECHAT_APPID": "the Official Account's AppID; also the default intent account",
     "WECHAT_SECRET": "the app secret (never logged)",
@@ -97,8 +106,16 @@ class Settings:
         create = env.get("TAGSYNC_CREATE_TAGS", "").strip().lower()
         if create not in ("", "0", "1", "true", "false", "yes", "no"):
             raise SettingsError(f"TAGSYNC_CREATE_TAGS={create!r} must be 1 or 0")
+        redis_url = env.get("TAGSYNC_REDIS_URL", "").strip() or None
+        if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+            shown = redacted(redis_url)
+            raise SettingsError(
+                f"TAGSYNC_REDIS_URL={shown!r} must start {', '.join(REDIS_SCHEMES)} then ://"
+            )
+        for name in ("TAGSYNC_REDIS_WAIT_REPLICAS", "TAGSYNC_REDIS_WAIT_MS"):
+            _number(env, name, 0, int, minimum=0)
         settings = cls(
-            redis_url=env.get("TAGSYNC_REDIS_URL", "").strip() or None,
+            redis_url=redis_url,
             accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
             appid=env.get("WECHAT_APPID", "").strip() or None,
             secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,

@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 
 from producers.intents import check_tag_name as check_name
 from worker.observability.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
-from worker.observability.redaction import Secret, redact
+from worker.observability.redaction import Secret
 from worker.wechat.errors import (
     NetworkError,
     ProgrammingError,
@@ -323,8 +323,8 @@ class WeChatClient:
         except requests.Timeout:
             failure = NetworkError(call, None, "timed out")
         except requests.RequestException as exc:
-            # requests' messages carry the URL with its access_token: redact, never chain.
-            failure = NetworkError(call, None, f"{type(exc).__name__}: {redact(str(exc))}")
+            # requests' messages carry the URL with its access_token: never chained or shown.
+            failure = NetworkError(call, None, _unreachable(self.api_base, exc))
         else:
             failure, answer = self._parse(call, response)
         duration = time.perf_counter() - started
@@ -367,3 +367,22 @@ class WeChatClient:
         if expected is not None and expected not in answer:
             return NetworkError(call, None, f"answer lacks {expected!r}: not WeChat's"), {}
         return None, answer
+
+
+#: What a failed connection's message says, and how tagsync says it.
+_CAUSES = (
+    ("refused", "connection refused"),
+    ("Name or service not known", "host not found"),
+    ("Temporary failure in name resolution", "host not found"),
+    ("timed out", "timed out"),
+    ("reset by peer", "connection reset"),
+    ("RemoteDisconnected", "connection closed"),
+    ("SSL", "TLS failed"),
+)
+
+
+def _unreachable(api_base: str, exc: requests.RequestException) -> str:
+    """One short line for a request that got no answer (requests' own are paragraphs)."""
+    text = str(exc)
+    cause = next((said for found, said in _CAUSES if found in text), type(exc).__name__)
+    return f"no answer from {api_base}: {cause}"

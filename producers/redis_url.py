@@ -1,0 +1,101 @@
+"""Connect to the Redis that ``TAGSYNC_REDIS_URL`` names: plain, TLS, or behind Sentinel.
+
+Forms (every tagsync process and producer reads the same variable):
+
+- ``redis://[[user]:password@]host:port/db``: plain TCP;
+- ``rediss://...``: the same over TLS; redis-py's query options apply
+  (``?ssl_ca_certs=/path/ca.pem``, ``ssl_cert_reqs=none`` for a self-signed test server);
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db]``: ask the
+  listed Sentinels which server is MASTER's primary, and again after every lost connection,
+  so a failover needs no restart. The password is the primary's; ``?sentinel_password=``
+  is the Sentinels' own when they have one. ``rediss+sentinel://`` talks TLS to both.
+
+The URL holds the password, so it is never printed as is: ``redacted`` gives the printable form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+DEFAULT_SENTINEL_PORT = 26379
+
+
+class RedisUrlError(ValueError):
+    """``TAGSYNC_REDIS_URL`` is not one of the forms above; the message says which part."""
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for ``url``; ``kwargs`` (timeouts, retry) apply to the server connections."""
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise RedisUrlError(
+            f"TAGSYNC_REDIS_URL {redacted(url)!r}: the scheme must be one of {', '.join(SCHEMES)}"
+        )
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel_client(url, kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    path = [p for p in parts.path.split("/") if p]
+    if not netloc or not path or len(path) > 2:
+        raise RedisUrlError(
+            f"TAGSYNC_REDIS_URL {redacted(url)!r}: a Sentinel URL is "
+            "redis+sentinel://[:password@]host:port[,host:port...]/MASTER[/db]"
+        )
+    sentinels = [_host_port(url, item) for item in netloc.split(",")]
+    try:
+        db = int(path[1]) if len(path) == 2 else 0
+    except ValueError:
+        raise RedisUrlError(
+            f"TAGSYNC_REDIS_URL {redacted(url)!r}: the db must be a number"
+        ) from None
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    tls = {"ssl": True} if parts.scheme == "rediss+sentinel" else {}
+    credentials = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    sentinel_kwargs: dict[str, Any] = {
+        key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout") if key in kwargs
+    }
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs={**sentinel_kwargs, **tls}, **tls
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        unquote(path[0]), db=db, **credentials, **tls, **kwargs
+    )
+    return client
+
+
+def _host_port(url: str, item: str) -> tuple[str, int]:
+    host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    try:
+        return host.strip("[]"), int(port) if port else DEFAULT_SENTINEL_PORT
+    except ValueError:
+        raise RedisUrlError(f"TAGSYNC_REDIS_URL {redacted(url)!r}: bad Sentinel {item!r}") from None
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (and any ``*password=`` query value) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"***@{hosts}"
+    query = "&".join(
+        f"{key}=***" if "password" in key.lower() else f"{key}={value}"
+        for key, _, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

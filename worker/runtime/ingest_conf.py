@@ -1,0 +1,43 @@
+"""gunicorn's settings for the HTTP ingest: ``gunicorn -c python:worker.runtime.ingest_conf``.
+
+The Procfile's ``ingest`` line gives the bind address (the platform's ``$PORT``); the rest is
+here so every deployment gets the same: gunicorn's own lines through tagsync's logging (JSON
+in JSON mode, like the worker's), and a shutdown that lets requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from worker.observability.logs import configure_logging
+from worker.runtime.settings import Settings
+
+#: Processes and threads: an enqueue is one Redis round trip, so threads carry the load.
+workers = 2
+threads = 4
+#: On SIGTERM, requests in flight get this long to finish (an enqueue takes milliseconds; a
+#: stalled Redis is answered 429 after the producers' 5 s timeout).
+graceful_timeout = 10
+
+
+class StructlogLogger(Logger):  # type: ignore[misc]
+    """gunicorn's error and access loggers, rendered by tagsync's logging on stderr."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        configure_logging(Settings.from_env().log_format)
+        for own in (self.error_log, self.access_log):
+            own.handlers[:] = []  # gunicorn's plain-text handlers
+            own.propagate = True
+
+
+logger_class = StructlogLogger
+# gunicorn 23+ opens a control socket at one path per user: a second ingest on the host
+# would take it from the first. Nothing here uses it.
+control_socket_disable = True
+# Access lines would be one per request; switch on with --access-logfile - when wanted.
+accesslog: str | None = None
+loglevel = logging.getLevelName(logging.INFO).lower()
