@@ -4,9 +4,10 @@ Worker processes write to the directory named by ``PROMETHEUS_MULTIPROC_DIR`` (s
 ``worker.runtime.launch`` before any process starts, wiped at start); ``metrics_server``
 serves them together with dramatiq's own and with backlog gauges read from Redis at
 scrape time. No metric carries an openid. The ``account`` label is on the counters an
-operator reads per account (applied, dead letters, errcodes, pauses) and the backlog
-gauges; histograms stay per deployment, so an account costs a bounded few dozen series
-(2 ops, a table's worth of errcodes, its tags' gauges), never one per openid or call.
+operator reads per account (applied, dead letters, errcodes, pauses, token refreshes and
+their failures) and the backlog gauges; histograms stay per deployment, so an account
+costs a bounded few dozen series (2 ops, a table's worth of errcodes, its tags' gauges),
+never one per openid or call.
 """
 
 from __future__ import annotations
@@ -66,7 +67,14 @@ PAUSES = Counter(
     ["account", "reason", "errcode"],
 )
 TOKEN_REFRESHES = Counter(
-    "tagsync_token_refreshes_total", "Access tokens fetched from WeChat by this worker."
+    "tagsync_token_refreshes_total",
+    "Access tokens fetched from WeChat by this worker, by account.",
+    ["account"],
+)
+TOKEN_REFRESH_FAILURES = Counter(
+    "tagsync_token_refresh_failures_total",
+    "Token fetches that failed, by account and errcode ('network' without an answer).",
+    ["account", "errcode"],
 )
 TOKEN_REJECTIONS = Counter(
     "tagsync_token_rejections_total", "Calls WeChat refused for their token."

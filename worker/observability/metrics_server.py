@@ -31,21 +31,25 @@ METRICS_HOST_ENV = "TAGSYNC_METRICS_HOST"
 
 
 class BacklogCollector(Collector):
-    """Pending, in flight, oldest age, dead letters, queues and pauses, read from Redis."""
+    """Pending, in flight, oldest age, dead letters, queues and pauses, read from Redis;
+    each served account's configured rate, read from its settings."""
 
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.redis = connection
         self.settings = settings
 
-    def _served(self) -> set[str]:
-        """The configured and authorized accounts (a pause shows even with nothing pending)."""
+    def _served(self) -> dict[str, float]:
+        """The configured and authorized accounts with their rates, calls/s (a pause shows
+        even with nothing pending)."""
         try:
             config = accounts_config(self.settings)
         except ValueError:
-            return set()
-        served = {a.appid for a in config.accounts}
+            return {}
+        served = {a.appid: a.limits.rate for a in config.accounts}
         if config.component is not None:
-            served |= AuthorizedAccounts(self.redis).appids()
+            for appid in AuthorizedAccounts(self.redis).appids():
+                # The file's [defaults], as the directory builds it; a configured one keeps its own.
+                served.setdefault(appid, config.defaults.rate)
         return served
 
     def collect(self) -> Iterator[Any]:
@@ -66,15 +70,23 @@ class BacklogCollector(Collector):
         )
         paused = GaugeMetricFamily(
             "tagsync_account_paused",
-            "1 while the account's calls (api=all) or one API's calls are paused.",
-            labels=["account", "reason", "api"],
+            "1 while the account's calls (api=all) or one API's calls are paused, with the "
+            "errcode that paused them ('' for the daily budget).",
+            labels=["account", "reason", "api", "errcode"],
+        )
+        rate_limit = GaugeMetricFamily(
+            "tagsync_account_rate_limit",
+            "The account's configured rate (TAGSYNC_RATE or its own), calls/s; the gate "
+            "admits 98% of it.",
+            labels=["account"],
         )
         queued = GaugeMetricFamily(
             "tagsync_queue_messages", "Messages waiting in a dramatiq queue.", labels=["queue"]
         )
         now = time.time()
         statuses = PendingStore(self.redis).status()
-        accounts = {s.account for s in statuses} | self._served()
+        served = self._served()
+        accounts = {s.account for s in statuses} | set(served)
         for status in statuses:
             tag = str(status.tag_id)
             pending.add_metric([status.account, tag, "tag"], status.pending_tag)
@@ -87,13 +99,15 @@ class BacklogCollector(Collector):
         for account in sorted(accounts):
             pauses = gate.pauses(account)
             if not pauses:
-                paused.add_metric([account, "", "all"], 0.0)
+                paused.add_metric([account, "", "all", ""], 0.0)
             for scope, pause in pauses.items():
                 api = "all" if scope == "account" else scope
-                paused.add_metric([account, pause.reason, api], 1.0)
+                paused.add_metric([account, pause.reason, api, pause.errcode], 1.0)
+        for account, rate in sorted(served.items()):
+            rate_limit.add_metric([account], rate)
         for queue in (INTENTS_QUEUE, FLUSH_QUEUE):
             queued.add_metric([queue], float(self.redis.llen(f"dramatiq:{queue}")))
-        yield from (pending, inflight, oldest, paused, queued)
+        yield from (pending, inflight, oldest, paused, rate_limit, queued)
         yield GaugeMetricFamily(
             "tagsync_dead_letters", "Dead letters kept.", value=DeadLetters(self.redis).count()
         )

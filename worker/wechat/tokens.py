@@ -18,10 +18,10 @@ from typing import Protocol
 
 from redis import Redis
 
-from worker.observability.metrics import TOKEN_REFRESHES
+from worker.observability.metrics import TOKEN_REFRESH_FAILURES, TOKEN_REFRESHES
 from worker.observability.redaction import REDACTOR
 from worker.runtime.lua import load_script
-from worker.wechat.errors import TokenUnavailable
+from worker.wechat.errors import TokenUnavailable, WeChatError
 
 #: A token is refreshed once less than this share of its lifetime is left...
 REFRESH_SHARE = 0.25
@@ -42,6 +42,9 @@ Fetcher = Callable[[bool], tuple[str, int]]
 
 class TokenStore(Protocol):
     """Where the current token of one AppID is kept and who may fetch the next."""
+
+    #: The AppID whose token this is ("" when unknown); metrics are labelled with it.
+    appid: str
 
     def get(self) -> tuple[str | None, float, float]:
         """(token, seconds left, refresh margin seconds); (None, 0, 0) when there is none."""
@@ -71,7 +74,8 @@ class TokenStore(Protocol):
 class MemoryTokenStore:
     """A ``TokenStore`` inside one process (one-off CLI use without Redis)."""
 
-    def __init__(self) -> None:
+    def __init__(self, appid: str = "") -> None:
+        self.appid = appid
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -127,6 +131,7 @@ class RedisTokenStore:
     """
 
     def __init__(self, redis: Redis, appid: str) -> None:
+        self.appid = appid
         self._redis = redis
         base = f"tagsync:{{{appid}}}:token"
         self._key, self._lock_key, self._failed_key = base, f"{base}:lock", f"{base}:failed"
@@ -185,6 +190,8 @@ class TokenProvider:
         self._wait_s = wait_s
         #: How many tokens this process fetched (metrics read it).
         self.fetches = 0
+        # At 0 from the start, so the first refresh is an increase Prometheus sees.
+        self._refreshes = TOKEN_REFRESHES.labels(store.appid)
 
     def __repr__(self) -> str:
         return f"TokenProvider(store={self._store!r})"
@@ -218,16 +225,24 @@ class TokenProvider:
         token, left, margin = self._store.get()
         if token is not None and left > margin:
             return token
-        new, expires_in = self._fetch(False)
-        self.fetches += 1
-        TOKEN_REFRESHES.inc()
+        new, expires_in = self._fetch_counted(False)
         if new in (token, self._store.last_failed()):
             # stable_token hands out the same token while WeChat thinks it valid: near its
             # end, or after WeChat rejected it, only a forced refresh gives a new one.
-            new, expires_in = self._fetch(True)
-            self.fetches += 1
-            TOKEN_REFRESHES.inc()
+            new, expires_in = self._fetch_counted(True)
         REDACTOR.add(new)
         ttl = max(1.0, expires_in - min(EXPIRY_SAFETY_S, expires_in * 0.1))
         self._store.put(new, ttl, min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE))
         return new
+
+    def _fetch_counted(self, force_refresh: bool) -> tuple[str, int]:
+        """One fetch, counted as a refresh or as a failure with its errcode."""
+        try:
+            fetched = self._fetch(force_refresh)
+        except WeChatError as exc:
+            errcode = "network" if exc.errcode is None else str(exc.errcode)
+            TOKEN_REFRESH_FAILURES.labels(self._store.appid, errcode).inc()
+            raise
+        self.fetches += 1
+        self._refreshes.inc()
+        return fetched
