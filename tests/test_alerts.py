@@ -1,10 +1,16 @@
-"""Alerts as code: the metrics the alerts need, exported by a real worker."""
+"""Alerts as code: the Prometheus rule file, its promtool unit tests, its runbook, and the
+metrics it needs, exported by a real worker."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +18,114 @@ from prometheus_client.parser import text_string_to_metric_families
 import producers
 from tests.conftest import APPID, SECRET, Sim, wait_until
 from worker.wechat import WeChatClient
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "grafana" / "alerts" / "tagsync.rules.yml"
+RULE_TESTS = ROOT / "grafana" / "alerts" / "tagsync.rules.test.yml"
+README = ROOT / "README.md"
+
+
+def promtool() -> str:
+    """Debian's promtool: a failure under CI (``.ci/run`` installs it), else a skip."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing (Debian's prometheus package)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return found
+
+
+# -- the rule file, read as plain text ------------------------------------------------------
+# No YAML parser is a dependency; both files keep one shape (an alert per `- alert:` item,
+# a case per `- eval_time:` item), and the promtool tests below hold their meaning.
+
+
+def alerts() -> dict[str, str]:
+    """Each alert's name and its block of the rule file."""
+    blocks = re.split(r"^\s*- alert: ", RULES.read_text(), flags=re.MULTILINE)[1:]
+    return {block.split("\n", 1)[0].strip(): block for block in blocks}
+
+
+def annotation(block: str, key: str) -> str:
+    """An annotation's text: a quoted one-liner or a folded (>-) block."""
+    match = re.search(rf"^(\s*){key}: (.*)$", block, flags=re.MULTILINE)
+    assert match is not None, key
+    indent, value = len(match.group(1)), match.group(2).strip()
+    if value != ">-":
+        return value.strip('"')
+    lines = []
+    for line in block[match.end() :].split("\n")[1:]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        lines.append(line.strip())
+    return " ".join(line for line in lines if line)
+
+
+def cases() -> list[tuple[str, bool, str]]:
+    """Every promtool case: (alert name, fires, the case's text)."""
+    found = []
+    for item in re.split(r"^\s*- eval_time: ", RULE_TESTS.read_text(), flags=re.MULTILINE)[1:]:
+        case = item.split("\n  - name:", 1)[0]  # a case ends where the next test starts
+        name = re.search(r"alertname: (\w+)", case)
+        assert name is not None, case
+        found.append((name.group(1), "exp_alerts: []" not in case, case))
+    return found
+
+
+def runbook_entries() -> dict[str, str]:
+    """The README's "Alerts and runbook" section: each ### heading and its text."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Alerts and runbook\n", 1)[1].split("\n## ", 1)[0]
+    entries = re.split(r"^### ", section, flags=re.MULTILINE)[1:]
+    return {entry.split("\n", 1)[0].strip(): entry for entry in entries}
+
+
+def test_promtool_accepts_the_rule_file() -> None:
+    """`promtool check rules` accepts the file, and counts every alert this test reads."""
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    """Every alert fires, and stays quiet, in the promtool cases written for it."""
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_annotations_cases_and_a_runbook_entry() -> None:
+    """Summary, description (naming the account where the alert is per account), a runbook
+    entry under its name in the README, one firing case with labels and annotations checked
+    and one case where it must not fire."""
+    runbook = runbook_entries()
+    rule_cases = cases()
+    assert alerts()
+    for name, block in alerts().items():
+        summary, description = annotation(block, "summary"), annotation(block, "description")
+        assert summary and len(description) > 40, name
+        assert annotation(block, "runbook") == f"README.md#{name.lower()}", name
+        assert name in runbook and len(runbook[name]) > 200, f"{name}: no runbook entry"
+        assert f"`{name}`" in runbook_table(), f"{name}: not in the table of alerts"
+        firing = [case for alert, fires, case in rule_cases if alert == name and fires]
+        quiet = [case for alert, fires, case in rule_cases if alert == name and not fires]
+        assert firing and quiet, f"{name}: firing {len(firing)}, quiet {len(quiet)} cases"
+        for case in firing:
+            assert "exp_labels:" in case and "exp_annotations:" in case, name
+            assert "description:" in case and "summary:" in case, name
+        if any(re.search(r"^\s+account: ", case, flags=re.MULTILINE) for case in firing):
+            assert "$labels.account" in description, f"{name}: description lacks the account"
+    assert set(runbook) == set(alerts()), "runbook entries of alerts that do not exist"
+
+
+def runbook_table() -> str:
+    """The table of alerts at the start of the README's section."""
+    text = README.read_text(encoding="utf-8")
+    return text.split("\n## Alerts and runbook\n", 1)[1].split("\n### ", 1)[0]
+
 
 # -- the metrics the alerts need, from a real worker ----------------------------------------
 
