@@ -120,7 +120,7 @@ def test_procfile_runs_the_whole_stack(tmp_path: Path) -> None:
             output, _ = honcho.communicate()
     assert DEFAULT_SECRET not in output
     # honcho prefixes "HH:MM:SS name.1 | "; its own "system" lines are honcho's, not ours.
-    ours = {"worker.1": [], "ingest.1": []}
+    ours: dict[str, list[str]] = {"worker.1": [], "ingest.1": []}
     for line in output.splitlines():
         prefix, _, text = line.partition(" | ")
         name = prefix.split()[-1] if prefix.split() else ""

@@ -26,6 +26,7 @@ from worker.observability.logs import configure_logging
 from worker.observability.metrics_server import Metrics
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE, RESOLVE
 from worker.runtime.broker import broker_url, setup_broker
+from worker.runtime.lifecycle import STOPPING, Lifecycle
 from worker.runtime.parts import runtime
 from worker.runtime.recovery import OutageRecovery
 from worker.runtime.settings import Settings
@@ -104,6 +105,7 @@ broker = setup_broker(
         Sweeper(_sweep),
         OutageRecovery(broker_url()),
         ThreadShare(),
+        Lifecycle(broker_url()),
     ]
 )
 
@@ -125,6 +127,7 @@ def flusher() -> Flusher:
             backoff_min_ms=rt.settings.backoff_min_ms,
             backoff_max_ms=rt.settings.backoff_max_ms,
             wechat_timeout_s=rt.settings.wechat_timeout_s,
+            stopping=STOPPING,
         )
     return _flusher
 

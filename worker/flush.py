@@ -131,8 +131,12 @@ class Flusher:
         backoff_max_ms: int = 300_000,
         calls_per_flush: int = CALLS_PER_FLUSH,
         wechat_timeout_s: float = READ_TIMEOUT_S,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
+        #: Set when the process stops: a flush ends after its call in flight and hands the
+        #: tag on (its next flush goes to the queue, for whichever process is left).
+        self.stopping = stopping or threading.Event()
         self.names = TagNames(store.redis)
         self.accounts = accounts
         self.dead_letters = dead_letters
@@ -231,7 +235,7 @@ class Flusher:
         # Paused APIs are learnt from the gate's answers (run.paused_ops), not read up front:
         # a pause is rare, a round trip on every flush is not.
         pause_ms = 0
-        while run.calls_left > 0:
+        while run.calls_left > 0 and not self.stopping.is_set():
             took = self.store.take(
                 run.account,
                 run.tag_id,
@@ -257,7 +261,12 @@ class Flusher:
                 return Wait(min(max(pause_ms, 1), PAUSE_RECHECK_MS), pause=True)
             assert took.batch is not None
             wait = self._send(run, took.batch)
-            if wait is None and took.batch.plan is None and run.calls_left > 0:
+            if (
+                wait is None
+                and took.batch.plan is None
+                and run.calls_left > 0
+                and not self.stopping.is_set()
+            ):
                 wait = self._next_slot_first(run, took.batch.op)
             if wait is not None:
                 return wait

@@ -23,8 +23,10 @@ from worker.cli.accounts import add_account_option
 from worker.dead_letters import DeadLetters
 from worker.gate import BATCH_API, AccountGate
 from worker.gated import ADMIN_APIS
+from worker.health import MAX_PENDING_AGE_S, assess
 from worker.pending import PendingStore
 from worker.runtime.launch import dramatiq_command, dramatiq_env
+from worker.runtime.lifecycle import heartbeats, redis_now
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
 from worker.wechat.errors import WeChatError
@@ -73,6 +75,22 @@ def register(commands: Any) -> None:
         ),
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help=(
+            "for orchestrators and cron: print the verdict and exit 0 healthy, 1 degraded "
+            "(paused, backlog older than --max-age, token failing), 2 down (Redis "
+            "unreachable, no live worker)"
+        ),
+    )
+    status.add_argument(
+        "--max-age",
+        type=float,
+        default=MAX_PENDING_AGE_S,
+        metavar="S",
+        help="with --check: oldest pending intent allowed, s (default %(default)g)",
+    )
     status.add_argument(
         "--once", action="store_true", help="print the tables once and exit (also on a terminal)"
     )
@@ -152,7 +170,9 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
                     raise
                 log.warning("worker.waiting", reason=str(exc))
                 time.sleep(1)
-    command = dramatiq_command(processes=args.processes, threads=args.threads)
+    command = dramatiq_command(
+        processes=args.processes, threads=args.threads, wechat_timeout_s=settings.wechat_timeout_s
+    )
     log.info("worker.starting", processes=args.processes, threads=args.threads)
     for handler in logging.getLogger().handlers:
         handler.flush()  # before exec replaces this process and its buffers
@@ -242,6 +262,7 @@ def collect_status(
             appid: account_status(connection, parts(appid), settings) for appid in sorted(accounts)
         },
         "tags": tags,
+        "workers": workers_report(connection),
         "totals": {
             "pending": sum(t["pending"]["tag"] + t["pending"]["untag"] for t in tags),
             "in_flight": sum(t["in_flight"] for t in tags),
@@ -250,6 +271,44 @@ def collect_status(
             "dead_letters": DeadLetters(connection).count(),
         },
     }
+
+
+def workers_report(connection: redis.Redis) -> list[dict[str, Any]]:
+    """The worker processes' heartbeats, each with ``alive`` and ages on Redis's clock."""
+    now = redis_now(connection)
+    return [
+        {
+            "name": beat.name,
+            "host": beat.host,
+            "pid": beat.pid,
+            "started_at": beat.started_at,
+            "threads": beat.threads,
+            "messages": beat.messages,
+            "alive": beat.alive(now),
+            "beat_age_s": round(now - beat.beat_at, 1),
+            "last_message_age_s": (
+                None if beat.last_message_at is None else round(now - beat.last_message_at, 1)
+            ),
+        }
+        for beat in heartbeats(connection)
+    ]
+
+
+def check(report: dict[str, Any], *, max_age_s: float, as_json: bool) -> int:
+    """``status --check``: the verdict and its reasons; exit 0 healthy, 1 degraded, 2 down."""
+    health = assess(report, max_age_s=max_age_s)
+    if as_json:
+        print(json.dumps({**report, "health": health.as_dict()}))
+        return health.exit_code
+    alive = sum(1 for w in report["workers"] if w["alive"])
+    totals = report["totals"]
+    print(
+        f"{health.verdict}: {alive} live worker processes, {totals['pending']} pending, "
+        f"{totals['dead_letters']} dead letters"
+    )
+    for problem in health.problems:
+        print(f"  {problem}")
+    return health.exit_code
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -269,6 +328,8 @@ def run_status(args: argparse.Namespace) -> int:
     def report() -> dict[str, Any]:
         return collect_status(connection, settings, directory=directory, only=args.account)
 
+    if args.check:
+        return check(report(), max_age_s=args.max_age, as_json=args.json)
     if args.json:
         print(json.dumps(report()))
         return 0

@@ -27,8 +27,8 @@ from rich.text import Text
 from worker.gate import RATE_SAFETY, AccountGate
 
 #: Lines of a frame around the table rows: the heading, each table's title, header and
-#: rule, and the totals line.
-FRAME_LINES = 1 + 2 * 3 + 1
+#: rule, the workers line and the totals line.
+FRAME_LINES = 1 + 2 * 3 + 2
 
 
 # -- plain text (a pipe, a script) ---------------------------------------------------------
@@ -62,8 +62,31 @@ def plain_text(report: Mapping[str, Any]) -> str:
             f"today (budget {state['budget']['limit'] or 'none'}); token "
             + (f"cached, {token['expires_in_s']} s left" if token["cached"] else "not cached")
         )
+    for worker in report.get("workers", ()):
+        lines.append(_worker_line(worker))
     lines.append(_totals(report["totals"]))
     return "\n".join(lines)
+
+
+def _worker_line(worker: Mapping[str, Any]) -> str:
+    last = worker["last_message_age_s"]
+    return (
+        f"worker {worker['name']}: "
+        + ("alive" if worker["alive"] else f"GONE (no heartbeat for {worker['beat_age_s']:.0f} s)")
+        + f", {worker['threads']} threads, up since {_clock(worker['started_at'])}, "
+        f"{worker['messages']} messages, last " + ("none" if last is None else f"{last:.1f} s ago")
+    )
+
+
+def _workers_summary(workers: list[Mapping[str, Any]]) -> str:
+    alive = [w["name"] for w in workers if w["alive"]]
+    gone = len(workers) - len(alive)
+    shown = ", ".join(alive[:6]) + (f" and {len(alive) - 6} more" if len(alive) > 6 else "")
+    return (
+        f"workers: {len(alive)} alive"
+        + (f" ({shown})" if alive else "")
+        + (f", {gone} gone" if gone else "")
+    )
 
 
 def _tag_state(tag: Mapping[str, Any]) -> str:
@@ -265,6 +288,7 @@ def frame(
             style="bold cyan",
         ),
         tag_table,
+        Text(_workers_summary(report.get("workers", []))),
         Text(_totals(report["totals"])),
     )
 

@@ -11,16 +11,32 @@ import tempfile
 import time
 from collections.abc import Mapping
 
+from worker.wechat.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
+
 #: How often (ms) an idle dramatiq consumer looks at its queue again. dramatiq's 1,000 ms
 #: would leave a rescheduled flush (after a rate-limit wait, say) idle up to a second.
 WORKER_TIMEOUT_MS = 100
 
 
-def dramatiq_command(*, processes: int, threads: int) -> list[str]:
-    """The command that runs dramatiq with tagsync's actors (and tagsync's logging)."""
+#: What a stopping worker waits for beyond its slowest WeChat call, s: the flush's last
+#: writes, putting back its fetched messages.
+STOP_MARGIN_S = 5.0
+
+
+def dramatiq_command(
+    *, processes: int, threads: int, wechat_timeout_s: float = READ_TIMEOUT_S
+) -> list[str]:
+    """The command that runs dramatiq with tagsync's actors (and tagsync's logging).
+
+    On SIGTERM its threads finish their message, each at most one WeChat call away (a flush
+    stops after the call in flight), so the stop is bounded by the call's timeouts; dramatiq's
+    own default would wait 10 minutes.
+    """
+    stop_ms = int((CONNECT_TIMEOUT_S + wechat_timeout_s + STOP_MARGIN_S) * 1000)
     return [
         sys.executable, "-m", "worker.runtime.dramatiq_main", "worker.actors",
         "--processes", str(processes), "--threads", str(threads),
+        "--worker-shutdown-timeout", str(stop_ms),
     ]  # fmt: skip
 
 
