@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from producers.redis_url import connect
 from worker.accounts import accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.dead_letters import DeadLetters
@@ -119,7 +120,7 @@ def serve() -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     if settings.redis_url:
-        registry.register(BacklogCollector(redis.Redis.from_url(settings.redis_url), settings))
+        registry.register(BacklogCollector(connect(settings.redis_url), settings))
     # All interfaces by default: Prometheus scrapes from another host in production.
     host = os.environ.get(METRICS_HOST_ENV, "0.0.0.0")  # noqa: S104
     start_http_server(settings.metrics_port, addr=host, registry=registry)
