@@ -18,7 +18,7 @@ import redis
 import requests
 
 from producers.intents import QUEUE_NAME
-from tests.conftest import stop_process
+from worker.runtime.processes import stop_process
 from worker.runtime.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
