@@ -13,7 +13,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from worker.observability.logs import configure_logging
-from worker.runtime.settings import Settings
+from worker.runtime.settings import Settings, SettingsError
 
 #: Processes and threads: an enqueue is one Redis round trip, so threads carry the load.
 workers = 2
@@ -28,7 +28,11 @@ class StructlogLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        configure_logging(Settings.from_env().log_format)
+        try:
+            log_format = Settings.from_env().log_format
+        except SettingsError:
+            log_format = "json"  # the app refuses the settings itself, in a line of JSON
+        configure_logging(log_format)
         for own in (self.error_log, self.access_log):
             own.handlers[:] = []  # gunicorn's plain-text handlers
             own.propagate = True
