@@ -303,13 +303,6 @@ def test_sigterm_while_wechat_is_slow_waits_for_the_calls_in_flight(
     assert DeadLetters(queue).count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a worker process's second SIGTERM (the group's, then the one dramatiq's main "
-    "process forwards) is dramatiq's 'Killing worker process': exit 1, leases held for 38 s, "
-    "fetched messages unacked until dramatiq's 15 s heartbeat timeout, heartbeats left",
-)
 def test_sigterm_to_the_whole_process_group_stops_as_cleanly(
     sim: Sim,
     client: WeChatClient,
@@ -622,11 +615,6 @@ def test_every_command_meets_an_unreachable_redis_with_one_line_and_exit_2(
     assert wrong == [], "\n".join(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status --once with Redis down prints 'Redis does not answer: ...' on stdout "
-    "(wrapped at 80 columns) and exits 1 (worker/cli/status_view.py watch(once=True))",
-)
 def test_status_once_meets_an_unreachable_redis_with_one_line_and_exit_2(
     env: dict[str, str],
 ) -> None:

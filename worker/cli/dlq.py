@@ -76,6 +76,7 @@ def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     store, letters = _letters(args)
+    kept = store.count()  # Redis is asked before the header: unreachable, nothing is printed
     if not args.json:
         print(
             f"{'DEAD-LETTERED':<19} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
@@ -85,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
     for entry_id, letter in letters:
         if shown >= args.limit:
             if not args.json:
-                print(f"... more (of {store.count()} kept); use --limit or export")
+                print(f"... more (of {kept} kept); use --limit or export")
             break
         shown += 1
         if args.json:

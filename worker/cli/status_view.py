@@ -356,30 +356,30 @@ def watch(
     interval_s: float,
     once: bool = False,
 ) -> int:
-    """Show ``fetch()``'s report on ``console``: once (exit status 1 if Redis does not
-    answer), or redrawn every ``interval_s`` until Ctrl-C (exit status 0)."""
+    """Show ``fetch()``'s report on ``console``: once (a ``RedisError`` is raised, for the
+    command's one-line exit 2), or redrawn every ``interval_s`` until Ctrl-C (exit 0)."""
     capped = console.is_terminal
 
-    def render() -> tuple[RenderableType, bool]:
-        heading = f"tagsync status  {time.strftime('%H:%M:%S')}"
-        if not once:
-            heading += f"  every {interval_s:g} s, Ctrl-C to quit"
-        try:
-            report = fetch()
-            rates = meter.rates(report["accounts"])
-        except redis.RedisError as exc:  # Redis restarting: say so, look again next time
-            return Text(f"{heading}\nRedis does not answer: {exc}", style="bold red"), False
+    def look(heading: str) -> RenderableType:
+        report = fetch()
         height = console.size.height if capped else None
-        return frame(report, rates, height=height, heading=heading), True
+        return frame(report, meter.rates(report["accounts"]), height=height, heading=heading)
+
+    def render() -> RenderableType:
+        heading = f"tagsync status  {time.strftime('%H:%M:%S')}"
+        heading += f"  every {interval_s:g} s, Ctrl-C to quit"
+        try:
+            return look(heading)
+        except redis.RedisError as exc:  # Redis restarting: say so, look again next time
+            return Text(f"{heading}\nRedis does not answer: {exc}", style="bold red")
 
     if once:
-        view, answered = render()
-        console.print(view)
-        return 0 if answered else 1
+        console.print(look(f"tagsync status  {time.strftime('%H:%M:%S')}"))
+        return 0
     try:
         with Live(console=console, auto_refresh=False, redirect_stdout=False) as live:
             while True:
-                live.update(render()[0], refresh=True)
+                live.update(render(), refresh=True)
                 time.sleep(interval_s)
     except KeyboardInterrupt:
         return 0

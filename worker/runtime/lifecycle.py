@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import redis
@@ -101,6 +103,7 @@ class Lifecycle(Middleware):
         self.threads = int(getattr(worker, "worker_threads", 0) or 0)
         STOPPING.clear()
         self._stop.clear()
+        _first_sigterm_only()
         self._thread = threading.Thread(target=self._beat, name="tagsync-heartbeat", daemon=True)
         self._thread.start()
 
@@ -162,3 +165,28 @@ class Lifecycle(Middleware):
         for beat in heartbeats(client):
             if now - beat.beat_at > FORGET_AFTER_S:
                 client.hdel(HEARTBEATS_KEY, beat.name)
+
+
+def _first_sigterm_only() -> None:
+    """Make a worker process act on its first SIGTERM only.
+
+    SIGTERM to the whole process group (systemd's default, honcho, ``kill -TERM -PGID``)
+    reaches a worker process twice: once itself, once forwarded by dramatiq's main process,
+    and dramatiq takes a second SIGTERM for "kill now", dropping its leases and fetched
+    messages. The stop stays bounded by the shutdown timeout; SIGKILL is the hard stop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are the main thread's (an in-process worker in a test, say)
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+    received = threading.Event()
+
+    def once(signum: int, frame: FrameType | None) -> None:
+        if received.is_set():
+            log.info("worker.signal_repeated", signal="SIGTERM")
+            return
+        received.set()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, once)
