@@ -338,6 +338,7 @@ def test_sigterm_to_the_whole_process_group_stops_as_cleanly(
 # -- heartbeats ----------------------------------------------------------------------------
 
 
+@pytest.mark.long  # waits out the 20 s a heartbeat stays fresh
 def test_heartbeats_list_each_process_and_a_killed_one_reads_gone_after_20_s(
     sim: Sim,
     client: WeChatClient,
