@@ -19,11 +19,35 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.connection import SSLConnection
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 DEFAULT_SENTINEL_PORT = 26379
+
+
+class _PrimaryFollowingConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the Sentinels for the primary at every
+    reconnect, not only at the first.
+
+    redis-py reconnects a lost connection through ``connect_check_health``, which keeps the
+    address it had: a command retried after the primary died would knock on the dead
+    address until it came back, never on the promoted replica.
+    """
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _PrimaryFollowingSSLConnection(_PrimaryFollowingConnection, SSLConnection):
+    """The same over TLS (``rediss+sentinel://``)."""
 
 
 class RedisUrlError(ValueError):
@@ -59,7 +83,9 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
             f"TAGSYNC_REDIS_URL {redacted(url)!r}: the db must be a number"
         ) from None
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    tls = {"ssl": True} if parts.scheme == "rediss+sentinel" else {}
+    tls: dict[str, Any] = {}
+    if parts.scheme == "rediss+sentinel":  # ssl_ca_certs=..., ssl_cert_reqs=... as redis-py's
+        tls = {"ssl": True, **{k: v for k, v in query.items() if k.startswith("ssl_")}}
     credentials = {
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
@@ -73,7 +99,12 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
         sentinels, sentinel_kwargs={**sentinel_kwargs, **tls}, **tls
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        unquote(path[0]), db=db, **credentials, **tls, **kwargs
+        unquote(path[0]),
+        db=db,
+        connection_class=(_PrimaryFollowingSSLConnection if tls else _PrimaryFollowingConnection),
+        **credentials,
+        **tls,
+        **kwargs,
     )
     return client
 
