@@ -28,22 +28,19 @@ DEFAULT_SENTINEL_PORT = 26379
 
 
 class _PrimaryFollowingConnection(SentinelManagedConnection):
-    """A Sentinel-managed connection that asks the Sentinels for the primary at every
-    reconnect, not only at the first.
+    """A Sentinel-managed connection that asks the Sentinels for the primary before every
+    connection attempt, not only when taken from the pool.
 
-    redis-py reconnects a lost connection through ``connect_check_health``, which keeps the
-    address it had: a command retried after the primary died would knock on the dead
-    address until it came back, never on the promoted replica.
+    redis-py reconnects a lost connection to the address it had, and retries a failed
+    connection attempt there too (endlessly, with the worker's retry): a command retried
+    after the primary died, or its host vanished, would knock on the dead address and never
+    reach the promoted replica (tests/test_redis_ha.py).
     """
 
-    def connect_check_health(
-        self, check_health: bool = True, retry_socket_connect: bool = True
-    ) -> None:
-        if not self._sock and self.connection_pool.is_master:
+    def _connect(self) -> Any:
+        if self.connection_pool.is_master:
             self.host, self.port = self.connection_pool.get_master_address()
-        super().connect_check_health(
-            check_health=check_health, retry_socket_connect=retry_socket_connect
-        )
+        return super()._connect()  # type: ignore[no-untyped-call]
 
 
 class _PrimaryFollowingSSLConnection(_PrimaryFollowingConnection, SSLConnection):

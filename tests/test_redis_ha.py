@@ -36,6 +36,7 @@ import pytest
 import redis
 
 import producers
+from producers.intents import QUEUE_NAME
 from producers.redis_url import connect
 from tests.conftest import (
     APPID,
@@ -591,6 +592,14 @@ def first_call_after(sim: Sim, moment: float) -> float:
     return min(calls) - moment
 
 
+#: Why a failover test may end with a stuck backlog until the fix is in (the strict xfails
+#: below pin the cause down; a lost intent or a 45011 still fails these tests).
+STRANDED_BY_3874 = (
+    "redis-py #3874: a command in flight at the kill ends on the old primary, back as a "
+    "replica; a script's READONLY reaches dramatiq and strands its message (about half the runs)"
+)
+
+
 class BacklogStuck(AssertionError):
     """The backlog did not drain: the message says what is stuck and the workers' errors."""
 
@@ -651,6 +660,7 @@ def sentinel_producers(sentinels: SentinelDeployment) -> Iterator[str]:
     producers.configure(None)
 
 
+@pytest.mark.long
 def test_sentinel_failover_with_wait_loses_no_accepted_intent(
     sim: Sim,
     client: WeChatClient,
@@ -744,16 +754,13 @@ class VanishedHost:
             open_socket.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-py #3874: a command retried after a lost connection reconnects to the address "
-    "it had, not to the one the Sentinels name (see the report of issue 14 for the fix)",
-)
+@pytest.mark.long
 def test_a_command_in_flight_at_the_kill_is_retried_on_the_new_primary(
     sentinels: SentinelDeployment,
 ) -> None:
     """A worker's Redis command that awaits its answer when the primary is kill -9'd is retried
-    on the promoted replica: it does not wait for the dead primary to come back."""
+    on the promoted replica: it does not wait for the dead primary to come back (redis-py
+    #3874: a reconnect kept the address it had)."""
     # Given
     waiting, outcome = blpop_in_flight(sentinels)
     # When: the primary dies for good
@@ -764,11 +771,7 @@ def test_a_command_in_flight_at_the_kill_is_retried_on_the_new_primary(
     assert outcome == {"popped": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-py #3874, and redis-py's connect retries (the worker's are endless) go to one "
-    "address: the primary must be looked up at every connection attempt (report of issue 14)",
-)
+@pytest.mark.long
 def test_a_command_in_flight_when_the_primary_host_vanishes_is_retried_on_the_new_primary(
     sentinels: SentinelDeployment,
 ) -> None:
@@ -792,33 +795,99 @@ def test_a_command_in_flight_when_the_primary_host_vanishes_is_retried_on_the_ne
     assert outcome == {"popped": None}
 
 
+def queued_pairs(connection: redis.Redis) -> set[tuple[int, str]]:
+    """The (tag, fan) pairs of the intent messages in the queue."""
+    pairs = set()
+    for body in connection.hvals(f"dramatiq:{QUEUE_NAME}.msgs"):
+        for _op, tag_id, openid, *_ in json.loads(body)["args"][0]:
+            pairs.add((int(tag_id), str(openid)))
+    return pairs
+
+
 @pytest.mark.chaos
-@pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    raises=BacklogStuck,
-    strict=False,
-    reason="redis-py #3874: a command in flight at the kill ends on the old primary, back as a "
-    "replica; a script's READONLY reaches dramatiq and strands its message in about half the runs",
-)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "wait_replicas", [pytest.param(0, id="wait-off"), pytest.param(1, id="wait-on")]
 )
 def test_what_an_asynchronous_failover_loses(
+    sentinels: SentinelDeployment,
+    sentinel_producers: str,
+    monkeypatch: pytest.MonkeyPatch,
+    wait_replicas: int,
+) -> None:
+    """The measurement: 2 application threads send 600 intents/s while the primary is kill -9'd
+    FAILOVERS times (no workers: the queue keeps every message); how many accepted intents
+    the new primary does not have. Replication is asynchronous: what the replica had not
+    received when the primary died is gone, unless producers waited for it."""
+    # Given
+    monkeypatch.setenv("TAGSYNC_REDIS_WAIT_REPLICAS", str(wait_replicas))
+    tags = list(range(100, 110))
+    fans = [f"async-fan-{i:05d}" for i in range(4000)]
+    pairs = pairs_of(tags, fans)
+    apps = [Application(pairs[i::2], per_second=300) for i in range(2)]
+    for app in apps:
+        app.start()
+    # When
+    failovers = []
+    for _ in range(FAILOVERS):
+        time.sleep(2)
+        failovers.append(fail_over(sentinels))
+        time.sleep(STREAM_BETWEEN_S)
+    for app in apps:
+        app.finish()
+    # Then
+    accepted = [pair for app in apps for pair in app.accepted]
+    lost = sorted(set(accepted) - queued_pairs(connect(sentinels.url)))
+    accepted_at = {
+        pair: at for app in apps for pair, at in zip(app.accepted, app.accepted_at, strict=True)
+    }
+    kills = [failover.killed_at for failover in failovers]
+    # Each lost intent, in ms before the kill that lost it (the first after it was accepted)
+    before_ms = sorted(
+        round(1000 * (min((k for k in kills if k >= accepted_at[pair]), default=math.nan)
+                      - accepted_at[pair]), 1)
+        for pair in lost
+    )  # fmt: skip
+    refusals = sum((app.refusals for app in apps), Counter[str]())
+    print(
+        f"TAGSYNC_REDIS_WAIT_REPLICAS={wait_replicas}: {len(accepted)} intents accepted, "
+        f"{len(lost)} not on the new primary after {len(failovers)} failovers (accepted "
+        f"{before_ms} ms before the kill); refusals {dict(refusals)}"
+    )
+    path = os.environ.get("CHAOS_REPORT")
+    if path:
+        row = {
+            "fault": f"Sentinel failover, kill -9 primary, TAGSYNC_REDIS_WAIT_REPLICAS="
+            f"{wait_replicas} (queue only)",
+            "size": f"{FAILOVERS} failovers, 600 intents/s",
+            "accepted": len(accepted),
+            "lost": len(lost),
+            "recover_s": None,
+            "calls": 0,
+            "minimum_calls": 0,
+        }
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+    if wait_replicas:
+        assert lost == []
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(raises=BacklogStuck, strict=False, reason=STRANDED_BY_3874)
+def test_three_failovers_under_a_fast_stream_lose_nothing(
     sim: Sim,
     client: WeChatClient,
     sentinels: SentinelDeployment,
     sentinel_producers: str,
     start_worker: Any,  # after the Sentinels: its workers stop first at teardown
     monkeypatch: pytest.MonkeyPatch,
-    wait_replicas: int,
 ) -> None:
-    """The measurement: 2 application threads send 600 intents/s while the primary is kill -9'd
-    FAILOVERS times; how many accepted intents are lost. Replication is asynchronous: what
-    the replica had not received when the primary died is gone, unless producers waited
-    for it (TAGSYNC_REDIS_WAIT_REPLICAS=1: 0 lost)."""
+    """The end-to-end version: 600 intents/s with TAGSYNC_REDIS_WAIT_REPLICAS=1, two worker
+    processes, FAILOVERS kill -9s of the primary: every accepted intent is applied."""
     # Given
-    monkeypatch.setenv("TAGSYNC_REDIS_WAIT_REPLICAS", str(wait_replicas))
-    tags = make_tags(client, 10, prefix="async")
+    monkeypatch.setenv("TAGSYNC_REDIS_WAIT_REPLICAS", "1")
+    tags = make_tags(client, 10, prefix="fast")
     fans = ensure_fans(sim, 4000)
     worker = start_worker(processes=2, threads=4, TAGSYNC_REDIS_URL=sentinels.url)
     pairs = pairs_of(tags, fans)
@@ -838,33 +907,17 @@ def test_what_an_asynchronous_failover_loses(
     # Then
     accepted = [pair for app in apps for pair in app.accepted]
     lost = lost_pairs(sim, accepted)
-    assert DeadLetters(connection).count() == 0
-    accepted_at = {
-        pair: at for app in apps for pair, at in zip(app.accepted, app.accepted_at, strict=True)
-    }
-    kills = [failover.killed_at for failover in failovers]
-    # Each lost intent, in ms before the kill that lost it (the first after it was accepted)
-    before_ms = sorted(
-        round(1000 * (min((k for k in kills if k >= accepted_at[pair]), default=math.nan)
-                      - accepted_at[pair]), 1)
-        for pair in lost
-    )  # fmt: skip
-    refusals = sum((app.refusals for app in apps), Counter[str]())
-    print(
-        f"TAGSYNC_REDIS_WAIT_REPLICAS={wait_replicas}: {len(accepted)} intents accepted, "
-        f"{len(lost)} lost in {len(failovers)} failovers (accepted {before_ms} ms before "
-        f"the kill); refusals {dict(refusals)}"
-    )
+    print(f"{len(accepted)} intents accepted, {len(lost)} lost in {len(failovers)} failovers")
     report(
-        f"Sentinel failover (kill -9 primary), TAGSYNC_REDIS_WAIT_REPLICAS={wait_replicas}",
+        "Sentinel failover (kill -9 primary), TAGSYNC_REDIS_WAIT_REPLICAS=1",
         f"{FAILOVERS} failovers, 600 intents/s",
         sim,
         *apps,
         lost=len(lost),
         recover_s=max(first_call_after(sim, failover.promoted_at) for failover in failovers),
     )
-    if wait_replicas:
-        assert lost == []
+    assert lost == [], f"{len(lost)} accepted intents lost, e.g. {lost[:3]}"
+    assert DeadLetters(connection).count() == 0
 
 
 @pytest.mark.chaos
