@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.connection import SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -41,6 +43,19 @@ class _PrimaryFollowingConnection(SentinelManagedConnection):
         if self.connection_pool.is_master:
             self.host, self.port = self.connection_pool.get_master_address()
         return super()._connect()  # type: ignore[no-untyped-call]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        # A demoted primary answers a script's write with READONLY wrapped in a script error
+        # (redis-py turns only a bare READONLY into a reconnect): the same news, so the same
+        # answer, a reconnect to the primary the Sentinels name, and the command retried
+        # there (tagsync's scripts are safe to run again; this one wrote nothing).
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if self.connection_pool.is_master and "READONLY" in str(exc):
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise RedisConnectionError("the primary is now a replica (READONLY)") from exc
+            raise
 
 
 class _PrimaryFollowingSSLConnection(_PrimaryFollowingConnection, SSLConnection):

@@ -273,7 +273,11 @@ def test_redis_stalled_loses_nothing(
 
 
 @pytest.mark.parametrize(
-    "kills", [pytest.param(2, id="2"), pytest.param(6, id="6", marks=pytest.mark.chaos)]
+    "kills",
+    [
+        pytest.param(2, id="2", marks=pytest.mark.long),  # about 20 s: make test-long
+        pytest.param(6, id="6", marks=pytest.mark.chaos),
+    ],
 )
 def test_worker_kill_storm_loses_nothing(
     sim: Sim,

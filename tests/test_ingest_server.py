@@ -118,6 +118,7 @@ def server(own_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[str, RedisS
     assert TOKEN not in output
 
 
+@pytest.mark.long  # a venv and an install from the index: make test-long
 def test_a_plain_install_serves_the_ingest_under_gunicorn(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:

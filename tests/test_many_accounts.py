@@ -284,6 +284,7 @@ def test_a_revoked_accounts_intents_can_be_purged(
     assert run(accounts_env, "dlq", "list", "--account", B).count("\n") == 1
 
 
+@pytest.mark.long  # about 18 s: make test-long
 def test_a_rotated_refresh_token_survives_a_kill_9(
     accounts_env: dict[str, str],
     platform: PlatformSim,
