@@ -66,14 +66,19 @@ class RedisUrlError(ValueError):
     """``TAGSYNC_REDIS_URL`` is not one of the forms above; the message says which part."""
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis:
-    """A client for ``url``; ``kwargs`` (timeouts, retry) apply to the server connections."""
+def check_scheme(url: str) -> str:
+    """``url``'s scheme, or ``RedisUrlError`` when it is none of the forms above."""
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise RedisUrlError(
             f"TAGSYNC_REDIS_URL {redacted(url)!r}: the scheme must be one of {', '.join(SCHEMES)}"
         )
-    if scheme in SENTINEL_SCHEMES:
+    return scheme
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for ``url``; ``kwargs`` (timeouts, retry) apply to the server connections."""
+    if check_scheme(url) in SENTINEL_SCHEMES:
         return _sentinel_client(url, kwargs)
     return redis.Redis.from_url(url, **kwargs)
 

@@ -141,12 +141,16 @@ class Lifecycle(Middleware):
         while True:
             try:
                 now = redis_now(client)
+                # Every time in the beat on Redis's clock: status compares them with it, and
+                # this host's clock may be off.
+                skew = now - time.time()
+                last = self.last_message_at
                 beat = Heartbeat(
                     host=self._name.rpartition(":")[0],
                     pid=os.getpid(),
-                    started_at=self.started_at,
+                    started_at=self.started_at + skew,
                     beat_at=now,
-                    last_message_at=self.last_message_at,
+                    last_message_at=None if last is None else last + skew,
                     messages=self.messages,
                     threads=self.threads,
                 )

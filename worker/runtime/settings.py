@@ -6,10 +6,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
 
-from producers.redis_url import SCHEMES as REDIS_SCHEMES
-from producers.redis_url import redacted
+from producers.redis_url import RedisUrlError, check_scheme
 from worker.observability.redaction import Secret
 from worker.wechat.client import DEFAULT_API_BASE
 
@@ -107,11 +105,11 @@ class Settings:
         if create not in ("", "0", "1", "true", "false", "yes", "no"):
             raise SettingsError(f"TAGSYNC_CREATE_TAGS={create!r} must be 1 or 0")
         redis_url = env.get("TAGSYNC_REDIS_URL", "").strip() or None
-        if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
-            shown = redacted(redis_url)
-            raise SettingsError(
-                f"TAGSYNC_REDIS_URL={shown!r} must start {', '.join(REDIS_SCHEMES)} then ://"
-            )
+        if redis_url:
+            try:
+                check_scheme(redis_url)
+            except RedisUrlError as exc:
+                raise SettingsError(str(exc)) from None
         for name in ("TAGSYNC_REDIS_WAIT_REPLICAS", "TAGSYNC_REDIS_WAIT_MS"):
             _number(env, name, 0, int, minimum=0)
         settings = cls(
