@@ -1,16 +1,23 @@
 # Every target creates .venv and installs the project with its dev extras when missing
-# or when pyproject.toml changed; nothing is installed by hand.
+# or when the lock changed; nothing is installed by hand. requirements.lock pins every
+# package with its hashes, so an upstream release never changes a build; `make upgrade`
+# is the one deliberate way to move to newer releases.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# How the lock is compiled: every extra, for any platform, with hashes.
+COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	--generate-hashes --no-header --quiet -o $(LOCK)
 
-.PHONY: demo test test-long chaos lint bench bench-quick fakewechat clean
+.PHONY: demo dev test test-long chaos lint docs bench bench-quick fakewechat upgrade clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,10 +37,24 @@ chaos: $(STAMP)
 	CHAOS_REPORT=chaos-results.jsonl $(BIN)/python -m pytest -m chaos -p no:cacheprovider
 	$(BIN)/python -m tests.chaos_report chaos-results.jsonl
 
+# The local stack of the README's first screen: Redis, the simulator, the worker and the
+# ingest under honcho with dev.env, the tags of the curl examples created first.
+dev: $(STAMP)
+	$(BIN)/python -m worker.runtime.dev_stack
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The docs site (docs/, mkdocs.yml); --strict fails on a broken link or a missing page.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .site
+
+# Newer releases, deliberately: recompile the lock, reinstall, and run lint and the tests.
+upgrade: $(STAMP)
+	$(COMPILE) --upgrade
+	$(MAKE) lint test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -45,4 +66,4 @@ fakewechat: $(STAMP)
 	$(BIN)/fakewechat
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .site

@@ -103,7 +103,7 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     tls: dict[str, Any] = {}
     if parts.scheme == "rediss+sentinel":  # ssl_ca_certs=..., ssl_cert_reqs=... as redis-py's
         tls = {"ssl": True, **{k: v for k, v in query.items() if k.startswith("ssl_")}}
-    credentials = {
+    credentials: dict[str, Any] = {
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
     }
@@ -112,10 +112,10 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     }
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         sentinels, sentinel_kwargs={**sentinel_kwargs, **tls}, **tls
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(
         unquote(path[0]),
         db=db,
         connection_class=(_PrimaryFollowingSSLConnection if tls else _PrimaryFollowingConnection),

@@ -7,10 +7,13 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from importlib import metadata
 
 import redis
 
-from worker.cli import accounts, admin, demo, dlq, produce, reconcile, run
+# _extra first (names import in order): one clear line, not a traceback, when the worker
+# extra is not installed.
+from worker.cli import _extra, accounts, admin, demo, dlq, produce, reconcile, run  # noqa: F401
 from worker.gated import AccountPaused
 from worker.observability.logs import configure_logging
 from worker.observability.redaction import REDACTOR
@@ -27,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep WeChat Official Account user tags in step with application events.",
         epilog=f"environment:\n{variables}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tagsync {metadata.version('wechat-tagsync')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(commands)
