@@ -11,7 +11,7 @@ LOCK := requirements.lock
 COMPILE := $(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 	--generate-hashes --no-header --quiet -o $(LOCK)
 
-.PHONY: demo dev test test-long chaos lint docs bench bench-quick fakewechat upgrade clean
+.PHONY: demo dev test test-fast test-long chaos lint docs bench bench-quick fakewechat upgrade clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The quick loop while editing: the tests that start no worker processes (not marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow and not chaos and not long'
+
 # Fault tests too long for make test's 10 minutes: Redis failover under Sentinel, a killed
 # worker's heartbeat going stale. CI runs them after make test.
 test-long: $(STAMP)
@@ -37,10 +41,10 @@ chaos: $(STAMP)
 	CHAOS_REPORT=chaos-results.jsonl $(BIN)/python -m pytest -m chaos -p no:cacheprovider
 	$(BIN)/python -m tests.chaos_report chaos-results.jsonl
 
-# The local stack of the README's first screen: Redis, the simulator, the worker and the
-# ingest under honcho with dev.env, the tags of the curl examples created first.
+# The local stack of the README's first screen: the Procfile's processes with dev.env (Redis
+# keeping its data in .tagsync/dev/), the tags of the curl examples created first.
 dev: $(STAMP)
-	$(BIN)/python -m worker.runtime.dev_stack
+	$(BIN)/tagsync dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -49,7 +53,7 @@ lint: $(STAMP)
 
 # The docs site (docs/, mkdocs.yml); --strict fails on a broken link or a missing page.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir .site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
 
 # Newer releases, deliberately: recompile the lock, reinstall, and run lint and the tests.
 upgrade: $(STAMP)

@@ -1,4 +1,4 @@
-"""Scenario ``accounts``: many Official Accounts in one deployment (README: Many accounts).
+"""Scenario ``accounts``: many Official Accounts in one deployment (docs/many-accounts.md).
 
 200 accounts x 2 tags x 1,000 fans, each account limited to 2 calls/s by the simulator and
 by its own ``rate`` in the accounts file: 40 calls an account, 20 s at best from the first

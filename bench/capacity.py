@@ -1,5 +1,5 @@
 """Scenario `capacity`: how many WeChat calls per second one worker process drives, and the
-CPU each call costs, so the README can size processes and threads against an account's rate.
+CPU each call costs, so docs/deploying.md can size processes and threads against an account's rate.
 
 The gate is set far above what the host can do (TAGSYNC_RATE=2000) and the simulator does not
 limit, so the workers run flat out on a backlog of full batches; the simulator shares the
@@ -101,6 +101,6 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             if slow
             else None
         ),
-        "target": "informational (README Sizing)",
+        "target": "informational (docs/deploying.md, Sizing)",
         "met": True,
     }

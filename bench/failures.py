@@ -18,7 +18,8 @@ from worker.split import MAX_BATCH, MAX_CALLS
 
 
 def halving_bound(k: int) -> int:
-    """Calls in all that k bad openids in a batch of 50 may cost (G7): halving's, k <= 5."""
+    """Calls in all that k bad openids in a batch of 50 may cost (G7, docs/how-it-works.md):
+    halving's, k <= 5."""
     if k > 5:
         return MAX_CALLS
     return 2 * k * math.ceil(math.log2(MAX_BATCH / k)) + 2 * k + 1

@@ -19,7 +19,8 @@ from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.runtime.launch import WorkerGroup
-from worker.runtime.redis_server import RedisServer, free_port
+from worker.runtime.processes import free_port
+from worker.runtime.redis_server import RedisServer
 from worker.sweep import lift_pause
 from worker.wechat.client import WeChatClient
 

@@ -78,7 +78,7 @@ def run_single(*, quick: bool = False) -> dict[str, Any]:
     with stack(processes=2, threads=8) as s:
         s.pause()
         rates = [_single_run(s, run, count) for run in range(3)]
-        # The same events through one shared producers.Producer (what the README advises).
+        # The same events through one shared producers.Producer (what docs/producing.md advises).
         batched = [_single_run(s, run, count, batched=True) for run in range(3)]
     median = statistics.median(rates)
     return {

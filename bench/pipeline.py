@@ -1,4 +1,4 @@
-"""Scenarios `fill`, `rate`, `latency` and `memory` (see the README's Performance section)."""
+"""Scenarios `fill`, `rate`, `latency` and `memory` (see docs/performance.md)."""
 
 from __future__ import annotations
 

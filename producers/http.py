@@ -172,8 +172,8 @@ class IngestApp:
     def _health(self, start_response: StartResponse) -> list[bytes]:
         try:
             broker().client.ping()
-        except Exception:
-            return reply(start_response, 503, {"ok": False, "error": "redis unreachable"})
+        except Exception as exc:  # the reason, for whoever looks: a wrong URL, a refused login
+            return reply(start_response, 503, {"ok": False, "error": f"redis unreachable: {exc}"})
         return reply(start_response, 200, {"ok": True})
 
 

@@ -112,9 +112,7 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     }
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
-    sentinel = Sentinel(
-        sentinels, sentinel_kwargs={**sentinel_kwargs, **tls}, **tls
-    )
+    sentinel = Sentinel(sentinels, sentinel_kwargs={**sentinel_kwargs, **tls}, **tls)
     client: redis.Redis = sentinel.master_for(
         unquote(path[0]),
         db=db,

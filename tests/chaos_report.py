@@ -1,4 +1,4 @@
-"""``python -m tests.chaos_report FILE``: the README's Reliability table from ``make chaos``."""
+"""``python -m tests.chaos_report FILE``: the table of docs/reliability.md from ``make chaos``."""
 
 from __future__ import annotations
 

@@ -166,7 +166,8 @@ def sim(simulator_process: str) -> Iterator[Sim]:
     helper = Sim(simulator_process)
     helper.post("/_sim/reset")
     yield helper
-    # G2 in every test: two batch calls of one tag are never answered at the same time.
+    # G2 (docs/how-it-works.md) in every test: two batch calls of one tag are never answered
+    # at the same time.
     overlapping = helper.stats()["overlapping_batches"]
     helper.http.close()
     assert overlapping == 0, f"{overlapping} batch calls overlapped another of their tag"
@@ -220,7 +221,7 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(*, processes: int = 2, threads: int = 4, **env: str) -> Worker:
-        from worker.runtime.redis_server import free_port
+        from worker.runtime.processes import free_port
 
         settings = {"TAGSYNC_METRICS_PORT": str(free_port()), "TAGSYNC_METRICS_HOST": "127.0.0.1"}
         worker = Worker({**worker_env, **settings, **env}, processes=processes, threads=threads)
@@ -340,7 +341,7 @@ def fans_of(sim: Sim, tag_id: int) -> set[str]:
 @pytest.fixture
 def ingest_url(env: dict[str, str]) -> Iterator[str]:
     """`tagsync ingest` on a free port (bearer token ``INGEST_TOKEN``)."""
-    from worker.runtime.redis_server import free_port
+    from worker.runtime.processes import free_port
 
     port = free_port()
     process = subprocess.Popen(

@@ -1,5 +1,5 @@
-"""Alerts as code: the Prometheus rule file, its promtool unit tests, its runbook, and the
-metrics it needs, exported by a real worker."""
+"""Alerts as code: the Prometheus rule file, its promtool unit tests, its runbook (the docs
+page docs/runbook.md), and the metrics it needs, exported by a real worker."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import producers
 from tests.conftest import APPID, SECRET, Sim, wait_until
+from tests.test_docs import anchors
 from worker.wechat import WeChatClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "grafana" / "alerts" / "tagsync.rules.yml"
-RULE_TESTS = ROOT / "grafana" / "alerts" / "tagsync.rules.test.yml"
-README = ROOT / "README.md"
+# Outside the rules glob (grafana/alerts/*.yml), which holds rule files only.
+RULE_TESTS = ROOT / "grafana" / "alerts" / "tests" / "tagsync.rules.test.yml"
+RUNBOOK_PAGE = "docs/runbook.md"
+RUNBOOK = ROOT / RUNBOOK_PAGE
 
 
 def promtool() -> str:
@@ -73,18 +76,25 @@ def cases() -> list[tuple[str, bool, str]]:
 
 
 def runbook_entries() -> dict[str, str]:
-    """The README's "Alerts and runbook" section: each ### heading and its text."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Alerts and runbook\n", 1)[1].split("\n## ", 1)[0]
-    entries = re.split(r"^### ", section, flags=re.MULTILINE)[1:]
-    return {entry.split("\n", 1)[0].strip(): entry for entry in entries}
+    """The runbook page's entries: each ### heading and its text, up to the next heading."""
+    entries = re.split(r"^### ", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)[1:]
+    return {entry.split("\n", 1)[0].strip(): entry.split("\n#", 1)[0] for entry in entries}
 
 
-def test_promtool_accepts_the_rule_file() -> None:
-    """`promtool check rules` accepts the file, and counts every alert this test reads."""
+def test_promtool_accepts_every_file_of_the_rules_glob() -> None:
+    """`promtool check rules grafana/alerts/*.yml` (as a Prometheus config would load them)
+    accepts every file, and counts every alert this test reads."""
+    # Given: what the glob matches, the rule file and nothing else
+    files = sorted(RULES.parent.glob("*.yml"))
+    assert files == [RULES]
+    # When
     result = subprocess.run(
-        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+        [promtool(), "check", "rules", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    # Then
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
 
@@ -99,15 +109,18 @@ def test_promtool_unit_tests_pass() -> None:
 
 def test_every_alert_has_annotations_cases_and_a_runbook_entry() -> None:
     """Summary, description (naming the account where the alert is per account), a runbook
-    entry under its name in the README, one firing case with labels and annotations checked
-    and one case where it must not fire."""
+    link to a heading of the runbook page with an entry under the alert's name, one firing
+    case with labels and annotations checked and one case where it must not fire."""
     runbook = runbook_entries()
+    headings = anchors(RUNBOOK)
     rule_cases = cases()
     assert alerts()
     for name, block in alerts().items():
         summary, description = annotation(block, "summary"), annotation(block, "description")
         assert summary and len(description) > 40, name
-        assert annotation(block, "runbook") == f"README.md#{name.lower()}", name
+        link = annotation(block, "runbook")
+        assert link == f"{RUNBOOK_PAGE}#{name.lower()}", name
+        assert link.split("#", 1)[1] in headings, f"{name}: {link} is no heading of the page"
         assert name in runbook and len(runbook[name]) > 200, f"{name}: no runbook entry"
         assert f"`{name}`" in runbook_table(), f"{name}: not in the table of alerts"
         firing = [case for alert, fires, case in rule_cases if alert == name and fires]
@@ -122,9 +135,8 @@ def test_every_alert_has_annotations_cases_and_a_runbook_entry() -> None:
 
 
 def runbook_table() -> str:
-    """The table of alerts at the start of the README's section."""
-    text = README.read_text(encoding="utf-8")
-    return text.split("\n## Alerts and runbook\n", 1)[1].split("\n### ", 1)[0]
+    """The runbook page before its first entry, where the table of alerts is."""
+    return RUNBOOK.read_text(encoding="utf-8").split("\n### ", 1)[0]
 
 
 # -- the metrics the alerts need, from a real worker ----------------------------------------

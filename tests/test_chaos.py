@@ -6,7 +6,7 @@ final state against the last-write-wins oracle of every accepted intent (a produ
 that returned), and that the dead letters hold exactly what they must. The short versions
 run in ``make test``; ``make chaos`` runs the long ones (``pytest -m chaos``). With
 ``CHAOS_REPORT=FILE`` each scenario appends its figures to FILE (JSON lines), which the
-README's Reliability table is made from.
+table of docs/reliability.md is made from.
 """
 
 from __future__ import annotations
@@ -501,7 +501,7 @@ def test_what_each_persistence_setting_loses_to_a_redis_kill(
     sim: Sim, client: WeChatClient, worker_env: dict[str, str], start_worker: Any, setting: str
 ) -> None:
     """Redis kill -9 mid-stream, 2 s outage, under each `appendfsync` setting and without
-    persistence: the (tag, fan) pairs whose final state is wrong, for the README.
+    persistence: the (tag, fan) pairs whose final state is wrong, for docs/reliability.md.
 
     A killed process loses nothing its kernel already holds: Redis writes the AOF before it
     answers, so `always`, `everysec` and `no` lose nothing here; only a power loss or a
@@ -538,7 +538,7 @@ def test_what_each_persistence_setting_loses_to_a_redis_kill(
         )
         report(fault, "2 s outage", stream, sim, None, lost=wrong)
         if setting == "none":
-            assert wrong > 0  # the README's warning holds
+            assert wrong > 0  # the warning of docs/reliability.md holds
         else:
             assert wrong == 0
     finally:

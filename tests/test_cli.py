@@ -14,6 +14,7 @@ import redis
 
 import producers
 from tests.conftest import APPID, Sim, fans_of, tagsync
+from worker.runtime.redis_server import RedisServer
 
 
 @pytest.mark.parametrize(
@@ -107,9 +108,14 @@ def test_tags_commands(env: dict[str, str], sim: Sim) -> None:
     assert too_long.returncode == 2 and "31 UTF-8 bytes" in too_long.stderr
 
 
-def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """`tagsync demo ARGS` on embedded defaults (no TAGSYNC_ or WECHAT_ settings)."""
+def run_demo(
+    *args: str, timeout: float, redis_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tagsync demo ARGS` on embedded defaults (no TAGSYNC_ or WECHAT_ settings but, if
+    given, ``redis_url`` as TAGSYNC_REDIS_URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
+    if redis_url is not None:
+        env["TAGSYNC_REDIS_URL"] = redis_url
     return subprocess.run(
         [sys.executable, "-m", "worker", "demo", *args],
         env=env,
@@ -121,21 +127,96 @@ def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_demo_passes(tmp_path: Any) -> None:
-    """`tagsync demo` runs everything on embedded defaults and ends with PASS."""
-    result = run_demo("--duration", "3", "--fans", "500", timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("PASS:") and "0 wrong" in last
+def test_demo_passes_and_keeps_out_of_a_redis_in_use() -> None:
+    """`tagsync demo` runs everything on embedded defaults and ends with PASS; in a shell
+    whose TAGSYNC_REDIS_URL names a Redis holding tagsync data (dev.env exported), it runs
+    on a Redis of its own and leaves that one as it was."""
+    with RedisServer() as deployment:
+        # Given: a deployment's Redis, in use
+        connection = redis.Redis.from_url(deployment.url)
+        connection.hset("tagsync:workers", "host:1", "{}")
+        before = sorted(connection.keys("*"))
+        # When
+        result = run_demo("--duration", "3", "--fans", "500", timeout=180, redis_url=deployment.url)
+        # Then
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        last = result.stdout.strip().splitlines()[-1]
+        assert last.startswith("PASS:") and "0 wrong" in last
+        assert "holds tagsync data: the demo starts its own" in result.stdout
+        assert sorted(connection.keys("*")) == before
+        connection.close()
 
 
 @pytest.mark.slow
 def test_demo_with_several_accounts_passes_for_each() -> None:
     """`tagsync demo --accounts 4`: four accounts (one through the component), each
-    checked on its own line, and PASS."""
-    result = run_demo("--duration", "3", "--fans", "300", "--accounts", "4", timeout=240)
+    checked on its own line, and PASS; an empty Redis named by TAGSYNC_REDIS_URL is used."""
+    with RedisServer() as given:
+        result = run_demo(
+            "--duration", "3", "--fans", "300", "--accounts", "4", timeout=240, redis_url=given.url
+        )
+        assert redis.Redis.from_url(given.url).dbsize() > 0  # its intents, tags, tokens
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "(TAGSYNC_REDIS_URL, empty)" in result.stdout
     lines = result.stdout.strip().splitlines()
     checked = [line for line in lines if line.startswith("  ok ")]
     assert len(checked) == 4 and sum("(component)" in line for line in checked) == 1
     assert lines[-1].startswith("PASS:") and "of 4 accounts" in lines[-1]
+
+
+def test_dlq_filters_by_reason_and_account_and_shows_the_account(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """`dlq list/replay --reason R --account A` take only those letters; list shows each
+    letter's account."""
+    from worker.dead_letters import DeadLetter, DeadLetters
+
+    # Given: letters of two accounts and two reasons
+    other = "wxotheraccount01"
+    letters = [
+        DeadLetter(account, 134, "tag", f"o-dlq-{account[-2:]}-{reason[:4]}-{i}", 1.0, reason)
+        for account in (APPID, other)
+        for reason in ("tag_gone", "retries_exhausted")
+        for i in range(2)
+    ]
+    DeadLetters(redis_client).add(letters)
+    # When
+    listed = tagsync(env, "dlq", "list", "--reason", "tag_gone", "--account", other)
+    # Then
+    rows = listed.stdout.splitlines()
+    assert rows[0].split()[:3] == ["DEAD-LETTERED", "ACCOUNT", "TAG"]
+    assert len(rows) == 3 and all(other in row and "tag_gone" in row for row in rows[1:])
+    # When: replayed
+    replayed = tagsync(env, "dlq", "replay", "--reason", "tag_gone", "--account", other)
+    # Then: those two went back to the queue; the other six stay
+    assert "replayed 2 dead letters" in replayed.stdout, replayed.stderr
+    kept = [json.loads(line) for line in tagsync(env, "dlq", "export").stdout.splitlines()]
+    assert len(kept) == 6
+    assert not [k for k in kept if k["account"] == other and k["reason"] == "tag_gone"]
+
+
+def test_status_shows_the_rate_the_workers_use(
+    env: dict[str, str], sim: Sim, start_worker: Any, redis_client: redis.Redis
+) -> None:
+    """`tagsync status` shows the limits the workers called with, not its caller's own."""
+    from tests.conftest import wait_drained
+
+    # Given: no call yet; the caller's environment says 99 calls/s
+    caller = {**env, "TAGSYNC_RATE": "99"}
+    before = json.loads(tagsync(caller, "status", "--json").stdout)["accounts"][APPID]["rate"]
+    assert (before["limit_per_s"], before["source"]) == (99, "settings")
+    # When: workers at 7 calls/s make calls
+    start_worker(processes=1, threads=2, TAGSYNC_RATE="7", TAGSYNC_BURST="2")
+    tag = sim.api("tags/create", {"tag": {"name": "rate-shown"}})["tag"]["id"]
+    producers.configure(redis_url=env["TAGSYNC_REDIS_URL"])
+    try:
+        producers.tag(tag, sim.fans(3), account=APPID)
+        wait_drained(redis_client)
+    finally:
+        producers.configure(None)
+    # Then
+    report = json.loads(tagsync(caller, "status", "--json").stdout)["accounts"][APPID]
+    assert report["rate"]["limit_per_s"] == 7 and report["rate"]["burst"] == 2
+    assert report["rate"]["source"] == "workers"
+    plain = tagsync(caller, "status").stdout
+    assert f"account {APPID}: running; rate 7/s," in plain

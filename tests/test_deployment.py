@@ -16,7 +16,7 @@ import requests
 
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from tests.conftest import Sim
-from worker.runtime.redis_server import free_port
+from worker.runtime.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +48,7 @@ def test_procfile_runs_the_whole_stack(tmp_path: Path) -> None:
     ]
     lines += [f"{name}={port}" for name, port in ports.items()]
     lines.append("TAGSYNC_LOG_FORMAT=json")
+    lines.append(f"REDIS_DIR={tmp_path / 'redis'}")  # not the developer's .tagsync/dev/
     env_file.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))}
     bin_dir = Path(sys.executable).parent  # the Procfile's commands live beside this python

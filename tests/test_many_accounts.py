@@ -447,3 +447,45 @@ def test_one_accounts_flood_does_not_hold_anothers_batches(
     wait_drained(redis_client, timeout_s=60)
     assert platform.fans_of(APPID, a_tag) == set()  # the last round untagged
     assert platform.fans_of(B, b_tags[0]) == set(platform.fans(B))
+
+
+def test_the_accounts_file_is_read_again_while_workers_run(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """An account added to the file is served within seconds, a file that no longer reads
+    changes nothing, and a removed account is served no more; no restart."""
+    # Given: workers serving A only; B's secret mounted as a file (no variable needed)
+    accounts = Path(accounts_env["TAGSYNC_ACCOUNTS"])
+    (tmp_path / "b.secret").write_text(SECRETS[B] + "\n", encoding="utf-8")
+    only_a = f'[[accounts]]\nappid = "{APPID}"\nsecret = "env:SECRET_0"\n'
+    with_b = only_a + f'\n[[accounts]]\nappid = "{B}"\nsecret = "file:b.secret"\n'
+    accounts.write_text(only_a, encoding="utf-8")
+    worker = start_worker(processes=2, threads=4, **accounts_env)
+    a_tag = create_tag(accounts_env, APPID, "file-a")
+    # When: B is added to the file
+    accounts.write_text(with_b, encoding="utf-8")
+    b_tag = create_tag(accounts_env, B, "file-b")
+    added_at = time.monotonic()
+    producers.tag(b_tag, platform.fans(B), account=B)
+    # Then: B's intents are applied, none dead-lettered
+    wait_until(lambda: all_tagged(platform, B, [b_tag]), timeout_s=15, what="B served")
+    served_after_s = time.monotonic() - added_at
+    assert served_after_s < 10
+    assert run(accounts_env, "dlq", "list").count("\n") == 1  # the header alone
+    # When: the file is broken (a bad edit), then B is removed
+    accounts.write_text("[[accounts]\n", encoding="utf-8")
+    producers.tag(a_tag, platform.fans(APPID), account=APPID)
+    wait_until(lambda: all_tagged(platform, APPID, [a_tag]), timeout_s=15, what="A served")
+    wait_until(lambda: "accounts.file_invalid" in worker.logs(), what="the error logged")
+    accounts.write_text(only_a, encoding="utf-8")
+    producers.untag(b_tag, platform.fans(B)[:3], account=B)
+    # Then: B's new intents are refused as an account this deployment does not serve
+    wait_drained(redis_client, timeout_s=30)
+    letters = [json.loads(line) for line in run(accounts_env, "dlq", "list", "--json").splitlines()]
+    assert {(x["account"], x["reason"]) for x in letters} == {(B, "unknown_account")}
+    assert len(letters) == 3
+    assert all_tagged(platform, B, [b_tag])  # nothing was sent for B once removed

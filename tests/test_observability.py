@@ -24,7 +24,7 @@ import producers
 import worker.observability.metrics
 from tests.conftest import APPID, SECRET, Sim, wait_until
 from worker.observability.metrics_server import BacklogCollector
-from worker.runtime.redis_server import free_port
+from worker.runtime.processes import free_port
 from worker.runtime.settings import Settings
 from worker.wechat import WeChatClient
 
@@ -87,6 +87,28 @@ def test_dashboard_is_well_formed() -> None:
     assert variables["datasource"]["type"] == "datasource"
 
 
+def test_account_variable_filters_every_per_account_query(redis_client: redis.Redis) -> None:
+    """An `account` variable (all by default) lists the served accounts, and every query of
+    a metric with an account label filters by it."""
+    # Given
+    account = {v["name"]: v for v in dashboard()["templating"]["list"]}["account"]
+    per_account = {
+        "tagsync_intents_received_total", "tagsync_intents_applied_total",
+        "tagsync_intents_dead_lettered_total", "tagsync_batch_size_openids_sum",
+        "tagsync_batch_size_openids_count", "tagsync_batch_size_openids_bucket",
+        "tagsync_wechat_errcodes_total", "tagsync_pending_intents", "tagsync_inflight_intents",
+        "tagsync_oldest_pending_age_seconds", "tagsync_rate_limit_deferrals_total",
+        "tagsync_account_paused", "tagsync_token_refreshes_total",
+    }  # fmt: skip
+    # Then
+    assert account["includeAll"] and account["multi"] and account["allValue"] == ".*"
+    assert "tagsync_account_rate_limit" in account["query"]["query"]
+    for title, expr in panel_queries():
+        for name, selector in re.findall(r"\b(tagsync_\w+)(\{[^}]*\})?", expr):
+            if name in per_account:
+                assert 'account=~"$account"' in selector, f"{title}: {name} is not filtered"
+
+
 def test_queries_name_only_exported_metrics_and_use_rate_interval(
     redis_client: redis.Redis,
 ) -> None:
@@ -107,7 +129,10 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
             pytest.fail("promtool is missing (Debian's prometheus package)")
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     rules = [
-        {"record": f"tagsync:panel_{i}", "expr": expr.replace("$__rate_interval", "1m")}
+        {
+            "record": f"tagsync:panel_{i}",
+            "expr": expr.replace("$__rate_interval", "1m").replace("$account", ".*"),
+        }
         for i, (_, expr) in enumerate(panel_queries())
     ]
     path = tmp_path / "panels.yml"
@@ -245,7 +270,10 @@ def test_every_panel_query_returns_data(
             def empty_panels() -> list[str]:
                 empty = []
                 for title, expr in panel_queries():
-                    query = expr.replace("$__rate_interval", RATE_INTERVAL)
+                    # The account picked in the variable: the one the worker serves.
+                    query = expr.replace("$__rate_interval", RATE_INTERVAL).replace(
+                        "$account", APPID
+                    )
                     answer = requests.get(api, params={"query": query}, timeout=10).json()
                     assert answer["status"] == "success", (title, query, answer)
                     values = [float(r["value"][1]) for r in answer["data"]["result"]]

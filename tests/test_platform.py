@@ -1,4 +1,5 @@
-"""The simulator with several apps and a third-party platform (DESIGN §7), over real HTTP."""
+"""The simulator with several apps and a third-party platform (docs/simulator.md), over
+real HTTP."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import requests
 import producers
 from producers.intents import QUEUE_NAME
 from tests.conftest import APPID
-from worker.runtime.redis_server import RedisServer, free_port
+from worker.runtime.processes import free_port
+from worker.runtime.redis_server import RedisServer
 
 QUEUE = f"dramatiq:{QUEUE_NAME}"
 OPENID = "o" + "A" * 27

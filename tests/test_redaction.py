@@ -14,7 +14,7 @@ import requests
 from tests.conftest import APPID, SECRET, Sim
 from worker.observability.logs import configure_logging
 from worker.observability.redaction import MASK, Redactor, Secret
-from worker.runtime.redis_server import free_port
+from worker.runtime.processes import free_port
 from worker.runtime.settings import Settings
 from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
 

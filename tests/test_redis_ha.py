@@ -51,9 +51,9 @@ from tests.conftest import (
 )
 from tests.test_chaos import minimum_calls
 from worker.dead_letters import DeadLetters
-from worker.runtime.processes import die_with_parent
+from worker.runtime.processes import die_with_parent, free_port
 from worker.runtime.redis_client import retrying_client
-from worker.runtime.redis_server import find_redis_server, free_port
+from worker.runtime.redis_server import find_redis_server
 from worker.wechat import WeChatClient
 
 pytestmark = pytest.mark.slow
@@ -635,7 +635,7 @@ def _json_or_empty(line: str) -> dict[str, Any]:
 def report(
     fault: str, size: str, sim: Sim, *apps: Application, lost: int, recover_s: float
 ) -> None:
-    """Append the scenario's figures to $CHAOS_REPORT, if set (the README's table)."""
+    """Append the scenario's figures to $CHAOS_REPORT, if set (for docs/redis-ha.md)."""
     path = os.environ.get("CHAOS_REPORT")
     if not path:
         return

@@ -1,4 +1,5 @@
-"""The simulator's own contract (DESIGN §5): test endpoints, fans, atomicity, concurrency, size."""
+"""The simulator's own contract (docs/simulator.md): test endpoints, fans, atomicity,
+concurrency, size."""
 
 from __future__ import annotations
 

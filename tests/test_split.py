@@ -13,7 +13,8 @@ from worker.split import MAX_BATCH, MAX_CALLS, Group, Probe, SplitPlan, Verdict
 
 
 def halving_bound(k: int) -> int:
-    """G7: what halving costs for k <= 5 bad openids in 50, the first call included."""
+    """G7 (docs/how-it-works.md): what halving costs for k <= 5 bad openids in 50, the first
+    call included."""
     return 2 * k * math.ceil(math.log2(MAX_BATCH / k)) + 2 * k + 1
 
 
@@ -102,7 +103,7 @@ def test_four_and_five_bad_cost_what_halving_costs_almost_always() -> None:
     """k = 4, 5: within the halving bound for at least 98% of random placements.
 
     An adversarial placement can make any plan that keeps the 55-call cap spend its four
-    spare calls early (see the README); the cap then decides.
+    spare calls early (see docs/failure-policy.md); the cap then decides.
     """
     rng = random.Random(7)
     for k in (4, 5):

@@ -200,7 +200,8 @@ def test_pipe_gets_the_plain_text(paused_backlog: dict[int, int], env: dict[str,
     account = next(line for line in lines if line.startswith("account "))
     assert re.fullmatch(
         rf"account {APPID}: PAUSED \(credentials, errcode 40001\) until \d\d:\d\d:\d\d: "
-        r"invalid credential; rate 20/s, slots reserved \d+ ms ahead; 0 calls today "
+        r"invalid credential; rate 20/s \(from settings: no call yet\), slots reserved \d+ ms "
+        r"ahead; 0 calls today "
         r"\(budget none\); token (cached, \d+ s left|not cached)",
         account,
     )

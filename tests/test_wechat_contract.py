@@ -1,4 +1,4 @@
-"""The client against the simulator over real HTTP: every call of DESIGN §1 and its errcodes."""
+"""The client against the simulator over real HTTP: every call of the tag API and its errcodes."""
 
 from __future__ import annotations
 
@@ -409,7 +409,7 @@ def test_latency_is_added(client: WeChatClient, sim: Sim) -> None:
 
 def test_connection_refused_is_a_network_error() -> None:
     """No server at all is a NetworkError too."""
-    from worker.runtime.redis_server import free_port
+    from worker.runtime.processes import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     wechat = WeChatClient(appid=APPID, secret=SECRET, api_base=url, connect_timeout=0.5)
@@ -454,7 +454,7 @@ def test_unknown_errcode_is_transient(client: WeChatClient, sim: Sim) -> None:
 
 
 def test_table_holds_every_errcode_of_the_seed_and_design() -> None:
-    """Every errcode the seed and DESIGN §1 name has a row with a class and an action."""
+    """Every errcode of the tag API and its platform has a row with a class and an action."""
     named = {-1, 40001, 40003, 40013, 40014, 40032, 40125, 40164, 41001, 42001, 45009, 45011}
     named |= {45056, 45057, 45058, 45059, 45157, 45158, 45159, 48001, 49003, 61004}
     assert named <= set(ERRCODES)
@@ -479,12 +479,16 @@ def test_exceptions_carry_call_errcode_and_errmsg(client: WeChatClient) -> None:
     assert not isinstance(error, ProgrammingError)
 
 
-def test_the_readme_shows_the_errcode_table_as_it_is() -> None:
-    """The README's failure-policy table is the errcode table, rendered (`tagsync errcodes`)."""
+def test_the_errcodes_docs_page_shows_the_errcode_table_as_it_is() -> None:
+    """The docs' errcode reference is the errcode table, rendered (`tagsync errcodes`)."""
     from pathlib import Path
 
     from worker.wechat.errcodes import markdown_table
 
-    readme = Path(__file__).parent.parent.joinpath("README.md").read_text(encoding="utf-8")
-    shown = readme.split("<!-- errcodes:begin -->\n")[1].split("\n<!-- errcodes:end -->")[0]
+    # Given: the docs page of the failure policy's errcodes
+    page = Path(__file__).parent.parent / "docs" / "reference" / "errcodes.md"
+    text = page.read_text(encoding="utf-8")
+    # When: the table between its markers is read
+    shown = text.split("<!-- errcodes:begin -->\n")[1].split("\n<!-- errcodes:end -->")[0]
+    # Then
     assert shown == markdown_table()

@@ -131,6 +131,7 @@ class DeadLetters:
         errcode: int | None = None,
         tag_id: int | None = None,
         account: str | None = None,
+        reason: str | None = None,
         page: int = 1000,
     ) -> Iterator[tuple[str, DeadLetter]]:
         """Every kept dead letter (oldest first) matching the filters, with its stream id."""
@@ -144,6 +145,8 @@ class DeadLetters:
                 if tag_id is not None and letter.tag_id != tag_id:
                     continue
                 if account is not None and letter.account != account:
+                    continue
+                if reason is not None and letter.reason != reason:
                     continue
                 yield _text(entry_id), letter
             if len(entries) < page:

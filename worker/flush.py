@@ -285,7 +285,7 @@ class Flusher:
         if admission.kind == "paused":
             return None  # the take that follows sees the pause and settles its wait
         if admission.kind == "wait" or admission.wait_ms > run.sleep_left_ms:
-            RATE_LIMIT_DEFERRALS.inc()
+            RATE_LIMIT_DEFERRALS.labels(run.account).inc()
             return Wait(max(0, admission.wait_ms - MAX_SLEEP_MS), "slot", admission.slot_at)
         run.slot_at = admission.slot_at  # the next batch's call uses this slot
         return None
@@ -403,7 +403,7 @@ class Flusher:
                     run.paused_ops.add(batch.op)
                 return Wait(min(admission.wait_ms, PAUSE_RECHECK_MS), pause=True)
             if admission.kind == "wait" or admission.wait_ms > run.sleep_left_ms:
-                RATE_LIMIT_DEFERRALS.inc()
+                RATE_LIMIT_DEFERRALS.labels(run.account).inc()
                 # Come back shortly before the slot, which stays reserved for this tag.
                 return Wait(max(0, admission.wait_ms - MAX_SLEEP_MS), "slot", admission.slot_at)
             RATE_LIMIT_WAIT.observe(admission.wait_ms / 1000)
@@ -426,7 +426,7 @@ class Flusher:
     def _call(self, run: _Run, batch: Batch, openids: list[str]) -> WeChatError | None:
         """One batch call (``_slot`` renewed the lease just before); the failure, if any."""
         run.calls_left -= 1
-        BATCH_SIZE.labels(batch.op).observe(len(openids))
+        BATCH_SIZE.labels(run.account, batch.op).observe(len(openids))
         call = run.client.batch_tag if batch.op == "tag" else run.client.batch_untag
         try:
             call(batch.tag_id, openids)

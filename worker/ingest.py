@@ -77,9 +77,9 @@ def ingest_rows(
     result = store.ingest(intents)
     if intents and queued_intents(store.redis) >= BACKLOG_MESSAGES:
         store.mark_backlog({intent.account for intent in intents})
-    # One counter update per op, not per intent: messages carry up to 1,000 intents.
-    for op, count in Counter(intent.op for intent in intents).items():
-        INTENTS_RECEIVED.labels(op).inc(count)
+    # One counter update per account and op, not per intent: a message has up to 1,000.
+    for (account, op), count in Counter((i.account, i.op) for i in intents).items():
+        INTENTS_RECEIVED.labels(account, op).inc(count)
     INTENTS_SUPERSEDED.inc(result.superseded)
     INTENTS_STALE.inc(result.stale)
     if result.gone:

@@ -18,8 +18,8 @@ openids earns m - 1. Parts are tested only while credit remains, so no batch eve
 more than 55 calls (a batch of 50 bad fans costs at most 55, where halving costs 99).
 While credit is plentiful the plan halves (few bad openids cost what halving costs:
 2k*ceil(log2(50/k)) + 2k + 1 calls for k <= 5 in all but about 1% of placements, see
-README); as credit runs low it tests smaller parts, which a sparse batch mostly answers
-clean (earning credit back) and a dense one shows to be dense at little cost.
+docs/failure-policy.md); as credit runs low it tests smaller parts, which a sparse batch
+mostly answers clean (earning credit back) and a dense one shows to be dense at little cost.
 
 The plan is plain data (``to_json``/``from_json``), kept in Redis with the tag, so a split
 that must wait for a call slot, a pause or a backoff resumes where it stopped.
@@ -76,7 +76,7 @@ class SplitPlan:
 
     groups: list[Group]
     calls: int = 0
-    #: Openids found bad so far (for the density the README reports).
+    #: Openids found bad so far (k, which docs/failure-policy.md measures the calls against).
     bad: int = 0
 
     @classmethod

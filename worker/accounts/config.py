@@ -9,6 +9,7 @@ key, so a bad file stops the worker before it starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -138,9 +139,17 @@ class _Reader:
         changes: dict[str, Any] = {}
         if "rate" in raw:
             rate = raw["rate"]
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            # TOML has nan and inf: neither is a rate the Lua scripts can work with.
+            if (
+                isinstance(rate, bool)
+                or not isinstance(rate, int | float)
+                or not (0 < rate < math.inf)
+            ):
                 raise self.fail(
-                    "must be a positive number (calls/s)", key="rate", table=table, index=index
+                    "must be a positive, finite number (calls/s)",
+                    key="rate",
+                    table=table,
+                    index=index,
                 )
             changes["rate"] = float(rate)
         for key, minimum in (("burst", 1), ("daily_budget", 0)):
@@ -185,7 +194,7 @@ class _Reader:
         value = raw.get("secret")
         if value is None:
             raise self.fail(
-                "is required (write env:NAME to read it from a variable)",
+                "is required (env:NAME reads a variable, file:PATH a file)",
                 key="",
                 table=table,
                 index=index,
@@ -200,12 +209,28 @@ class _Reader:
                     f"the variable {name} is not set", key="secret", table=table, index=index
                 )
             return Secret(resolved)
+        if value.startswith("file:"):
+            # A mounted secret (Kubernetes, Docker, systemd credentials): an account added to
+            # the file while workers run needs no variable they were started without.
+            where = Path(self.path).parent / value.removeprefix("file:")
+            try:
+                content = where.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise self.fail(
+                    f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}",
+                    key="secret",
+                    table=table,
+                    index=index,
+                ) from None
+            if not content:
+                raise self.fail(f"{where} is empty", key="secret", table=table, index=index)
+            return Secret(content)
         line = _line_of(self.text, "secret", table=table, index=index)
         log.warning(
             "accounts.literal_secret",
             file=self.path,
             line=line,
-            hint='write secret = "env:NAME" and keep the secret in the environment',
+            hint="keep the secret out of the file: env:NAME (a variable) or file:PATH",
         )
         return Secret(value)
 

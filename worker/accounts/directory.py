@@ -1,18 +1,24 @@
 """The accounts a worker process serves, each with its own WeChat client and gate.
 
 Parts are built on first use, so an idle account costs nothing but a line in the file (or
-a field in Redis). Accounts authorized at run time are picked up without a restart: the
-directory compares Redis's change counter at most every ``RELOAD_INTERVAL_S`` when asked,
-and at once when asked for an account it does not know (one GET; the set is read again
-only when the counter moved). Threads that ask while another reloads wait for its answer.
-No thread polls anything per account.
+a field in Redis). Changes are picked up without a restart:
+- the accounts file: at every look the directory compares its modification time, size and
+  inode (one stat; the file is read again only when they moved). An added account is
+  served, a removed one is not (its intents are kept), a changed one gets new parts. A
+  file that no longer reads keeps the accounts as they were, with an error in the log;
+- accounts authorized at run time: at most every ``RELOAD_INTERVAL_S``, and at once when
+  asked for an account it does not know, it compares Redis's change counter (one GET; the
+  set is read again only when the counter moved).
+Threads that ask while another reloads wait for its answer. No thread polls anything per
+account.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +30,7 @@ from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.component import Component
 from worker.accounts.config import AccountConfig, AccountsConfig
 from worker.gate import AccountGate
+from worker.observability.metrics import RATE_LIMIT_DEFERRALS
 from worker.wechat.client import WeChatClient, pooled_session
 
 log = structlog.get_logger("tagsync.accounts")
@@ -93,8 +100,12 @@ class Accounts:
         api_base: str,
         read_timeout: float = 10.0,
         session: requests.Session | None = None,
+        reload_file: Callable[[], AccountsConfig] | None = None,
     ) -> None:
         self.config = config
+        #: Reads the accounts file again (None: the configured accounts never change).
+        self._reload_file = reload_file if _is_file(config.source) else None
+        self._file_seen = _signature(config.source) if self._reload_file else None
         self.redis = redis
         self.api_base = api_base
         self.read_timeout = read_timeout
@@ -153,6 +164,8 @@ class Accounts:
 
     def _build(self, config: AccountConfig) -> Account:
         limits = config.limits
+        # At 0 from the start: a rate over the account's deferrals has data before the first.
+        RATE_LIMIT_DEFERRALS.labels(config.appid)
         fetch = None
         if config.via_component:
             assert self.component is not None
@@ -173,6 +186,11 @@ class Accounts:
         return Account(config, client, gate)
 
     def _refresh(self, *, force: bool = False) -> None:
+        # The file at every look: a stat costs microseconds, and an edit then takes effect
+        # at the next intent or flush, in every process alike.
+        if self._reload_file is not None and _signature(self.config.source) != self._file_seen:
+            with self._reload_lock:
+                self._reload_configured()
         if self.component is None:
             return  # nothing is authorized at run time without a component
         if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
@@ -181,6 +199,49 @@ class Accounts:
             if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
                 return  # another thread reloaded while this one waited
             self._reload()
+
+    def _reload_configured(self) -> None:
+        """Read the accounts file again if it changed; apply its accounts and defaults."""
+        assert self._reload_file is not None
+        seen = _signature(self.config.source)
+        if seen == self._file_seen:
+            return  # another thread read it while this one waited
+        try:
+            config = self._reload_file()
+        except ValueError as exc:  # a file half written or wrong: serve what was served
+            self._file_seen = seen  # logged once, read again when it changes
+            log.error("accounts.file_invalid", file=self.config.source, error=str(exc))
+            return
+        if _signature(self.config.source) != seen:
+            return  # written to while it was read: read it again at the next look
+        self._file_seen = seen
+        if config.component != self.config.component:
+            log.warning(
+                "accounts.component_changed",
+                hint="the [component] table is read at start: restart the workers to apply it",
+            )
+        configured = {a.appid: a for a in config.accounts}
+        with self._lock:
+            previous = self._configured
+            changed = {a for a in previous if configured.get(a) != previous[a]}
+            if config.defaults != self.config.defaults:
+                # Authorized accounts take the defaults: rebuilt with the new ones.
+                changed |= self._authorized - set(previous)
+            for appid in changed:
+                self._built.pop(appid, None)
+            self._configured = configured
+            self.config = AccountsConfig(
+                config.accounts, self.config.component, config.defaults, config.source
+            )
+            self._served = frozenset(configured) | self._authorized
+        added = set(configured) - set(previous)
+        log.info(
+            "accounts.file_reloaded",
+            added=sorted(added),
+            removed=sorted(set(previous) - set(configured)),
+            changed=sorted(changed - added),
+            served=len(self._served),
+        )
 
     def _reload(self) -> None:
         """Read the change counter; read the authorized set again if it moved."""
@@ -204,3 +265,17 @@ class Accounts:
                 removed=len(removed),
                 served=len(self._served),
             )
+
+
+def _is_file(source: str) -> bool:
+    """Is the accounts config's source a file (not the environment's one account)?"""
+    return source != "environment" and os.path.isfile(source)
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed file from an unchanged one without reading it (None: gone)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino

@@ -13,7 +13,7 @@ import redis
 
 # _extra first (names import in order): one clear line, not a traceback, when the worker
 # extra is not installed.
-from worker.cli import _extra, accounts, admin, demo, dlq, produce, reconcile, run  # noqa: F401
+from worker.cli import _extra, accounts, admin, demo, dev, dlq, produce, reconcile, run  # noqa: F401
 from worker.gated import AccountPaused
 from worker.observability.logs import configure_logging
 from worker.observability.redaction import REDACTOR
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.register(commands)
     accounts.register(commands)
     demo.register(commands)
+    dev.register(commands)
     errcodes = commands.add_parser(
         "errcodes", help="the failure policy: what the worker does about each WeChat errcode"
     )

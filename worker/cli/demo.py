@@ -31,8 +31,8 @@ from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.cli.run import collect_status
 from worker.runtime.launch import dramatiq_command, dramatiq_env
-from worker.runtime.processes import die_with_parent
-from worker.runtime.redis_server import RedisServer, free_port
+from worker.runtime.processes import die_with_parent, free_port
+from worker.runtime.redis_server import RedisServer
 from worker.runtime.settings import Settings
 
 #: Tags the demo creates.
@@ -196,6 +196,32 @@ def _sim_post(http: requests.Session, api_base: str, path: str, body: dict[str, 
     return response.json()
 
 
+def _demo_redis(stack: ExitStack) -> str:
+    """The demo's Redis: ``TAGSYNC_REDIS_URL`` when that Redis holds no tagsync data, else
+    (or when unset) an embedded redis-server of its own: the demo's intents, tags and tokens
+    must not land in a deployment's Redis, and its workers must not take that one's queue."""
+    url = os.environ.get("TAGSYNC_REDIS_URL")
+    if url:
+        connection = connect(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        try:
+            in_use: bool | None = any(
+                next(iter(connection.scan_iter(match=pattern, count=1000)), None) is not None
+                for pattern in ("tagsync:*", "dramatiq:*")
+            )
+        except redis.RedisError:
+            in_use = None
+        finally:
+            connection.close()
+        if in_use is False:
+            print(f"redis      {redacted(url)} (TAGSYNC_REDIS_URL, empty)")
+            return url
+        why = "holds tagsync data" if in_use else "does not answer"
+        print(f"redis      {redacted(url)} (TAGSYNC_REDIS_URL) {why}: the demo starts its own")
+    own = stack.enter_context(RedisServer()).url
+    print(f"redis      embedded redis-server at {own}")
+    return own
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 on PASS, 1 on FAIL."""
     if args.accounts < 1 or args.fans < 1 or args.duration <= 0 or args.rate < 1:
@@ -206,14 +232,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     accounts = _demo_accounts(args.accounts)
     with ExitStack() as stack:
-        redis_url = os.environ.get("TAGSYNC_REDIS_URL")
-        if not redis_url:
-            redis_url = stack.enter_context(RedisServer()).url
-            print(f"redis      embedded redis-server at {redis_url}")
-        else:
-            print(f"redis      {redacted(redis_url)} (TAGSYNC_REDIS_URL)")
+        redis_url = _demo_redis(stack)
+        # The shell's accounts file and metrics port are a deployment's (dev.env, say): the
+        # demo serves its own accounts and must not take that deployment's port.
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "TAGSYNC_ACCOUNTS"},
             "TAGSYNC_REDIS_URL": redis_url,
             "WECHAT_APPID": DEFAULT_APPID,
             "WECHAT_SECRET": DEFAULT_SECRET,
@@ -222,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             "TAGSYNC_BACKOFF_MIN_MS": os.environ.get("TAGSYNC_BACKOFF_MIN_MS", "200"),
             "TAGSYNC_BACKOFF_MAX_MS": os.environ.get("TAGSYNC_BACKOFF_MAX_MS", "5000"),
             "TAGSYNC_LOG_FORMAT": "json",
-            "TAGSYNC_METRICS_PORT": os.environ.get("TAGSYNC_METRICS_PORT", str(free_port())),
+            "TAGSYNC_METRICS_PORT": str(free_port()),
             "TAGSYNC_METRICS_HOST": "127.0.0.1",
         }
         if len(accounts) > 1:

@@ -37,6 +37,12 @@ def register(commands: Any) -> None:
         action.add_argument("--errcode", type=int, help="only this WeChat errcode")
         action.add_argument("--tag", type=int, dest="tag_id", help="only this tag id")
         action.add_argument("--account", metavar="APPID", help="only this account")
+        action.add_argument(
+            "--reason",
+            metavar="REASON",
+            help="only this reason, e.g. permanent, retries_exhausted, tag_gone, unknown_tag "
+            "(dlq list shows each letter's)",
+        )
         if name == "list":
             action.add_argument("--json", action="store_true", help="print JSON lines")
             action.add_argument(
@@ -71,7 +77,9 @@ def _redis(settings: Settings) -> redis.Redis:
 
 def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
     store = DeadLetters(_redis(Settings.from_env()))
-    return store, store.scan(errcode=args.errcode, tag_id=args.tag_id, account=args.account)
+    return store, store.scan(
+        errcode=args.errcode, tag_id=args.tag_id, account=args.account, reason=args.reason
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -79,7 +87,7 @@ def _list(args: argparse.Namespace) -> int:
     kept = store.count()  # Redis is asked before the header: unreachable, nothing is printed
     if not args.json:
         print(
-            f"{'DEAD-LETTERED':<19} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
+            f"{'DEAD-LETTERED':<19} {'ACCOUNT':<18} {'TAG':>6} {'OP':<5} {'OPENID':<28} "
             f"{'REASON':<17} {'ERRCODE':>7} ATTEMPTS"
         )
     shown = 0
@@ -96,8 +104,8 @@ def _list(args: argparse.Namespace) -> int:
         errcode = "" if letter.errcode is None else letter.errcode
         tag = letter.tag_name if letter.tag_id < 0 and letter.tag_name else letter.tag_id
         print(
-            f"{when:<19} {tag:>6} {letter.op:<5} {letter.openid:<28} "
-            f"{letter.reason:<17} {errcode:>7} {letter.attempts}"
+            f"{when:<19} {letter.account or '-':<18} {tag:>6} {letter.op:<5} "
+            f"{letter.openid:<28} {letter.reason:<17} {errcode:>7} {letter.attempts}"
         )
     return 0
 

@@ -135,12 +135,8 @@ class _QuietHandler(WSGIRequestHandler):
 def run_ingest(args: argparse.Namespace) -> int:
     """Serve the HTTP ingest until interrupted."""
     settings = Settings.from_env()
-    if not settings.redis_url:
-        raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    if settings.ingest_token is None:
-        raise SettingsError(
-            "TAGSYNC_INGEST_TOKEN must be set: the ingest refuses unauthenticated intents"
-        )
+    settings.require_ingest()
+    assert settings.redis_url is not None and settings.ingest_token is not None
     from worker.http import DeploymentApp
 
     producers.configure(redis_url=settings.redis_url)

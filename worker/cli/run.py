@@ -18,6 +18,7 @@ from producers.intents import QUEUE_NAME
 from producers.redis_url import connect
 from worker.accounts import Account, Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
+from worker.accounts.config import AccountConfig
 from worker.cli import status_view
 from worker.cli.accounts import add_account_option
 from worker.dead_letters import DeadLetters
@@ -27,9 +28,10 @@ from worker.health import MAX_PENDING_AGE_S, assess
 from worker.pending import PendingStore
 from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.lifecycle import heartbeats, redis_now
+from worker.runtime.processes import PortTaken, check_port_free
 from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import WeChatClient
-from worker.wechat.errors import WeChatError
+from worker.wechat.errors import NetworkError, WeChatError
 
 log = structlog.get_logger("tagsync.worker")
 
@@ -106,11 +108,12 @@ def register(commands: Any) -> None:
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start without a reachable Redis and usable accounts.
+    """Refuse to start without a reachable Redis and a WeChat that takes the credentials.
 
-    One account (``WECHAT_APPID``): its credentials are tried. An accounts file: it is read
-    and checked; no token is fetched for each of its accounts (a bad one pauses only
-    itself and alarms, the others go on).
+    Each configured account's token is fetched fresh (a cached one proves neither the secret
+    nor ``WECHAT_API_BASE``). One account: refused credentials stop the start. An accounts
+    file: an account WeChat refuses is logged and pauses only itself once running; WeChat
+    unreachable stops the start either way.
     """
     if not settings.redis_url:
         raise SettingsError("TAGSYNC_REDIS_URL must be set (e.g. redis://localhost:6379/0)")
@@ -120,18 +123,26 @@ def preflight(settings: Settings) -> None:
         connection.ping()
     except redis.RedisError as exc:
         raise SettingsError(f"Redis at TAGSYNC_REDIS_URL does not answer: {exc}") from None
-    if settings.accounts_file:
-        authorized = len(AuthorizedAccounts(connection).appids()) if config.component else 0
-        log.info(
-            "worker.accounts",
-            accounts=len(config.accounts),
-            source=str(config.source),
-            component=config.component.appid if config.component else None,
-            authorized=authorized,
-        )
+    try:
+        if settings.accounts_file:
+            authorized = len(AuthorizedAccounts(connection).appids()) if config.component else 0
+            log.info(
+                "worker.accounts",
+                accounts=len(config.accounts),
+                source=str(config.source),
+                component=config.component.appid if config.component else None,
+                authorized=authorized,
+            )
+        for account in config.accounts:
+            _check_credentials(account, settings, connection, fatal=not settings.accounts_file)
+    finally:
         connection.close()
-        return
-    (account,) = config.accounts
+
+
+def _check_credentials(
+    account: AccountConfig, settings: Settings, connection: redis.Redis, *, fatal: bool
+) -> None:
+    """Fetch ``account``'s token from WeChat; log what is left of today's quota."""
     client = WeChatClient(
         appid=account.appid,
         secret=account.secret,
@@ -140,18 +151,32 @@ def preflight(settings: Settings) -> None:
         redis=connection,
     )
     try:
-        client.tokens.token()
+        client.tokens.verify()
+    except NetworkError as exc:
+        raise SettingsError(
+            f"WeChat cannot be reached at WECHAT_API_BASE={settings.api_base}: {exc}"
+        ) from None
     except WeChatError as exc:
-        raise SettingsError(f"WeChat refuses the credentials or cannot be reached: {exc}") from None
+        if fatal:
+            raise SettingsError(
+                f"WeChat refuses the credentials of {account.appid}: {exc}"
+            ) from None
+        log.error("worker.credentials_refused", account=account.appid, errcode=exc.errcode)
+        return
     try:
         # Worth knowing at start: how much of today's quota is left (not fatal if unknown).
         quota = client.get_quota()
-        log.info("worker.quota", api="batchtagging", used=quota.used, limit=quota.daily_limit)
+        log.info(
+            "worker.quota",
+            account=account.appid,
+            api="batchtagging",
+            used=quota.used,
+            limit=quota.daily_limit,
+        )
     except WeChatError as exc:
-        log.warning("worker.quota_unknown", error=str(exc))
+        log.warning("worker.quota_unknown", account=account.appid, error=str(exc))
     finally:
         client.close()
-        connection.close()
 
 
 def run_worker(args: argparse.Namespace) -> NoReturn:
@@ -170,6 +195,15 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
                     raise
                 log.warning("worker.waiting", reason=str(exc))
                 time.sleep(1)
+    # Before anything starts: a second worker on this host would fail to serve its metrics
+    # (and, sharing a directory, wipe the first one's).
+    try:
+        check_port_free(settings.metrics_host, settings.metrics_port, "TAGSYNC_METRICS_PORT")
+    except PortTaken as exc:
+        raise SettingsError(
+            f"{exc}: is another tagsync worker running on this host? Give each one its own "
+            "TAGSYNC_METRICS_PORT"
+        ) from None
     command = dramatiq_command(
         processes=args.processes, threads=args.threads, wechat_timeout_s=settings.wechat_timeout_s
     )
@@ -200,17 +234,21 @@ def account_status(
         for scope, pause in gate.pauses(account, (*BATCH_API.values(), *ADMIN_APIS)).items()
     }
     token_ms = int(connection.pttl(f"tagsync:{{{account}}}:token"))
+    # The limits the workers used on their last call; before any, what the settings say.
+    in_use = gate.limits_in_use(account)
+    rate, burst, budget = in_use or (gate.rate, gate.burst, gate.daily_budget or None)
     return {
         # The whole account's pause; `pauses` also holds each paused API (45009 is per API).
         "paused": pauses.get("account"),
         "pauses": pauses,
         "rate": {
-            "limit_per_s": gate.rate,
-            "burst": gate.burst,
+            "limit_per_s": rate,
+            "burst": burst,
+            "source": "workers" if in_use else "settings",
             # How far ahead call slots are already reserved: near 0 idle, growing under load.
             "reserved_ahead_ms": gate.reserved_ahead_ms(account),
         },
-        "budget": {"limit": gate.daily_budget or None, "used_today": gate.budget_used(account)},
+        "budget": {"limit": budget, "used_today": gate.budget_used(account)},
         "token": {
             "cached": token_ms > 0,
             "expires_in_s": round(token_ms / 1000) if token_ms > 0 else None,

@@ -57,7 +57,9 @@ def plain_text(report: Mapping[str, Any]) -> str:
         lines.append(
             f"account {account}: "
             + ("; ".join(paused) if paused else "running")
-            + f"; rate {state['rate']['limit_per_s']:g}/s, slots reserved "
+            + f"; rate {state['rate']['limit_per_s']:g}/s"
+            + (" (from settings: no call yet)" if state["rate"]["source"] == "settings" else "")
+            + ", slots reserved "
             f"{state['rate']['reserved_ahead_ms']} ms ahead; {state['budget']['used_today']} calls "
             f"today (budget {state['budget']['limit'] or 'none'}); token "
             + (f"cached, {token['expires_in_s']} s left" if token["cached"] else "not cached")

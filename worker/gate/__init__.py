@@ -149,6 +149,7 @@ class AccountGate:
                 "" if slot_at is None else slot_at,
                 SLOT_TOLERANCE_MS,
                 self.late_per_second,
+                f"{self.rate:g}",
             ],
         )
         kind = _text(answer[0])
@@ -254,6 +255,16 @@ class AccountGate:
         (seconds, _), (day, used) = pipe.execute()
         today = (seconds + 8 * 3600) // 86400  # admit.lua's day: Shanghai is UTC+8 all year
         return int(used or 0) if day is not None and int(day) == today else 0
+
+    def limits_in_use(self, account: str) -> tuple[float, int, int | None] | None:
+        """The rate, burst and daily budget the workers gave with their last call of
+        ``account`` (None before any): what is in force, whatever the caller's settings."""
+        rate, burst, budget = self.redis.hmget(
+            self.key(account, "budget"), "rate", "burst", "budget"
+        )
+        if rate is None:
+            return None
+        return float(rate), int(burst or 1), int(budget or 0) or None
 
     def reserved_ahead_ms(self, account: str) -> int:
         """How far ahead call slots are already reserved (near 0 when idle)."""

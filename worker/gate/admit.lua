@@ -12,6 +12,8 @@
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
 -- ARGV[6] how late a reserved slot may still be used, ms
 -- ARGV[7] calls one second allows, if a late reserved slot may be reused (0: it may not)
+-- ARGV[8] the account's rate as configured, calls/s (kept in KEYS[3] with the burst and
+--         budget: `tagsync status` shows the limits the workers use, not its own settings)
 -- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
 --         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
 --           the longest sleep: come back shortly before it and pass it as ARGV[5];
@@ -66,5 +68,8 @@ local tat = math.max(tonumber(redis.call('GET', k_rate)) or 0, now)
 local slot = math.max(now, tat - (burst - 1) * interval)
 local next_tat = tat + interval
 redis.call('SET', k_rate, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
-if not counted then redis.call('HINCRBY', k_budget, 'used', 1) end
+if not counted then
+  redis.call('HINCRBY', k_budget, 'used', 1)
+  redis.call('HSET', k_budget, 'rate', ARGV[8], 'burst', burst, 'budget', budget)
+end
 return answer(slot)

@@ -18,7 +18,9 @@ from prometheus_client import Counter, Histogram
 BATCH_BUCKETS = (1, 5, 10, 20, 30, 40, 45, 49, 50)
 
 INTENTS_RECEIVED = Counter(
-    "tagsync_intents_received_total", "Intents taken from the queue.", ["op"]
+    "tagsync_intents_received_total",
+    "Intents taken from the queue, by account and op.",
+    ["account", "op"],
 )
 INTENTS_SUPERSEDED = Counter(
     "tagsync_intents_superseded_total",
@@ -36,7 +38,10 @@ INTENTS_DEAD_LETTERED = Counter(
     ["account", "op", "reason", "errcode"],
 )
 BATCH_SIZE = Histogram(
-    "tagsync_batch_size_openids", "Openids per WeChat batch call.", ["op"], buckets=BATCH_BUCKETS
+    "tagsync_batch_size_openids",
+    "Openids per WeChat batch call, by account and op.",
+    ["account", "op"],
+    buckets=BATCH_BUCKETS,
 )
 WECHAT_REQUEST = Histogram(
     "tagsync_wechat_request_duration_seconds",
@@ -55,7 +60,9 @@ RATE_LIMIT_WAIT = Histogram(
     buckets=(0.001, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 RATE_LIMIT_DEFERRALS = Counter(
-    "tagsync_rate_limit_deferrals_total", "Flushes rescheduled because no call slot was near."
+    "tagsync_rate_limit_deferrals_total",
+    "Flushes rescheduled because no call slot of the account was near.",
+    ["account"],
 )
 RATE_LIMIT_SLOTS_MISSED = Counter(
     "tagsync_rate_limit_slots_missed_total",

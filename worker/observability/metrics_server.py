@@ -7,12 +7,12 @@ did the work, and gone workers leave no stale values behind.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import redis
+import structlog
 from dramatiq.middleware.prometheus import Prometheus
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -26,9 +26,6 @@ from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE
 from worker.runtime.settings import Settings
-
-#: Address the metrics endpoint binds (all interfaces unless told otherwise).
-METRICS_HOST_ENV = "TAGSYNC_METRICS_HOST"
 
 
 class BacklogCollector(Collector):
@@ -121,9 +118,14 @@ def serve() -> None:
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     if settings.redis_url:
         registry.register(BacklogCollector(connect(settings.redis_url), settings))
-    # All interfaces by default: Prometheus scrapes from another host in production.
-    host = os.environ.get(METRICS_HOST_ENV, "0.0.0.0")  # noqa: S104
-    start_http_server(settings.metrics_port, addr=host, registry=registry)
+    host = settings.metrics_host
+    try:
+        start_http_server(settings.metrics_port, addr=host, registry=registry)
+    except OSError as exc:  # taken since the start check: one line, not a traceback
+        structlog.get_logger("tagsync.metrics").error(
+            "metrics.port_taken", port=settings.metrics_port, host=host, error=exc.strerror
+        )
+        return
     while True:
         time.sleep(3600)
 

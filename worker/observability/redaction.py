@@ -17,7 +17,9 @@ MASK = "***"
 
 _PARAM = re.compile(
     r"(?P<key>(?:access_token|secret|appsecret|refresh_token)\b[\"']?\s*[=:]\s*[\"']?)"
-    r"(?P<value>[^\s&\"',;}]+)",
+    # No backslash in a value: in a rendered JSON line an escaped quote (\") must stay whole;
+    # the raw field values are masked before rendering, where those quotes are plain.
+    r"(?P<value>[^\s&\"',;}\\]+)",
     re.IGNORECASE,
 )
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
+import structlog
 from gunicorn.glogging import Logger
 
+from producers.redis_url import connect, redacted
 from worker.observability.logs import configure_logging
 from worker.runtime.settings import Settings, SettingsError
 
@@ -45,3 +48,22 @@ control_socket_disable = True
 # Access lines would be one per request; switch on with --access-logfile - when wanted.
 accesslog: str | None = None
 loglevel = logging.getLevelName(logging.INFO).lower()
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn's hook, in the master before any worker: refuse to start without the settings
+    the ingest cannot work without (it would answer 401 or 429 to every request, silently);
+    say at once when Redis does not answer (``/healthz`` then says why, and requests get 429
+    until it does)."""
+    log = structlog.get_logger("tagsync.ingest")
+    try:
+        settings = Settings.from_env()
+        settings.require_ingest()
+    except SettingsError as exc:
+        log.error("tagsync.exit", error=str(exc), exit_code=2)
+        raise SystemExit(2) from None
+    assert settings.redis_url is not None  # require_ingest checked it
+    try:
+        connect(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=2.0).ping()
+    except (redis.RedisError, OSError) as exc:
+        log.error("ingest.redis_unreachable", url=redacted(settings.redis_url), error=str(exc))

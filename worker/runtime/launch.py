@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -23,6 +24,15 @@ WORKER_TIMEOUT_MS = 100
 STOP_MARGIN_S = 5.0
 
 
+def stop_timeout_s(wechat_timeout_s: float = READ_TIMEOUT_S) -> float:
+    """How long a worker may take to stop on SIGTERM: its slowest WeChat call and a margin.
+
+    Whatever stops a worker (systemd's TimeoutStopSec, Kubernetes' grace period, a
+    process manager) should wait at least this long before SIGKILL.
+    """
+    return CONNECT_TIMEOUT_S + wechat_timeout_s + STOP_MARGIN_S
+
+
 def dramatiq_command(
     *, processes: int, threads: int, wechat_timeout_s: float = READ_TIMEOUT_S
 ) -> list[str]:
@@ -32,7 +42,7 @@ def dramatiq_command(
     stops after the call in flight), so the stop is bounded by the call's timeouts; dramatiq's
     own default would wait 10 minutes.
     """
-    stop_ms = int((CONNECT_TIMEOUT_S + wechat_timeout_s + STOP_MARGIN_S) * 1000)
+    stop_ms = int(stop_timeout_s(wechat_timeout_s) * 1000)
     return [
         sys.executable, "-m", "worker.runtime.dramatiq_main", "worker.actors",
         "--processes", str(processes), "--threads", str(threads),
@@ -40,20 +50,38 @@ def dramatiq_command(
     ]  # fmt: skip
 
 
-def metrics_dir(env: Mapping[str, str]) -> str:
-    """The directory where worker processes write their metrics (one per metrics port)."""
+#: Name of an instance's metrics directory, before ``{port}-{pid}``.
+METRICS_DIR_PREFIX = "tagsync-metrics-"
+
+
+def metrics_dir(env: Mapping[str, str], instance: int | None = None) -> str:
+    """The directory where one worker instance's processes write their metrics.
+
+    One per instance (metrics port and master pid): a second worker on the host must not
+    wipe the first one's files. ``PROMETHEUS_MULTIPROC_DIR`` overrides it.
+    """
     port = env.get("TAGSYNC_METRICS_PORT") or "9191"
+    instance = os.getpid() if instance is None else instance
     return env.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
-        tempfile.gettempdir(), f"tagsync-metrics-{port}"
+        tempfile.gettempdir(), f"{METRICS_DIR_PREFIX}{port}-{instance}"
     )
+
+
+def _remove_stale_metrics_dirs() -> None:
+    """Remove the metrics directories of worker instances that are gone (pid not running)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{METRICS_DIR_PREFIX}*-*")):
+        pid = path.rpartition("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def dramatiq_env(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` plus what dramatiq and prometheus-client read at import time.
 
-    The metrics directory is wiped here, before any process starts: files left by an
-    earlier run would be summed into this run's counters.
+    The instance's metrics directory is made empty here, before any process starts: files
+    left by an earlier run would be summed into this run's counters.
     """
+    _remove_stale_metrics_dirs()
     directory = metrics_dir(env)
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory, exist_ok=True)

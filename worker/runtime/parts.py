@@ -49,6 +49,8 @@ class Runtime:
                 redis=connection,
                 api_base=settings.api_base,
                 read_timeout=settings.wechat_timeout_s,
+                # An account added to (or removed from) the file is served within seconds.
+                reload_file=lambda: accounts_config(settings),
             ),
             names=TagNames(connection),
         )

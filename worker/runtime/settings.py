@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from producers.redis_url import RedisUrlError, check_scheme
 from worker.observability.redaction import Secret
@@ -22,7 +24,9 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_REDIS_WAIT_REPLICAS": "producers return once N replicas hold intents (default 0)",
     "TAGSYNC_REDIS_WAIT_MS": "how long producers wait for those replicas (default 1000)",
     "TAGSYNC_INGEST_MAX_INTENTS": "most intents in one HTTP ingest request (default 20000)",
-    "TAGSYNC_ACCOUNTS": "TOML file of accounts and an Open Platform component (README)",
+    "TAGSYNC_ACCOUNTS": (
+        "TOML file of accounts and an Open Platform component (docs/many-accounts.md)"
+    ),
     "WECHAT_APPID": "the Official Account's AppID; also the default intent account",
     "WECHAT_SECRET": "the app secret (never logged)",
     "WECHAT_API_BASE": f"WeChat's API base URL (default {DEFAULT_API_BASE})",
@@ -59,9 +63,24 @@ def _number(
         value = cast(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a {cast.__name__}") from None
-    if float(value) < minimum:  # type: ignore[arg-type]
+    number = float(value)  # type: ignore[arg-type]
+    # nan passes every comparison and inf would reach the Lua scripts as a rate: both out.
+    if not math.isfinite(number):
+        raise SettingsError(f"{name}={raw!r} must be a finite number")
+    if number < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
     return value
+
+
+def check_api_base(api_base: str) -> None:
+    """Refuse a ``WECHAT_API_BASE`` that is not an http(s) URL with a host (requests would
+    fail every call with a bare ``InvalidSchema``)."""
+    parts = urlsplit(api_base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"WECHAT_API_BASE={api_base!r} must be an http:// or https:// URL with a host, "
+            f"e.g. {DEFAULT_API_BASE}"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,8 @@ class Settings:
     backoff_max_ms: int = 300_000
     ordering_window_s: float = 3600.0
     metrics_port: int = 9191
+    #: All interfaces by default: Prometheus scrapes from another host in production.
+    metrics_host: str = "0.0.0.0"  # noqa: S104
     log_format: Literal["json", "console"] | None = None
     ingest_token: Secret | None = field(default=None, repr=False)
     wechat_timeout_s: float = 10.0
@@ -101,6 +122,8 @@ class Settings:
             raise SettingsError(f"TAGSYNC_LOG_FORMAT={log_format!r} must be 'json' or 'console'")
         budget = _number(env, "TAGSYNC_DAILY_BUDGET", 0, int, minimum=0)
         rate = _number(env, "TAGSYNC_RATE", 20.0, float, minimum=0.001)
+        api_base = (env.get("WECHAT_API_BASE", "").strip() or DEFAULT_API_BASE).rstrip("/")
+        check_api_base(api_base)
         create = env.get("TAGSYNC_CREATE_TAGS", "").strip().lower()
         if create not in ("", "0", "1", "true", "false", "yes", "no"):
             raise SettingsError(f"TAGSYNC_CREATE_TAGS={create!r} must be 1 or 0")
@@ -117,7 +140,7 @@ class Settings:
             accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
             appid=env.get("WECHAT_APPID", "").strip() or None,
             secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,
-            api_base=(env.get("WECHAT_API_BASE", "").strip() or DEFAULT_API_BASE).rstrip("/"),
+            api_base=api_base,
             token_mode=mode,  # type: ignore[arg-type]
             rate=rate,
             burst=_number(env, "TAGSYNC_BURST", 1, int, minimum=1),
@@ -128,6 +151,7 @@ class Settings:
             backoff_max_ms=_number(env, "TAGSYNC_BACKOFF_MAX_MS", 300_000, int, minimum=1),
             ordering_window_s=_number(env, "TAGSYNC_ORDERING_WINDOW", 3600.0, float, minimum=0),
             metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
+            metrics_host=env.get("TAGSYNC_METRICS_HOST", "").strip() or "0.0.0.0",  # noqa: S104
             wechat_timeout_s=_number(env, "TAGSYNC_WECHAT_TIMEOUT_S", 10.0, float, minimum=0.1),
             dlq_max_len=_number(env, "TAGSYNC_DLQ_MAX_LEN", 100_000, int, minimum=1),
             create_tags=create in ("1", "true", "yes"),
@@ -149,3 +173,12 @@ class Settings:
             raise SettingsError(f"{' and '.join(missing)} must be set")
         assert self.appid is not None and self.secret is not None
         return self.appid, self.secret
+
+    def require_ingest(self) -> None:
+        """A ``SettingsError`` unless the ingest has its Redis and its bearer token."""
+        if not self.redis_url:
+            raise SettingsError("TAGSYNC_REDIS_URL must be set")
+        if self.ingest_token is None:
+            raise SettingsError(
+                "TAGSYNC_INGEST_TOKEN must be set: the ingest refuses unauthenticated intents"
+            )

@@ -4,7 +4,7 @@ Per code: its meaning, its class (which exception the client raises), and what t
 does: the action, the scope and length of a pause, the dead-letter reason and the log
 level. The client raises the exception of the code's class; the flush looks the answer's
 row up here and dispatches on its action, nothing else. ``tagsync errcodes`` prints the
-table as the README shows it (a test checks that they agree).
+table as docs/reference/errcodes.md shows it (a test checks that they agree).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _bug(code: int, meaning: str) -> Errcode:
     return Errcode(code, meaning, _P, Action.DEAD_LETTER, dead_letter=_BUG, level="error")
 
 
-#: The errcode table: every code of the seed and of DESIGN section 1.
+#: The errcode table: every code tagsync knows (docs/reference/errcodes.md).
 ERRCODES: dict[int, Errcode] = {
     int(row.code or 0): row
     for row in (
@@ -183,7 +183,8 @@ def _pause_text(row: Errcode) -> str:
 
 
 def markdown_table() -> str:
-    """The failure policy as the README's table (checked against it by the tests)."""
+    """The failure policy as the table of docs/reference/errcodes.md (checked against it by
+    the tests)."""
     rows = [*ERRCODES.values(), NETWORK, lookup(-999_999)]
     lines = [
         "| errcode | meaning | class | what the worker does | pause | dead-letter reason | log |",

@@ -230,10 +230,23 @@ class TokenProvider:
             # stable_token hands out the same token while WeChat thinks it valid: near its
             # end, or after WeChat rejected it, only a forced refresh gives a new one.
             new, expires_in = self._fetch_counted(True)
-        REDACTOR.add(new)
+        return self._keep(new, expires_in)
+
+    def verify(self) -> str:
+        """Fetch a token from WeChat now, whatever the cache holds, and keep it.
+
+        A worker's start check: a cached token proves neither the secret nor the API base.
+        stable_token answers the current token (nothing is invalidated); the classic call
+        answers a new one, which replaces the cached one for every process.
+        """
+        new, expires_in = self._fetch_counted(False)
+        return self._keep(new, expires_in)
+
+    def _keep(self, token: str, expires_in: int) -> str:
+        REDACTOR.add(token)
         ttl = max(1.0, expires_in - min(EXPIRY_SAFETY_S, expires_in * 0.1))
-        self._store.put(new, ttl, min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE))
-        return new
+        self._store.put(token, ttl, min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE))
+        return token
 
     def _fetch_counted(self, force_refresh: bool) -> tuple[str, int]:
         """One fetch, counted as a refresh or as a failure with its errcode."""
