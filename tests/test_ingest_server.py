@@ -172,7 +172,7 @@ def test_the_base_install_enqueues_and_the_worker_extra_serves_the_ingest(
             str(base / "bin" / "python"),
             "-c",
             "import producers; producers.configure(redis_url=__import__('sys').argv[1]); "
-            "print(producers.tag(134, ['o-base-install-1']))",
+            "print(producers.tag(134, ['o-base-install-1'], account='wxbaseinstall01'))",
             own_redis.url,
         ],
         capture_output=True,
