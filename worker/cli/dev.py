@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     assert settings.redis_url is not None
     ingest_url = f"http://127.0.0.1:{env.get('PORT', '8080')}"
     stack = Stack(env)
+    # Both stop the stack in order, also when started in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as cleanup:
         cleanup.callback(stack.stop, stop_timeout_s(settings.wechat_timeout_s))
