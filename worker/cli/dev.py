@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -66,30 +66,27 @@ def register(commands: Any) -> None:
     dev.set_defaults(run=run)
 
 
-def read_procfile(path: Path) -> dict[str, str]:
-    """The Procfile's processes, name -> command, in file order."""
-    processes: dict[str, str] = {}
+def _entries(path: Path, pattern: re.Pattern[str], shape: str) -> Iterator[re.Match[str]]:
+    """Each line of ``path`` but blanks and comments, matched by ``pattern``."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        match = _PROCFILE_LINE.match(line)
+        match = pattern.match(line)
         if match is None:
-            raise SettingsError(f"{path}:{number}: not a 'name: command' line")
-        processes[match[1]] = match[2]
-    return processes
+            raise SettingsError(f"{path}:{number}: not a {shape} line")
+        yield match
+
+
+def read_procfile(path: Path) -> dict[str, str]:
+    """The Procfile's processes, name -> command, in file order."""
+    return {match[1]: match[2] for match in _entries(path, _PROCFILE_LINE, "'name: command'")}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
     """``NAME=value`` lines (comments and blank lines skipped; quotes around a value removed)."""
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
-        if match is None:
-            raise SettingsError(f"{path}:{number}: not a NAME=value line")
+    for match in _entries(path, _ENV_LINE, "NAME=value"):
         value = match[2].strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
