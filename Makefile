@@ -26,9 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The quick loop while editing: the tests that start no worker processes (not marked slow).
+# The quick loop while editing: in-process tests only (no worker, server or command
+# processes of their own; Redis and the simulator are the session's).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow and not chaos and not long'
+	$(BIN)/python -m pytest -m 'not slow and not processes and not chaos and not long'
 
 # Fault tests too long for make test's 10 minutes: Redis failover under Sentinel, a killed
 # worker's heartbeat going stale. CI runs them after make test.

@@ -14,7 +14,8 @@ from typing import Any
 import producers
 from bench.harness import ACCOUNT, Stack, stack, wait_for
 from worker.dead_letters import DeadLetters
-from worker.split import MAX_BATCH, MAX_CALLS
+from worker.split import MAX_CALLS
+from worker.wechat.client import MAX_BATCH
 
 
 def halving_bound(k: int) -> int:

@@ -13,13 +13,13 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from tests.conftest import tagsync, wait_until
+from tests.helpers import tagsync, wait_until
 from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import AccountsFileError, Limits, load_accounts_file
 from worker.accounts.directory import RELOAD_INTERVAL_S
+from worker.base.settings import Settings, SettingsError
 from worker.http import DeploymentApp
-from worker.runtime.settings import Settings, SettingsError
 
 GOOD = """
 [defaults]

@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import producers
-from tests.conftest import APPID, SECRET, Sim, wait_until
+from tests.helpers import APPID, SECRET, Sim, wait_until
 from tests.test_docs import anchors
 from worker.wechat import WeChatClient
 

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     Sim,
     batch_calls,
@@ -175,272 +175,218 @@ def chaos_env(worker_env: dict[str, str], durable_redis: RedisServer) -> Iterato
     producers.configure(None)
 
 
-def run_with_fault(
-    *,
+@dataclass
+class Faults:
+    """What a scenario's fault reaches: Redis, WeChat, and the worker process groups."""
+
+    redis: RedisServer
+    sim: Sim
+    env: dict[str, str]
+    start_worker: Any
+    groups: list[Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of fault: how it is made (``fault`` returns when it ended), its short size
+    (``make test``) and long one (``make chaos``), and what it must leave behind."""
+
+    name: str
+    #: The fault and its size, as docs/reliability.md's table shows them.
+    title: str
+    detail: Callable[[float], str]
+    fault: Callable[[Faults, float], float]
+    short: float
+    long: float
+    env: dict[str, str] = field(default_factory=dict)
+    sim_config: dict[str, Any] = field(default_factory=dict)
+    seconds_before: float = 2.0
+    seconds_after: float = 2.0
+    #: Calls resume within this many seconds of the fault's end (None: not measured).
+    resume_within_s: float | None = None
+    #: An errcode WeChat must have answered (the fault was real), if any.
+    errcode: str | None = None
+    #: Producers must have seen the fault (calls that raised).
+    producers_refused: bool = False
+    #: The time to the first call after the fault is reported (not for a fault that
+    #: leaves calls going, like expiring tokens).
+    report_resume: bool = True
+    #: The short size runs in make test-long instead of make test.
+    short_is_long: bool = False
+
+
+def redis_killed(faults: Faults, outage_s: float) -> float:
+    faults.redis.kill()
+    time.sleep(outage_s)
+    faults.redis.start()
+    return time.time()
+
+
+def redis_stalled(faults: Faults, stall_s: float) -> float:
+    faults.redis.freeze()
+    time.sleep(stall_s)
+    faults.redis.thaw()
+    return time.time()
+
+
+def worker_kill_storm(faults: Faults, kills: float) -> float:
+    for _ in range(int(kills)):
+        time.sleep(1.5)
+        faults.groups[-1].kill()
+        faults.groups.append(faults.start_worker(processes=2, threads=4, **faults.env))
+    return time.time()
+
+
+def busy_storm(faults: Faults, seconds: float) -> float:
+    faults.sim.config(busy_rate=0.95)
+    time.sleep(seconds)
+    faults.sim.config(busy_rate=0.0)
+    return time.time()
+
+
+def token_churn(faults: Faults, rounds: float) -> float:
+    for _ in range(int(rounds)):
+        faults.sim.post("/_sim/expire_tokens")
+        time.sleep(0.5)
+    return time.time()
+
+
+def http_faults(faults: Faults, seconds: float) -> float:
+    faults.sim.config(http500_rate=0.2, timeout_rate=0.05, timeout_hang_s=3.0, malformed_rate=0.05)
+    time.sleep(seconds)
+    faults.sim.config(http500_rate=0.0, timeout_rate=0.0, malformed_rate=0.0)
+    return time.time()
+
+
+#: Backoff capped at 1 s retries a batch ~20 times in a 15 s storm; the attempts must outlast
+#: it (in production the backoff grows to 5 minutes: 30 attempts take hours).
+MANY_ATTEMPTS = {"TAGSYNC_BACKOFF_MAX_MS": "1000", "TAGSYNC_MAX_ATTEMPTS": "200"}
+
+SCENARIOS = [
+    Scenario(
+        "redis_killed",
+        "Redis kill -9, restart from AOF (appendfsync always)",
+        lambda s: f"{s:g} s outage",
+        redis_killed,
+        short=2.0,
+        long=8.0,
+        seconds_after=4.0,
+        resume_within_s=2.0,
+        producers_refused=True,
+    ),
+    Scenario(
+        "redis_stalled",  # past the 10 s command timeout in the long version
+        "Redis stalled (SIGSTOP), then SIGCONT",
+        lambda s: f"{s:g} s",
+        redis_stalled,
+        short=3.0,
+        long=12.0,
+        seconds_after=4.0,
+        resume_within_s=2.0,
+    ),
+    Scenario(
+        "worker_kill_storm",
+        "worker processes kill -9",
+        lambda k: f"{k:g} kills, 1.5 s apart",
+        worker_kill_storm,
+        short=2,
+        long=6,
+        sim_config={"latency_ms": [5, 30]},
+        seconds_before=1.0,
+        seconds_after=1.0,
+        short_is_long=True,  # about 20 s
+    ),
+    Scenario(
+        "busy_storm",
+        "-1 (system busy) for 95% of calls",
+        lambda s: f"{s:g} s",
+        busy_storm,
+        short=3.0,
+        long=15.0,
+        env=MANY_ATTEMPTS,
+        errcode="-1",
+    ),
+    Scenario(
+        "token_churn",
+        "access tokens expired",
+        lambda r: f"every 0.5 s, {r:g} times",
+        token_churn,
+        short=4,
+        long=20,
+        errcode="42001",
+        report_resume=False,
+    ),
+    Scenario(
+        "http_faults",  # lost answers: carried out, answer never seen
+        "HTTP 500 20%, lost answers 5%, garbled 5%",
+        lambda s: f"{s:g} s",
+        http_faults,
+        short=3.0,
+        long=15.0,
+        env=MANY_ATTEMPTS,
+        errcode="500",
+    ),
+]
+
+
+def sizes() -> list[Any]:
+    """Each scenario at its short size (make test, or make test-long) and its long one."""
+    params = []
+    for scenario in SCENARIOS:
+        short_marks = [pytest.mark.long] if scenario.short_is_long else []
+        params.append(
+            pytest.param(scenario, scenario.short, id=f"{scenario.name}-short", marks=short_marks)
+        )
+        params.append(
+            pytest.param(
+                scenario, scenario.long, id=f"{scenario.name}-long", marks=pytest.mark.chaos
+            )
+        )
+    return params
+
+
+@pytest.mark.parametrize(("scenario", "size"), sizes())
+def test_a_fault_mid_stream_loses_nothing(
     sim: Sim,
     client: WeChatClient,
-    start_worker: Any,
-    env: dict[str, str],
-    connection: redis.Redis,
-    fault: Callable[[], float | None],
-    seconds_before: float = 2.0,
-    seconds_after: float = 2.0,
-) -> tuple[Stream, list[int], float | None]:
-    """Stream intents, run ``fault`` (which returns when the fault ended), stream on, drain."""
+    chaos_env: dict[str, str],
+    durable_redis: RedisServer,
+    start_worker: Any,  # after Redis: its workers stop first at teardown
+    scenario: Scenario,
+    size: float,
+) -> None:
+    """Under a steady stream, one fault (Redis killed or stalled, workers killed, WeChat
+    busy, tokens expiring, HTTP 500s and lost answers), then recovery: every accepted intent
+    lands, nothing is dead-lettered, and calls resume promptly once the fault ends."""
+    # Given: workers applying a stream of intents
+    connection = redis.Redis.from_url(durable_redis.url)
+    env = {**chaos_env, **scenario.env}
+    if scenario.sim_config:
+        sim.config(**scenario.sim_config)
     tags = make_tags(client, 6, prefix="chaos")
     fans = ensure_fans(sim, 600)
-    start_worker(processes=2, threads=4, **env)
+    faults = Faults(durable_redis, sim, env, start_worker, [])
+    faults.groups.append(start_worker(processes=2, threads=4, **env))
     stream = Stream(tags, fans).start()
-    time.sleep(seconds_before)
-    ended = fault()
-    time.sleep(seconds_after)
-    stream.stop()
-    wait_drained(connection, timeout_s=180)
-    return stream, tags, ended
-
-
-@pytest.mark.parametrize(
-    "outage_s", [pytest.param(2.0, id="2s"), pytest.param(8.0, id="8s", marks=pytest.mark.chaos)]
-)
-def test_redis_killed_and_restarted_loses_nothing(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    outage_s: float,
-) -> None:
-    """Redis kill -9 mid-stream, back from its AOF after the outage: every accepted intent
-    lands, nothing is dead-lettered, and calls resume within 2 s of Redis answering."""
-    connection = redis.Redis.from_url(durable_redis.url)
-
-    def crash() -> float:
-        durable_redis.kill()
-        time.sleep(outage_s)
-        durable_redis.start()
-        return time.time()
-
-    stream, tags, back = run_with_fault(
-        sim=sim, client=client, start_worker=start_worker, env=chaos_env,
-        connection=connection, fault=crash, seconds_after=4.0,
-    )  # fmt: skip
-    assert back is not None
-    check_converged(sim, tags, stream)
-    assert DeadLetters(connection).count() == 0
-    assert stream.refused > 0  # the outage was real: producers saw it
-    resumed = first_call_after(sim, back)
-    assert resumed <= 2.0, f"calls resumed {resumed:.1f}s after Redis came back"
-    report(
-        "Redis kill -9, restart from AOF (appendfsync always)",
-        f"{outage_s:g} s outage",
-        stream,
-        sim,
-        resumed,
-    )
-
-
-@pytest.mark.parametrize(
-    "stall_s", [pytest.param(3.0, id="3s"), pytest.param(12.0, id="12s", marks=pytest.mark.chaos)]
-)
-def test_redis_stalled_loses_nothing(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    stall_s: float,
-) -> None:
-    """Redis stops answering (SIGSTOP) with connections open, past the 10 s command timeout in
-    the long version, then goes on: nothing lost, calls resume within 2 s."""
-    connection = redis.Redis.from_url(durable_redis.url)
-
-    def stall() -> float:
-        durable_redis.freeze()
-        time.sleep(stall_s)
-        durable_redis.thaw()
-        return time.time()
-
-    stream, tags, back = run_with_fault(
-        sim=sim, client=client, start_worker=start_worker, env=chaos_env,
-        connection=connection, fault=stall, seconds_after=4.0,
-    )  # fmt: skip
-    assert back is not None
-    check_converged(sim, tags, stream)
-    assert DeadLetters(connection).count() == 0
-    resumed = first_call_after(sim, back)
-    assert resumed <= 2.0, f"calls resumed {resumed:.1f}s after Redis went on"
-    report("Redis stalled (SIGSTOP), then SIGCONT", f"{stall_s:g} s", stream, sim, resumed)
-
-
-@pytest.mark.parametrize(
-    "kills",
-    [
-        pytest.param(2, id="2", marks=pytest.mark.long),  # about 20 s: make test-long
-        pytest.param(6, id="6", marks=pytest.mark.chaos),
-    ],
-)
-def test_worker_kill_storm_loses_nothing(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    kills: int,
-) -> None:
-    """Every worker process kill -9'd again and again mid-stream: the final state is right."""
-    connection = redis.Redis.from_url(durable_redis.url)
-    sim.config(latency_ms=[5, 30])
-    groups: list[Any] = []
-
-    def storm() -> float:
-        for _ in range(kills):
-            time.sleep(1.5)
-            groups[-1].kill()
-            groups.append(start_worker(processes=2, threads=4, **chaos_env))
-        return time.time()
-
-    tags = make_tags(client, 6, prefix="storm")
-    fans = ensure_fans(sim, 600)
-    groups.append(start_worker(processes=2, threads=4, **chaos_env))
-    stream = Stream(tags, fans).start()
-    time.sleep(1.0)
-    restarted = storm()
-    time.sleep(1.0)
+    time.sleep(scenario.seconds_before)
+    # When: the fault, then more of the stream
+    ended = scenario.fault(faults, size)
+    time.sleep(scenario.seconds_after)
     stream.stop()
     wait_drained(connection, timeout_s=240)
+    # Then
     check_converged(sim, tags, stream)
     assert DeadLetters(connection).count() == 0
-    report(
-        "worker processes kill -9",
-        f"{kills} kills, 1.5 s apart",
-        stream,
-        sim,
-        first_call_after(sim, restarted),
-    )
-
-
-@pytest.mark.parametrize(
-    "seconds", [pytest.param(3.0, id="3s"), pytest.param(15.0, id="15s", marks=pytest.mark.chaos)]
-)
-def test_system_busy_storm_then_recovery(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    seconds: float,
-) -> None:
-    """WeChat answers -1 to 95% of calls for a while, then recovers: nothing lost, nothing
-    dead-lettered (attempts were not used up)."""
-    connection = redis.Redis.from_url(durable_redis.url)
-
-    def storm() -> float:
-        sim.config(busy_rate=0.95)
-        time.sleep(seconds)
-        sim.config(busy_rate=0.0)
-        return time.time()
-
-    # Backoff capped at 1 s retries a batch ~20 times in a 15 s storm; the attempts must
-    # outlast it (in production the backoff grows to 5 minutes: 30 attempts take hours).
-    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000", "TAGSYNC_MAX_ATTEMPTS": "200"}
-    stream, tags, ended = run_with_fault(
-        sim=sim,
-        client=client,
-        start_worker=start_worker,
-        env=env,
-        connection=connection,
-        fault=storm,
-    )
-    check_converged(sim, tags, stream)
-    assert DeadLetters(connection).count() == 0
-    assert sim.stats()["errcodes"].get("-1", 0) > 0
-    assert ended is not None
-    report(
-        "-1 (system busy) for 95% of calls",
-        f"{seconds:g} s",
-        stream,
-        sim,
-        first_call_after(sim, ended),
-    )
-
-
-@pytest.mark.parametrize(
-    "rounds", [pytest.param(4, id="4"), pytest.param(20, id="20", marks=pytest.mark.chaos)]
-)
-def test_token_expiry_churn(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    rounds: int,
-) -> None:
-    """Every issued token expires every half second for a while: nothing lost or dead-lettered."""
-    connection = redis.Redis.from_url(durable_redis.url)
-
-    def churn() -> float:
-        for _ in range(rounds):
-            sim.post("/_sim/expire_tokens")
-            time.sleep(0.5)
-        return time.time()
-
-    stream, tags, _ = run_with_fault(
-        sim=sim,
-        client=client,
-        start_worker=start_worker,
-        env=chaos_env,
-        connection=connection,
-        fault=churn,
-    )
-    check_converged(sim, tags, stream)
-    assert DeadLetters(connection).count() == 0
-    assert sim.stats()["errcodes"].get("42001", 0) > 0
-    report("access tokens expired", f"every 0.5 s, {rounds} times", stream, sim, None)
-
-
-@pytest.mark.parametrize(
-    "seconds", [pytest.param(3.0, id="3s"), pytest.param(15.0, id="15s", marks=pytest.mark.chaos)]
-)
-def test_http_500s_and_lost_answers(
-    sim: Sim,
-    client: WeChatClient,
-    chaos_env: dict[str, str],
-    durable_redis: RedisServer,
-    start_worker: Any,  # after Redis: its workers stop first at teardown
-    seconds: float,
-) -> None:
-    """HTTP 500 for 20% of calls, 5% of answers lost after the call was carried out, and
-    garbled bodies: retried until applied, nothing dead-lettered."""
-    connection = redis.Redis.from_url(durable_redis.url)
-
-    def faults() -> float:
-        sim.config(http500_rate=0.2, timeout_rate=0.05, timeout_hang_s=3.0, malformed_rate=0.05)
-        time.sleep(seconds)
-        sim.config(http500_rate=0.0, timeout_rate=0.0, malformed_rate=0.0)
-        return time.time()
-
-    # Backoff capped at 1 s retries a batch ~20 times in a 15 s storm; the attempts must
-    # outlast it (in production the backoff grows to 5 minutes: 30 attempts take hours).
-    env = {**chaos_env, "TAGSYNC_BACKOFF_MAX_MS": "1000", "TAGSYNC_MAX_ATTEMPTS": "200"}
-    stream, tags, ended = run_with_fault(
-        sim=sim,
-        client=client,
-        start_worker=start_worker,
-        env=env,
-        connection=connection,
-        fault=faults,
-    )
-    check_converged(sim, tags, stream)
-    assert DeadLetters(connection).count() == 0
-    assert sim.stats()["errcodes"].get("500", 0) > 0
-    assert ended is not None
-    report(
-        "HTTP 500 20%, lost answers 5%, garbled 5%",
-        f"{seconds:g} s",
-        stream,
-        sim,
-        first_call_after(sim, ended),
-    )
+    if scenario.errcode is not None:
+        assert sim.stats()["errcodes"].get(scenario.errcode, 0) > 0
+    if scenario.producers_refused:
+        assert stream.refused > 0  # the outage was real: producers saw it
+    resumed = first_call_after(sim, ended) if scenario.report_resume else None
+    if scenario.resume_within_s is not None:
+        assert resumed is not None and resumed <= scenario.resume_within_s, (
+            f"calls resumed {resumed}s after the fault ended"
+        )
+    report(scenario.title, scenario.detail(size), stream, sim, resumed)
 
 
 def test_fuzzed_queue_rows_are_dead_lettered_and_the_rest_applied(

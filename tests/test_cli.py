@@ -13,7 +13,7 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import APPID, Sim, fans_of, tagsync
+from tests.helpers import APPID, Sim, fans_of, tagsync
 from worker.runtime.redis_server import RedisServer
 
 
@@ -199,7 +199,7 @@ def test_status_shows_the_rate_the_workers_use(
     env: dict[str, str], sim: Sim, start_worker: Any, redis_client: redis.Redis
 ) -> None:
     """`tagsync status` shows the limits the workers called with, not its caller's own."""
-    from tests.conftest import wait_drained
+    from tests.helpers import wait_drained
 
     # Given: no call yet; the caller's environment says 99 calls/s
     caller = {**env, "TAGSYNC_RATE": "99"}

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
-from tests.conftest import Sim
+from tests.helpers import Sim
 from worker.runtime.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import tagsync
+from tests.helpers import tagsync
 from worker.cli.dev import read_env_file
 from worker.runtime.processes import free_port
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     SECRET,
     Sim,

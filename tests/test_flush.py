@@ -13,7 +13,7 @@ import redis
 from structlog.testing import capture_logs
 
 from producers.intents import make_intent
-from tests.conftest import APPID, SECRET, Sim, fans_of, wait_until
+from tests.helpers import APPID, SECRET, Sim, fans_of, wait_until
 from worker.accounts import Account, StaticAccounts
 from worker.accounts.config import AccountConfig
 from worker.dead_letters import DeadLetter, DeadLetters

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import producers
-from producers.http import IngestApp
 from producers.intents import MAX_TAG_ID, InvalidIntent
-from tests.conftest import APPID, INGEST_TOKEN, tagsync
+from producers.wsgi import IngestApp
+from tests.helpers import APPID, INGEST_TOKEN, tagsync
 from worker.cli.produce import read_intents
 
 QUEUE = "dramatiq:tagsync.intents"

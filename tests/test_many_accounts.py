@@ -16,7 +16,7 @@ import redis
 import requests
 
 import producers
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     SECRET,
     start_simulator,

@@ -22,10 +22,10 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import producers
 import worker.observability.metrics
-from tests.conftest import APPID, SECRET, Sim, wait_until
-from worker.observability.metrics_server import BacklogCollector
+from tests.helpers import APPID, SECRET, Sim, wait_until
+from worker.base.settings import Settings
+from worker.runtime.metrics_server import BacklogCollector
 from worker.runtime.processes import free_port
-from worker.runtime.settings import Settings
 from worker.wechat import WeChatClient
 
 ROOT = Path(__file__).resolve().parent.parent

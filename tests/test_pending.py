@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from producers.intents import Intent, make_intent
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from worker.pending import LeaseLost, PendingStore, TagKeys
 
 ACCOUNT = "wxpending"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import producers
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     Sim,
     backlog,

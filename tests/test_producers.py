@@ -16,7 +16,7 @@ import requests
 
 import producers
 from producers.intents import QUEUE_NAME
-from tests.conftest import APPID
+from tests.helpers import APPID
 from worker.runtime.processes import free_port
 from worker.runtime.redis_server import RedisServer
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from producers.intents import QUEUE_NAME
-from tests.conftest import APPID, Sim, fans_of, start_simulator, tagsync, wait_drained
-from worker.reconcile import BadLines, Diff, SortedRuns, read_desired
+from tests.helpers import APPID, Sim, fans_of, start_simulator, tagsync, wait_drained
+from worker.admin.sorted_diff import BadLines, Diff, SortedRuns, read_desired
 from worker.runtime.processes import stop_process
 
 #: Fans of this module's simulator: 50,000 on the tag, 5,000 more to add to it.

@@ -11,11 +11,11 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import APPID, SECRET, Sim
+from tests.helpers import APPID, SECRET, Sim
+from worker.base.settings import Settings
 from worker.observability.logs import configure_logging
 from worker.observability.redaction import MASK, Redactor, Secret
 from worker.runtime.processes import free_port
-from worker.runtime.settings import Settings
 from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
 
 

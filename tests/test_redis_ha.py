@@ -38,7 +38,7 @@ import redis
 import producers
 from producers.intents import QUEUE_NAME
 from producers.redis_url import connect
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     Sim,
     batch_calls,

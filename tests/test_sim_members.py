@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fakewechat.openids import prefix_for
-from tests.conftest import APPID, FANS, Sim, start_simulator
+from tests.helpers import APPID, FANS, Sim, start_simulator
 from worker.runtime.processes import stop_process
 
 

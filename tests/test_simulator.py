@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from fakewechat.openids import OPENID_PATTERN, FanDirectory, prefix_for
-from tests.conftest import APPID, FANS, Sim, start_simulator
+from tests.helpers import APPID, FANS, Sim, start_simulator
 from worker.runtime.processes import stop_process
 
 

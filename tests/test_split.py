@@ -9,7 +9,8 @@ from functools import cache
 
 import pytest
 
-from worker.split import MAX_BATCH, MAX_CALLS, Group, Probe, SplitPlan, Verdict
+from worker.split import MAX_CALLS, Group, Probe, SplitPlan, Verdict
+from worker.wechat.client import MAX_BATCH
 
 
 def halving_bound(k: int) -> int:

@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import SECRET, tagsync, wait_until
+from tests.helpers import SECRET, tagsync, wait_until
 from worker.runtime.launch import metrics_dir
 from worker.runtime.processes import free_port, stop_process
 from worker.wechat.client import WeChatClient

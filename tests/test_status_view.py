@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import producers
-from tests.conftest import APPID, Sim, tagsync, wait_until
+from tests.helpers import APPID, Sim, tagsync, wait_until
 from worker.cli.status_view import GateLook, RateMeter, rate_between
 from worker.gate import BATCH_API, AccountGate
 from worker.pending import PendingStore

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import redis
 
 from producers.intents import make_intent
-from tests.conftest import APPID, Sim
+from tests.helpers import APPID, Sim
 from worker.gate import AccountGate
 from worker.pending import PendingStore, TagKeys
 from worker.sweep import lift_pause, revive_tags, sweep_once

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     FANS,
     Sim,

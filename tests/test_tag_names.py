@@ -12,7 +12,7 @@ import redis
 import requests
 
 import producers
-from tests.conftest import (
+from tests.helpers import (
     APPID,
     INGEST_TOKEN,
     Sim,

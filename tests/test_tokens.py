@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import APPID, SECRET, Sim
+from tests.helpers import APPID, SECRET, Sim
 from worker.wechat import MemoryTokenStore, RedisTokenStore, WeChatClient
 
 PROCESSES = 6
@@ -67,6 +67,7 @@ def _race(sim: Sim, redis_url: str, mode: str, rounds: int, between: Any = None)
         assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
 
 
+@pytest.mark.processes  # six of them
 @pytest.mark.parametrize("mode", ["stable", "classic"])
 def test_racing_processes_fetch_one_token(sim: Sim, redis_url: str, mode: str) -> None:
     """Six processes needing a token at the same instant cause exactly one fetch."""
@@ -79,6 +80,7 @@ def test_racing_processes_fetch_one_token(sim: Sim, redis_url: str, mode: str) -
     assert stats["errcodes"] == {"0": PROCESSES + 1}
 
 
+@pytest.mark.processes  # six of them
 @pytest.mark.parametrize("mode", ["stable", "classic"])
 def test_one_refresh_per_expiry_across_processes(sim: Sim, redis_url: str, mode: str) -> None:
     """After each /_sim/expire_tokens the processes refresh once between them; calls succeed."""

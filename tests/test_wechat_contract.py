@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import APPID, SECRET, Sim
+from tests.helpers import APPID, SECRET, Sim
 from worker.wechat import (
     CredentialError,
     NetworkError,

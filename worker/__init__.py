@@ -2,7 +2,8 @@
 
     application  producers.tag(...)       -> queue ``tagsync.intents`` (``queues.py``)
     1. actors.ingest                      ``actors.py``: the dramatiq actors, the entry point
-    2. ingest.ingest_rows                 ``ingest.py``: check rows; bad ones to dead letters
+    2. ingest.ingest_rows                 ``ingest.py``: check rows; bad ones to dead letters;
+                                          tag names to ids (``tag_names.py``)
     3. PendingStore.ingest                ``pending/``: per-tag buffers in Redis, last write wins
     4. actors.flush -> Flusher.flush      ``flush.py``: lease the tag, take a batch of <= 50
     5. AccountGate.admit                  ``gate/``: a call slot (the account's rate, daily
@@ -12,9 +13,13 @@
                                           ``split.py``; given up: ``dead_letters.py``
 
 Each step works for the intent's account: ``accounts/`` gives the served accounts (a file,
-Open Platform authorizations in Redis) with each one's client and gate.
-``sweep.py`` sends a flush to any tag that has work but none coming (lost wake-ups);
-``http.py`` is the ingest server (intents and the account endpoints); ``cli/`` is the
-``tagsync`` command. Plumbing lives apart: ``runtime/`` (settings, Redis
-clients, the broker, process set-up) and ``observability/`` (metrics, logs, redaction).
+Open Platform authorizations in Redis) with each one's client and gate. ``sweep.py``
+sends a flush to any tag that has work but none coming (lost wake-ups); ``http.py`` is the
+ingest server (intents and the account endpoints).
+
+Around the pipeline, each in a package of its own, from the bottom up:
+``base/`` (settings, Lua scripts, backoff), ``observability/`` (metrics, logs, redaction),
+``runtime/`` (one process's wiring, the metrics endpoint, starting processes),
+``admin/`` (the operator's tools: admin calls, drain, export, reconcile, status) and
+``cli/`` (the ``tagsync`` command, one module per command; nothing imports it).
 """

@@ -13,23 +13,24 @@ for long (``worker.flush``), so they are not starved by a steady stream.
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any
 
 import dramatiq
 from dramatiq import Middleware
 
+from worker.base.settings import Settings
 from worker.flush import ACCOUNT_THREAD_SHARE, Flusher
 from worker.gate import MAX_SLEEP_MS
 from worker.ingest import ingest_rows
 from worker.observability.log_context import LogContext
 from worker.observability.logs import configure_logging
-from worker.observability.metrics_server import Metrics
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE, RESOLVE
 from worker.runtime.broker import broker_url, setup_broker
 from worker.runtime.lifecycle import STOPPING, Lifecycle
+from worker.runtime.metrics_server import Metrics
 from worker.runtime.parts import runtime
 from worker.runtime.recovery import OutageRecovery
-from worker.runtime.settings import Settings
 from worker.runtime.timer import LocalTimer
 from worker.sweep import Sweeper, sweep_once
 from worker.tag_names import NameResolver
@@ -109,43 +110,37 @@ broker = setup_broker(
     ]
 )
 
-_flusher: Flusher | None = None
-_resolver: NameResolver | None = None
 
-
+@cache
 def flusher() -> Flusher:
-    """This process's flusher."""
-    global _flusher
-    if _flusher is None:
-        rt = runtime()
-        _flusher = Flusher(
-            store=rt.store,
-            accounts=rt.accounts,
-            dead_letters=rt.dead_letters,
-            send_flush=send_flush,
-            max_attempts=rt.settings.max_attempts,
-            backoff_min_ms=rt.settings.backoff_min_ms,
-            backoff_max_ms=rt.settings.backoff_max_ms,
-            wechat_timeout_s=rt.settings.wechat_timeout_s,
-            stopping=STOPPING,
-        )
-    return _flusher
+    """This process's flusher, built on first use (after dramatiq forked the process)."""
+    rt = runtime()
+    settings = rt.settings
+    return Flusher(
+        store=rt.store,
+        accounts=rt.accounts,
+        dead_letters=rt.dead_letters,
+        send_flush=send_flush,
+        max_attempts=settings.max_attempts,
+        backoff_min_ms=settings.backoff_min_ms,
+        backoff_max_ms=settings.backoff_max_ms,
+        wechat_timeout_s=settings.wechat_timeout_s,
+        stopping=STOPPING,
+    )
 
 
+@cache
 def resolver() -> NameResolver:
-    """This process's tag name resolver."""
-    global _resolver
-    if _resolver is None:
-        rt = runtime()
-        _resolver = NameResolver(
-            names=rt.names,
-            accounts=rt.accounts,
-            dead_letters=rt.dead_letters,
-            merge=_merge,
-            send_resolve=send_resolve,
-            create_tags=rt.settings.create_tags,
-        )
-    return _resolver
+    """This process's tag name resolver, built on first use."""
+    rt = runtime()
+    return NameResolver(
+        names=rt.names,
+        accounts=rt.accounts,
+        dead_letters=rt.dead_letters,
+        merge=_merge,
+        send_resolve=send_resolve,
+        create_tags=rt.settings.create_tags,
+    )
 
 
 def _merge(rows: Any) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 from redis import Redis
 
+from worker.base.lua import load_script, text
 from worker.observability.metrics import INTENTS_DEAD_LETTERED
 from worker.observability.redaction import redact
-from worker.runtime.lua import load_script
 
 #: The stream of dead letters.
 STREAM = "tagsync:dead_letters"
@@ -76,6 +76,31 @@ class DeadLetter:
             reason="invalid_intent",
             errmsg=errmsg,
             tag_name=_short(tag_id, 64) if isinstance(tag_id, str) else "",
+        )
+
+    @classmethod
+    def tag_gone(
+        cls,
+        account: str,
+        tag_id: int,
+        op: str,
+        openid: str,
+        ts: float,
+        *,
+        errcode: int | None = 45159,
+        errmsg: str = "the tag does not exist",
+    ) -> DeadLetter:
+        """An intent of a tag WeChat does not list (45159 confirmed by ``tags/get``)."""
+        return cls(
+            account,
+            tag_id,
+            op,
+            openid,
+            ts,
+            reason="tag_gone",
+            errcode=errcode,
+            errmsg=errmsg,
+            first_seen=time.time(),
         )
 
     @property
@@ -139,7 +164,7 @@ class DeadLetters:
         while True:
             entries: list[Any] = self.redis.xrange(STREAM, min=start, max="+", count=page) or []
             for entry_id, raw in entries:
-                letter = _parse({_text(k): _text(v) for k, v in (raw or {}).items()})
+                letter = _parse({text(k): text(v) for k, v in (raw or {}).items()})
                 if errcode is not None and letter.errcode != errcode:
                     continue
                 if tag_id is not None and letter.tag_id != tag_id:
@@ -148,10 +173,10 @@ class DeadLetters:
                     continue
                 if reason is not None and letter.reason != reason:
                     continue
-                yield _text(entry_id), letter
+                yield text(entry_id), letter
             if len(entries) < page:
                 return
-            start = "(" + _text(entries[-1][0])
+            start = "(" + text(entries[-1][0])
 
     def delete(self, entry_ids: list[str]) -> int:
         """Remove dead letters by stream id; return how many were removed."""
@@ -167,10 +192,6 @@ def _short(value: Any, limit: int) -> str:
         return str(value)[:limit]
     except (ValueError, RecursionError):
         return f"<{type(value).__name__}>"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _parse(fields: dict[str, str]) -> DeadLetter:

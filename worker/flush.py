@@ -24,13 +24,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import structlog
 
 from worker.accounts.directory import Account, AccountDirectory
-from worker.backoff import backoff_ms
+from worker.base.backoff import backoff_ms
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import BATCH_API, MAX_SLEEP_MS, AccountGate, pause_for
 from worker.observability.metrics import (
@@ -312,9 +312,7 @@ class Flusher:
             self.store.suspect(batch, run.owner, plan)
             log.info(
                 "split.start",
-                account=run.account,
-                tag=run.tag_id,
-                op=batch.op,
+                **_about(batch),
                 size=len(openids),
                 errcode=failure.errcode,
             )
@@ -358,9 +356,7 @@ class Flusher:
                 return self._on_failure(run, batch, step.openids, failure, started=started)
         log.info(
             "batch",
-            account=run.account,
-            tag=run.tag_id,
-            op=batch.op,
+            **_about(batch),
             size=applied + dead,
             errcode=0,
             attempt=batch.attempt,
@@ -516,9 +512,7 @@ class Flusher:
         wait = backoff_ms(result.streak, min_ms=self.backoff_min_ms, max_ms=self.backoff_max_ms)
         log.warning(
             "batch.retry",
-            account=run.account,
-            tag=run.tag_id,
-            op=batch.op,
+            **_about(batch),
             size=len(openids),
             errcode=exc.errcode,
             error=str(exc),
@@ -578,21 +572,13 @@ class Flusher:
     def _tag_gone(self, run: _Run, exc: WeChatError | None) -> None:
         """The tag does not exist: dead-letter all its intents; ingest refuses new ones."""
         entries = self.store.tag_gone(run.account, run.tag_id, run.owner)
-        now = time.time()
-        dead = self.dead_letters.add(
-            DeadLetter(
-                run.account,
-                run.tag_id,
-                op,
-                openid,
-                ts,
-                reason="tag_gone",
-                errcode=45159 if exc is None else exc.errcode,
-                errmsg="the tag does not exist" if exc is None else exc.errmsg,
-                first_seen=now,
-            )
+        letters = [
+            DeadLetter.tag_gone(run.account, run.tag_id, op, openid, ts)
             for op, openid, ts in entries
-        )
+        ]
+        if exc is not None:  # WeChat's own answer, rather than the one tags/get implied
+            letters = [replace(x, errcode=exc.errcode, errmsg=exc.errmsg) for x in letters]
+        dead = self.dead_letters.add(letters)
         self.store.drop_tag(run.account, run.tag_id, run.owner)
         self.names.forget(run.account)  # a name may still point at the tag
         log.error("tag.gone", account=run.account, tag=run.tag_id, dead_lettered=dead)
@@ -631,9 +617,7 @@ class Flusher:
         self.store.drop(batch, run.owner, openids)
         log.warning(
             "dead_letter",
-            account=batch.account,
-            tag=batch.tag_id,
-            op=batch.op,
+            **_about(batch),
             reason=reason,
             errcode=errcode,
             count=len(openids),
@@ -652,9 +636,7 @@ class Flusher:
     ) -> None:
         log.info(
             "batch",
-            account=batch.account,
-            tag=batch.tag_id,
-            op=batch.op,
+            **_about(batch),
             size=size,
             errcode=errcode,
             attempt=batch.attempt,
@@ -663,3 +645,8 @@ class Flusher:
             calls=calls,
             duration=round(time.perf_counter() - started, 4),
         )
+
+
+def _about(batch: Batch) -> dict[str, Any]:
+    """The fields every log event about a batch carries."""
+    return {"account": batch.account, "tag": batch.tag_id, "op": batch.op}

@@ -1,4 +1,4 @@
-"""The ingest server of a deployment: ``POST /v1/intents`` (``producers.http``) plus the
+"""The ingest server of a deployment: ``POST /v1/intents`` (``producers.wsgi``) plus the
 Open Platform endpoints, behind the same bearer token.
 
     POST /v1/accounts          {"appid": A, "refresh_token": R}
@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from producers.http import (
+from producers.redis_url import connect
+from producers.wsgi import (
     BodyError,
     IngestApp,
     StartResponse,
@@ -26,12 +27,11 @@ from producers.http import (
     reply,
     unauthorized,
 )
-from producers.redis_url import connect
 from worker.accounts import accounts_config
+from worker.accounts.authorize import authorize_account
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import APPID_RE
-from worker.cli.accounts import authorize_account
-from worker.runtime.settings import Settings
+from worker.base.settings import Settings
 
 #: Largest body of an account request, in bytes.
 MAX_ACCOUNT_BODY = 16 * 1024

@@ -84,18 +84,7 @@ def ingest_rows(
     INTENTS_STALE.inc(result.stale)
     if result.gone:
         dead_letters.add(
-            DeadLetter(
-                i.account,
-                i.tag_id,
-                i.op,
-                i.openid,
-                i.ts,
-                reason="tag_gone",
-                errcode=45159,
-                errmsg="the tag does not exist",
-                first_seen=time.time(),
-            )
-            for i in result.gone
+            DeadLetter.tag_gone(i.account, i.tag_id, i.op, i.openid, i.ts) for i in result.gone
         )
         log.warning("ingest.tag_gone", count=len(result.gone))
     for (account, tag_id), delay in result.flushes.items():
@@ -129,7 +118,7 @@ def _resolve(named: list[Intent], names: TagNames, send_resolve: SendResolve) ->
             else:
                 resolved.append(intent.resolved(tag_id))
     for (account, name), rows in unknown.items():
-        send_resolve(account, name, rows, 0, 0)
+        send_resolve(account, name, rows, 0, 0, None)
     if unknown:
         log.info("ingest.names_to_resolve", names=len(unknown), intents=len(named) - len(resolved))
     return resolved

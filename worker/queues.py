@@ -28,9 +28,14 @@ RESOLVE = "resolve_tag"
 BACKLOG_MESSAGES = 10
 
 
+def queue_length(redis: Redis, queue: str) -> int:
+    """Messages waiting in ``queue``, not yet fetched by any worker (dramatiq's list)."""
+    return int(redis.llen(f"dramatiq:{queue}"))
+
+
 def queued_intents(redis: Redis) -> int:
     """Intent messages waiting in the queue, not yet fetched by any worker."""
-    return int(redis.llen(f"dramatiq:{INTENTS_QUEUE}"))
+    return queue_length(redis, INTENTS_QUEUE)
 
 
 def unsettled_messages(redis: Redis) -> int:

@@ -32,8 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-#: Most openids in one batch call.
-MAX_BATCH = 50
+from worker.wechat.client import MAX_BATCH
+
 #: Most calls one batch of 50 may cost in all, the first refused call included.
 MAX_CALLS = MAX_BATCH + 5
 #: Credit below which a suspect group is tested in quarters, then eighths (else halves).

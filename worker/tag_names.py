@@ -23,14 +23,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from redis import Redis
 
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.accounts.directory import Account, AccountDirectory
-from worker.backoff import backoff_ms
+from worker.base.backoff import backoff_ms
 from worker.dead_letters import DeadLetter, DeadLetters
 from worker.gate import MAX_SLEEP_MS, pause_for
 from worker.wechat.client import Tag
@@ -63,18 +64,9 @@ return 0
 """
 
 
-class SendResolve(Protocol):
-    """Enqueue the resolution of ``name`` for ``rows`` (queue rows naming it)."""
-
-    def __call__(
-        self,
-        account: str,
-        name: str,
-        rows: list[list[Any]],
-        attempt: int,
-        delay_ms: int,
-        slot_at: int | None = None,
-    ) -> None: ...
+#: Enqueue the resolution of a name for the queue rows naming it:
+#: ``(account, name, rows, attempt, delay_ms, slot_at)`` (``actors.send_resolve``).
+SendResolve = Callable[[str, str, list[list[Any]], int, int, int | None], None]
 
 
 class TagNames:
@@ -159,25 +151,18 @@ def resolved_rows(rows: list[list[Any]], tag_id: int) -> list[list[Any]]:
     return [[row[0], tag_id, *row[2:]] for row in rows]
 
 
+@dataclass(kw_only=True)
 class NameResolver:
     """Resolves the names of intents that ingest could not resolve from the cache."""
 
-    def __init__(
-        self,
-        *,
-        names: TagNames,
-        accounts: AccountDirectory,
-        dead_letters: DeadLetters,
-        merge: Callable[[list[list[Any]]], object],
-        send_resolve: SendResolve,
-        create_tags: bool,
-    ) -> None:
-        self.names = names
-        self.accounts = accounts
-        self.dead_letters = dead_letters
-        self.merge = merge
-        self.send_resolve = send_resolve
-        self.create_tags = create_tags
+    names: TagNames
+    accounts: AccountDirectory
+    dead_letters: DeadLetters
+    #: Merges resolved rows into the pending buffers (the ingest step).
+    merge: Callable[[list[list[Any]]], object]
+    send_resolve: SendResolve
+    #: Create an unknown tag (``TAGSYNC_CREATE_TAGS=1``) rather than dead-letter its intents.
+    create_tags: bool
 
     def resolve(
         self,

@@ -4,6 +4,8 @@
     accounts authorized at run time (Redis)        -> ``authorized.py``: refresh tokens, ticket
     component_access_token, authorizer tokens       -> ``component.py``: Component
     each served account's client and gate           -> ``directory.py``: Accounts
+    an authorization stored, a revoked one's pause lifted -> ``authorize.py``
+    an account's pending intents dead-lettered      -> ``purge.py``
 
 Everything else in the pipeline is keyed by account already: pending buffers, leases,
 gates, pauses, tokens and dead letters carry the AppID in their Redis keys.
@@ -22,7 +24,7 @@ from worker.accounts.config import (
     load_accounts_file,
 )
 from worker.accounts.directory import Account, AccountDirectory, Accounts, StaticAccounts
-from worker.runtime.settings import Settings, SettingsError
+from worker.base.settings import Settings, SettingsError
 
 __all__ = [
     "Account",

@@ -21,6 +21,7 @@ from typing import Any
 from redis import Redis
 
 from worker.accounts.config import APPID_RE
+from worker.base.lua import text
 from worker.observability.redaction import REDACTOR
 
 #: appid -> JSON {"added": epoch seconds}.
@@ -31,10 +32,6 @@ VERSION = "tagsync:accounts:version"
 TICKET = "tagsync:component:ticket"
 #: Format of ``export`` files (checked by ``import_``).
 EXPORT_FORMAT = "tagsync-authorizations/1"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def authorization_key(appid: str) -> str:
@@ -64,7 +61,7 @@ class AuthorizedAccounts:
 
     def appids(self) -> set[str]:
         """Every authorized AppID."""
-        return {_text(a) for a in self.redis.hkeys(AUTHORIZED)}
+        return {text(a) for a in self.redis.hkeys(AUTHORIZED)}
 
     def authorize(self, appid: str, refresh_token: str) -> bool:
         """Add ``appid`` (or replace its refresh token); True if it was new."""
@@ -95,7 +92,7 @@ class AuthorizedAccounts:
         value = self.redis.hget(authorization_key(appid), "refresh_token")
         if value is None:
             return None
-        token = _text(value)
+        token = text(value)
         REDACTOR.add(token)
         return token
 
@@ -109,7 +106,7 @@ class AuthorizedAccounts:
 
     def list(self) -> list[Authorization]:
         """Every authorized account, oldest first."""
-        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(AUTHORIZED).items()}
+        raw = {text(k): text(v) for k, v in self.redis.hgetall(AUTHORIZED).items()}
         pipe = self.redis.pipeline(transaction=False)
         appids = sorted(raw, key=lambda a: (json.loads(raw[a]).get("added", 0), a))
         for appid in appids:
@@ -179,6 +176,6 @@ class AuthorizedAccounts:
         ticket, at = self.redis.hmget(TICKET, ["ticket", "at"])
         if ticket is None:
             return None
-        text = _text(ticket)
-        REDACTOR.add(text)
-        return text, float(at or 0)
+        value = text(ticket)
+        REDACTOR.add(value)
+        return value, float(at or 0)

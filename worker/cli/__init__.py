@@ -11,13 +11,26 @@ from importlib import metadata
 
 import redis
 
+from worker.admin.gated_client import AccountPaused
+from worker.base.settings import VARIABLES, Settings, SettingsError
+
 # _extra first (names import in order): one clear line, not a traceback, when the worker
 # extra is not installed.
-from worker.cli import _extra, accounts, admin, demo, dev, dlq, produce, reconcile, run  # noqa: F401
-from worker.gated import AccountPaused
+from worker.cli import (  # noqa: F401
+    _extra,
+    accounts,
+    demo,
+    dev,
+    dlq,
+    produce,
+    quota,
+    reconcile,
+    status,
+    tags,
+    worker,
+)
 from worker.observability.logs import configure_logging
 from worker.observability.redaction import REDACTOR
-from worker.runtime.settings import VARIABLES, Settings, SettingsError
 from worker.wechat.errcodes import markdown_table
 from worker.wechat.errors import NetworkError, WeChatError
 
@@ -35,14 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"tagsync {metadata.version('wechat-tagsync')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run.register(commands)
-    produce.register(commands)
-    dlq.register(commands)
-    admin.register(commands)
-    reconcile.register(commands)
-    accounts.register(commands)
-    demo.register(commands)
-    dev.register(commands)
+    for command in (worker, status, produce, dlq, quota, tags, reconcile, accounts, demo, dev):
+        command.register(commands)
     errcodes = commands.add_parser(
         "errcodes", help="the failure policy: what the worker does about each WeChat errcode"
     )

@@ -13,74 +13,13 @@ from typing import Any
 import redis
 
 from producers.redis_url import connect
-from worker.accounts import Account, Accounts, AccountsConfig, accounts_config
+from worker.accounts import AccountsConfig, accounts_config
+from worker.accounts.authorize import authorize_account, lift_revoked
 from worker.accounts.authorized import AuthorizedAccounts
-from worker.accounts.config import APPID_RE
 from worker.accounts.purge import purge_account
+from worker.base.settings import Settings, SettingsError
 from worker.dead_letters import DeadLetters
-from worker.gate import AccountGate
-from worker.gated import GatedClient
 from worker.pending import PendingStore
-from worker.runtime.settings import Settings, SettingsError
-from worker.wechat.client import WeChatClient
-from worker.wechat.tokens import RedisTokenStore
-
-
-def add_account_option(parser: argparse.ArgumentParser) -> None:
-    """``--account APPID``: which account a command is about."""
-    parser.add_argument(
-        "--account",
-        metavar="APPID",
-        help="the account (default: the only one served, or WECHAT_APPID)",
-    )
-
-
-def _connect(settings: Settings) -> redis.Redis | None:
-    return connect(settings.redis_url) if settings.redis_url else None
-
-
-def served(settings: Settings) -> tuple[AccountsConfig, Accounts | None]:
-    """The accounts config and, with Redis, the live directory (authorized accounts too)."""
-    config = accounts_config(settings)
-    connection = _connect(settings)
-    if connection is None:
-        return config, None
-    return config, Accounts(
-        config, redis=connection, api_base=settings.api_base, read_timeout=settings.wechat_timeout_s
-    )
-
-
-def choose_appid(settings: Settings, requested: str | None, appids: frozenset[str]) -> str:
-    """The account a command is about: ``--account``, the only one, or ``WECHAT_APPID``."""
-    if requested is not None:
-        if requested not in appids:
-            raise SettingsError(f"--account {requested}: not an account of this deployment")
-        return requested
-    if len(appids) == 1:
-        return next(iter(appids))
-    if settings.appid and settings.appid in appids:
-        return settings.appid
-    listed = ", ".join(sorted(appids)[:5]) + (" ..." if len(appids) > 5 else "")
-    raise SettingsError(f"{len(appids)} accounts are served ({listed}): name one with --account")
-
-
-def open_account(settings: Settings, requested: str | None = None) -> Account | WeChatClient:
-    """The account (with Redis: client and gate) or, without Redis, a bare client."""
-    config, directory = served(settings)
-    if directory is None:
-        appid = choose_appid(settings, requested, frozenset(a.appid for a in config.accounts))
-        account = config.get(appid)
-        assert account is not None
-        return WeChatClient(
-            appid=appid,
-            secret=account.secret,
-            api_base=settings.api_base,
-            token_mode=account.limits.token_mode,
-        )
-    appid = choose_appid(settings, requested, directory.appids())
-    found = directory.get(appid)
-    assert found is not None
-    return found
 
 
 def register(commands: Any) -> None:
@@ -148,30 +87,12 @@ def register(commands: Any) -> None:
 
 def _store(settings: Settings) -> tuple[AccountsConfig, AuthorizedAccounts, redis.Redis]:
     config = accounts_config(settings)
-    connection = _connect(settings)
-    if connection is None:
-        raise SettingsError("TAGSYNC_REDIS_URL must be set: authorizations live in Redis")
+    connection = connect(settings.require_redis_url("(authorizations live in Redis)"))
     return config, AuthorizedAccounts(connection), connection
 
 
 def _read_secret(value: str) -> str:
     return sys.stdin.readline().strip() if value == "-" else value
-
-
-def authorize_account(connection: redis.Redis, appid: str, refresh_token: str) -> bool:
-    """Store the authorization and lift a revoked authorization's pause; True if new."""
-    if not APPID_RE.fullmatch(appid):
-        raise ValueError(f"{appid!r} is not an AppID")
-    added = AuthorizedAccounts(connection).authorize(appid, refresh_token)
-    _lift_revoked(connection, appid)
-    return added
-
-
-def _lift_revoked(connection: redis.Redis, appid: str) -> None:
-    """A new authorization: drop tokens had with the old one, lift the pause, wake the tags."""
-    RedisTokenStore(connection, appid).clear()
-    if AccountGate(connection, rate=1).lift(appid, "authorization"):
-        PendingStore(connection).wake(appid)
 
 
 def _authorize(args: argparse.Namespace) -> int:
@@ -226,8 +147,8 @@ def _list(args: argparse.Namespace) -> int:
         }
         for a in config.accounts
     ]
-    connection = _connect(settings)
-    if connection is not None:
+    if settings.redis_url:
+        connection = connect(settings.redis_url)
         configured = {a.appid for a in config.accounts}
         for entry in AuthorizedAccounts(connection).list():
             if entry.appid in configured:
@@ -284,7 +205,7 @@ def _import(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.file} is not JSON") from None
     imported, skipped = authorized.import_(document, overwrite=args.overwrite)
     for entry in document["accounts"]:
-        _lift_revoked(connection, entry["appid"])
+        lift_revoked(connection, entry["appid"])
     print(
         f"{imported} authorizations imported"
         + (f", {skipped} kept as they are (--overwrite replaces them)" if skipped else "")
@@ -299,12 +220,3 @@ def _ticket(args: argparse.Namespace) -> int:
     authorized.set_ticket(_read_secret(args.ticket))
     print(f"component_verify_ticket stored ({time.strftime('%H:%M:%S')})")
     return 0
-
-
-def admin_client(settings: Settings, account: str | None = None) -> GatedClient:
-    """The client an admin command calls WeChat with: through the account's gate (rate,
-    daily budget and pauses shared with the worker) when Redis is set."""
-    opened = open_account(settings, account)
-    if isinstance(opened, Account):
-        return GatedClient(opened.client, opened.gate)
-    return GatedClient(opened, None)

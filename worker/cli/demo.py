@@ -29,11 +29,11 @@ from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from producers.redis_url import connect, redacted
 from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
-from worker.cli.run import collect_status
+from worker.admin.status_report import collect_status
+from worker.base.settings import Settings
 from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.processes import die_with_parent, free_port
 from worker.runtime.redis_server import RedisServer
-from worker.runtime.settings import Settings
 
 #: Tags the demo creates.
 DEMO_TAGS = 20

@@ -28,10 +28,10 @@ import redis
 import requests
 
 from producers.redis_url import connect
+from worker.base.settings import Settings, SettingsError
 from worker.runtime.launch import stop_timeout_s
 from worker.runtime.lifecycle import heartbeats, redis_now
 from worker.runtime.processes import die_with_parent
-from worker.runtime.settings import Settings, SettingsError
 
 #: The tags the README's examples use; created at start when missing.
 DEV_TAGS = ("VIP", "newsletter")

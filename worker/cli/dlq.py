@@ -1,4 +1,4 @@
-"""``tagsync dlq`` (dead letters) and ``tagsync quota`` (WeChat quotas and account pauses)."""
+"""``tagsync dlq``: list, export, replay or purge dead letters, filtered."""
 
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-import redis
-
 import producers
 from producers.intents import Intent, InvalidIntent, make_intent
 from producers.redis_url import connect
-from worker.accounts import Account
-from worker.cli.accounts import add_account_option, open_account
+from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
-from worker.gated import AccountPaused, GatedClient
-from worker.pending import PendingStore
-from worker.runtime.settings import Settings, SettingsError
-from worker.sweep import lift_pause
 
 
 def register(commands: Any) -> None:
-    """Add ``dlq`` and ``quota`` to the ``tagsync`` command line."""
+    """Add ``dlq`` to the ``tagsync`` command line."""
     dlq = commands.add_parser("dlq", help="list, export, replay or purge dead letters")
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_text in (
@@ -55,28 +48,9 @@ def register(commands: Any) -> None:
             action.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
         action.set_defaults(run=globals()[f"_{name}"])
 
-    quota = commands.add_parser("quota", help="WeChat's daily quotas; lift a quota pause")
-    quota_actions = quota.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = quota_actions.add_parser(
-        "get", help="daily limit and use of the tagging calls, budget, pause"
-    )
-    add_account_option(get)
-    get.set_defaults(run=_quota_get)
-    reset = quota_actions.add_parser(
-        "reset", help="call clear_quota, lift the account's pause and reset today's budget count"
-    )
-    add_account_option(reset)
-    reset.set_defaults(run=_quota_reset)
-
-
-def _redis(settings: Settings) -> redis.Redis:
-    if not settings.redis_url:
-        raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    return connect(settings.redis_url)
-
 
 def _letters(args: argparse.Namespace) -> tuple[DeadLetters, Any]:
-    store = DeadLetters(_redis(Settings.from_env()))
+    store = DeadLetters(connect(Settings.from_env().require_redis_url()))
     return store, store.scan(
         errcode=args.errcode, tag_id=args.tag_id, account=args.account, reason=args.reason
     )
@@ -162,45 +136,4 @@ def _purge(args: argparse.Namespace) -> int:
     store, letters = _letters(args)
     removed = store.delete([entry_id for entry_id, _ in letters])
     print(f"purged {removed} dead letters")
-    return 0
-
-
-def _quota_get(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    opened = open_account(settings, args.account)
-    client = opened.client if isinstance(opened, Account) else opened
-    gated = GatedClient(client, opened.gate if isinstance(opened, Account) else None)
-    try:
-        for path in ("/cgi-bin/tags/members/batchtagging", "/cgi-bin/tags/members/batchuntagging"):
-            quota = gated.get_quota(path)
-            print(f"{path}: {quota.used} of {quota.daily_limit} used today, {quota.remain} left")
-    except AccountPaused as exc:  # the pause itself is what is worth showing, below
-        print(f"WeChat's quota not asked: {exc}")
-    if isinstance(opened, Account):
-        gate = opened.gate
-        budget = gate.daily_budget or "no"
-        print(
-            f"tagsync budget: {gate.budget_used(client.appid)} calls counted today, {budget} budget"
-        )
-        for scope, pause in gate.pauses(client.appid).items():
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.until))
-            what = "the account" if scope == "account" else scope
-            print(
-                f"paused: {what} ({pause.reason}, errcode {pause.errcode or '-'}) "
-                f"until {until}: {pause.message}"
-            )
-    return 0
-
-
-def _quota_reset(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    connection = _redis(settings)
-    opened = open_account(settings, args.account)
-    assert isinstance(opened, Account)  # Redis is set
-    opened.client.clear_quota()
-    lifted = lift_pause(opened.gate, PendingStore(connection), opened.appid)
-    print(
-        f"quota of {opened.appid} cleared"
-        + ("; the pause is lifted" if lifted else "; the account was not paused")
-    )
     return 0

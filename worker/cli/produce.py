@@ -13,7 +13,7 @@ import structlog
 
 import producers
 from producers.intents import Intent, InvalidIntent, parse_intent
-from worker.runtime.settings import Settings, SettingsError
+from worker.base.settings import Settings, SettingsError
 
 log = structlog.get_logger("tagsync.ingest")
 
@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
     ingest = commands.add_parser(
         "ingest",
         help="serve the HTTP ingest (POST /v1/intents)",
-        description="Serve producers.http:app for development; in production use gunicorn.",
+        description="Serve producers.wsgi:app for development; in production use gunicorn.",
     )
     ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     ingest.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
@@ -110,9 +110,7 @@ def run_produce(args: argparse.Namespace) -> int:
         print(f"{len(intents)} intents are valid (dry run: nothing enqueued)")
         return 0
     settings = Settings.from_env()
-    if not settings.redis_url:
-        raise SettingsError("TAGSYNC_REDIS_URL must be set")
-    producers.configure(redis_url=settings.redis_url)
+    producers.configure(redis_url=settings.require_redis_url())
     sent = 0
     step = 10 * PROGRESS_EVERY
     for start in range(0, len(intents), step):

@@ -7,7 +7,7 @@
     4. the difference   ``Diff`` of the two sorted streams, sent as tag/untag intents
                         stamped now, 1,000 a message (or only counted with --dry-run)
 
-The sorting and the walk are ``worker/reconcile.py``; here are WeChat, Redis and the output.
+The sorting and the walk are ``worker/admin/sorted_diff.py``; here are WeChat, Redis and the output.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any, TextIO
 import producers
 from producers.intents import MAX_INTENTS_PER_MESSAGE, Op
 from producers.redis_url import connect
-from worker.cli.accounts import add_account_option, admin_client
-from worker.gated import GatedClient
+from worker.admin.gated_client import GatedClient, admin_client
+from worker.admin.progress import Progress
+from worker.admin.sorted_diff import CHUNK_SIZE, BadLines, Change, Diff, SortedRuns, read_desired
+from worker.base.settings import Settings, SettingsError
+from worker.cli.options import add_account_option
 from worker.pending import PendingStore
-from worker.progress import Progress
-from worker.reconcile import CHUNK_SIZE, BadLines, Change, Diff, SortedRuns, read_desired
-from worker.runtime.settings import Settings, SettingsError
 from worker.wechat.client import RESERVED_TAG_IDS, Tag
 
 #: Fans listed between two progress updates.
@@ -145,8 +145,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
             f"tag {args.tag} is one of WeChat's reserved tags (0, 1, 2): it cannot be reconciled"
         )
     settings = Settings.from_env()
-    if not args.dry_run and not settings.redis_url:
-        raise SettingsError("TAGSYNC_REDIS_URL must be set (or pass --dry-run)")
+    if not args.dry_run:
+        settings.require_redis_url("(or pass --dry-run)")
     source = _open(args.source)
     started = time.monotonic()
     progress = Progress(sys.stderr)

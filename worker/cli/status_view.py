@@ -1,4 +1,4 @@
-"""How ``tagsync status`` shows a report of ``collect_status`` (``worker.cli.run``).
+"""How ``tagsync status`` shows a report of ``collect_status`` (``worker.cli.worker``).
 
 - on a terminal: a live view (rich), one table of accounts and one of tags, redrawn every
   few seconds until Ctrl-C, cut to the terminal's height;

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from worker.runtime.lua import load_script, script_text
+from worker.base.lua import load_script, script_text, text
 from worker.wechat.errors import WeChatError
 
 #: The share of TAGSYNC_RATE the gate admits. A call reaches WeChat some milliseconds
@@ -83,15 +83,11 @@ class Pause:
     message: str
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _pause_of(fields: dict[Any, Any]) -> Pause | None:
     """The pause a pause hash holds, unless it is absent or over."""
     if not fields:
         return None
-    values = {_text(k): _text(v) for k, v in fields.items()}
+    values = {text(k): text(v) for k, v in fields.items()}
     until = float(values.get("until", 0)) / 1000
     if until <= time.time():
         return None
@@ -152,10 +148,10 @@ class AccountGate:
                 f"{self.rate:g}",
             ],
         )
-        kind = _text(answer[0])
+        kind = text(answer[0])
         if kind == "paused":
             return Admission(
-                "paused", int(answer[1]), reason=_text(answer[2]), scope=_text(answer[3])
+                "paused", int(answer[1]), reason=text(answer[2]), scope=text(answer[3])
             )
         late = 0
         if slot_at is not None and len(answer) > 3:
@@ -242,7 +238,7 @@ class AccountGate:
     def lift(self, account: str, reason: str) -> bool:
         """Lift the account-wide pause if it is for ``reason``; True if it was."""
         key = self.key(account, "pause")
-        if _text(self.redis.hget(key, "reason") or b"") != reason:
+        if text(self.redis.hget(key, "reason") or b"") != reason:
             return False
         return bool(self.redis.delete(key))
 

@@ -24,7 +24,6 @@ Per (account, tag), under the hash tag ``{account:tag}`` (one Redis Cluster slot
 from worker.pending.keys import GONE_INDEX, TAG_INDEX, TagKeys
 from worker.pending.store import (
     INGEST_CHUNK,
-    MAX_BATCH,
     SCHED_GRACE_MS,
     Batch,
     Exhausted,
@@ -39,7 +38,6 @@ from worker.pending.store import (
 __all__ = [
     "GONE_INDEX",
     "INGEST_CHUNK",
-    "MAX_BATCH",
     "SCHED_GRACE_MS",
     "TAG_INDEX",
     "Batch",

@@ -20,15 +20,14 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from producers.intents import Intent, Op
+from worker.base.lua import script_text, text
 from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, parse_member
-from worker.runtime.lua import script_text
 from worker.split import SplitPlan
+from worker.wechat.client import MAX_BATCH
 
 #: How long an account counts as backlogged after ingest last merged its intents from a
 #: long queue (refreshed by every such message; it ends soon after the backlog does).
 BACKLOG_MARK_MS = 1000
-#: Most openids in one WeChat batch call.
-MAX_BATCH = 50
 #: How long a scheduled flush is trusted to arrive before the sweep sends another, beyond its
 #: delay: a lost or badly late flush message costs the tag this long (a duplicate costs little).
 SCHED_GRACE_MS = 3_000
@@ -139,13 +138,9 @@ def _backlog_key(account: str) -> str:
     return f"tagsync:{{{account}}}:backlog"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _exhausted(flat: list[Any]) -> list[Exhausted]:
     return [
-        Exhausted(_text(flat[i]), float(flat[i + 1]), int(flat[i + 2]), float(flat[i + 3]) / 1000)
+        Exhausted(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]), float(flat[i + 3]) / 1000)
         for i in range(0, len(flat), 4)
     ]
 
@@ -275,7 +270,7 @@ class PendingStore:
     def scheduled(self, account: str, tag_id: int) -> str | None:
         """Why the tag's next flush is on its way (now, later, backoff, slot), if one is."""
         value = self.redis.get(TagKeys(account, tag_id).key("sched"))
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     def release(
         self,
@@ -321,7 +316,7 @@ class PendingStore:
         paused = ",".join(sorted(paused_ops))
         args = [owner, self.linger_ms, MAX_BATCH, lease_ms, paused, hold_ms]
         answer = self._run("take", keys, args)
-        kind = _text(answer[0])
+        kind = text(answer[0])
         if kind == "lost":
             raise LeaseLost
         if kind == "gone":
@@ -330,9 +325,9 @@ class PendingStore:
             return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
         if kind in ("wait", "hold"):
             return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
-        op: Op = "untag" if _text(answer[1]) == "untag" else "tag"
+        op: Op = "untag" if text(answer[1]) == "untag" else "tag"
         pairs = answer[5:]
-        ts = {_text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
+        ts = {text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
         plan = SplitPlan.from_json(answer[4]) if answer[4] else None
         if plan is not None:
             # Fans that got a newer intent meanwhile left the split: forget them here too.
@@ -417,13 +412,13 @@ class PendingStore:
         """Mark the tag gone; return every pending, in-flight and split (op, openid, ts)."""
         keys = TagKeys(account, tag_id)
         flat = self._run("tag_gone", keys, [owner])
-        if flat and _text(flat[0]) == "lost":
+        if flat and text(flat[0]) == "lost":
             raise LeaseLost
         self.redis.sadd(GONE_INDEX, keys.member)
         return [
             (
-                "untag" if _text(flat[i]) == "untag" else "tag",
-                _text(flat[i + 1]),
+                "untag" if text(flat[i]) == "untag" else "tag",
+                text(flat[i + 1]),
                 float(flat[i + 2]),
             )
             for i in range(0, len(flat), 3)
@@ -527,7 +522,7 @@ class PendingStore:
                     max(0, int(split_tag) - 2) + max(0, int(split_untag) - 2),
                     min(oldest) if oldest else None,
                     bool(leased),
-                    _text(sched) if sched else None,
+                    text(sched) if sched else None,
                 )
             )
         return result

@@ -1,13 +1,15 @@
-"""Plumbing of a worker process: settings, Redis clients, the broker, process management.
+"""The wiring of a worker process, and the processes around it.
 
-- ``settings``: the environment, read and checked once;
-- ``parts``: each worker process's long-lived parts (Redis, store, gate, client), built
+- ``parts``: each worker process's long-lived parts (Redis, store, accounts, names), built
   once after dramatiq forks;
 - ``broker`` and ``redis_client``: the dramatiq broker and Redis clients that wait out an
-  outage; ``recovery``: hands back stranded messages after one;
+  outage; ``recovery``: hands back stranded messages after one; ``lifecycle``: heartbeats
+  and a clean stop; ``timer``: the periodic sweep's thread;
+- ``metrics_server``: the metrics endpoint, with backlog gauges read from Redis;
 - ``launch`` and ``dramatiq_main``: how the worker command starts dramatiq;
-- ``lua``: loading the Lua scripts that sit beside the modules using them;
-- ``processes`` and ``redis_server``: child processes (the embedded redis-server).
+  ``ingest_conf``: gunicorn's settings for the HTTP ingest;
+- ``processes`` and ``redis_server``: child processes and their ports (the embedded
+  redis-server of the demo, the dev stack and the tests).
 
 Nothing here knows about intents or WeChat beyond wiring the parts together.
 """

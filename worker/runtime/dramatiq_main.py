@@ -10,8 +10,8 @@ import sys
 
 from dramatiq.cli import main
 
+from worker.base.settings import Settings, SettingsError
 from worker.observability.logs import configure_logging
-from worker.runtime.settings import Settings, SettingsError
 
 if __name__ == "__main__":
     try:

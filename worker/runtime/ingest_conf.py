@@ -15,8 +15,8 @@ import structlog
 from gunicorn.glogging import Logger
 
 from producers.redis_url import connect, redacted
+from worker.base.settings import Settings, SettingsError
 from worker.observability.logs import configure_logging
-from worker.runtime.settings import Settings, SettingsError
 
 #: Processes and threads: an enqueue is one Redis round trip, so threads carry the load.
 workers = 2

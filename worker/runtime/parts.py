@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import redis
 
 from worker.accounts import Accounts, accounts_config
+from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
 from worker.pending import PendingStore
 from worker.runtime.redis_client import retrying_client
-from worker.runtime.settings import Settings, SettingsError
 from worker.tag_names import TagNames
 
 
@@ -31,10 +31,8 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> Runtime:
         """Build every part from the settings (Redis and the accounts are required)."""
         config = accounts_config(settings)
-        if not settings.redis_url:
-            raise SettingsError("TAGSYNC_REDIS_URL must be set")
         # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.
-        connection = retrying_client(settings.redis_url)
+        connection = retrying_client(settings.require_redis_url())
         return cls(
             settings=settings,
             redis=connection,

@@ -26,6 +26,7 @@ from dramatiq import Middleware
 from dramatiq.message import Message
 
 from producers.redis_url import connect
+from worker.base.lua import text
 
 log = structlog.get_logger("tagsync.recovery")
 
@@ -123,7 +124,7 @@ class OutageRecovery(Middleware):
         queues = set(broker.get_declared_queues()) | set(getattr(broker, "delay_queues", set()))
         for queue in sorted(queues):
             key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}"
-            members = {_text(m) for m in client.smembers(key)}
+            members = {text(m) for m in client.smembers(key)}
             stranded = sorted(members - held)
             if stranded:
                 broker.do_requeue(queue, *stranded)
@@ -133,10 +134,6 @@ class OutageRecovery(Middleware):
 
 def _redis_id(message: Any) -> str:
     return str(message.options.get("redis_message_id", ""))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _now() -> float:

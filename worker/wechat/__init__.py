@@ -1,7 +1,6 @@
 """The WeChat user tag API: client, errcode table, exceptions and shared tokens."""
 
 from worker.wechat.client import (
-    DEFAULT_API_BASE,
     MAX_BATCH,
     FansPage,
     Quota,
@@ -27,7 +26,6 @@ from worker.wechat.errors import (
 from worker.wechat.tokens import MemoryTokenStore, RedisTokenStore, TokenProvider
 
 __all__ = [
-    "DEFAULT_API_BASE",
     "ERRCODES",
     "MAX_BATCH",
     "Action",

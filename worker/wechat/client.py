@@ -20,6 +20,7 @@ from redis import Redis
 from requests.adapters import HTTPAdapter
 
 from producers.intents import check_tag_name as check_name
+from worker.base.settings import DEFAULT_API_BASE
 from worker.observability.metrics import TOKEN_REJECTIONS, WECHAT_ERRCODES, WECHAT_REQUEST
 from worker.observability.redaction import Secret
 from worker.wechat.errors import (
@@ -38,8 +39,6 @@ from worker.wechat.tokens import (
     TokenStore,
 )
 
-#: WeChat's API host.
-DEFAULT_API_BASE = "https://api.weixin.qq.com"
 #: Most openids one batch (un)tagging call takes (40032 beyond it).
 MAX_BATCH = 50
 #: WeChat's three system default tags: never renamed or deleted (45058), never

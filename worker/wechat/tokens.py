@@ -18,9 +18,9 @@ from typing import Protocol
 
 from redis import Redis
 
+from worker.base.lua import load_script
 from worker.observability.metrics import TOKEN_REFRESH_FAILURES, TOKEN_REFRESHES
 from worker.observability.redaction import REDACTOR
-from worker.runtime.lua import load_script
 from worker.wechat.errors import TokenUnavailable, WeChatError
 
 #: A token is refreshed once less than this share of its lifetime is left...
@@ -163,6 +163,10 @@ class RedisTokenStore:
     def invalidate(self, token: str) -> bool:
         keys = [self._key, self._failed_key]
         return bool(self._invalidate(keys=keys, args=[token, int(FAILED_MEMORY_S * 1000)]))
+
+    def ttl_ms(self) -> int:
+        """Milliseconds the stored token has left (0 or less: none is stored)."""
+        return int(self._redis.pttl(self._key))
 
     def clear(self) -> None:
         """Forget the stored token (one had with credentials since replaced)."""

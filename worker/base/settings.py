@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 
 from producers.redis_url import RedisUrlError, check_scheme
 from worker.observability.redaction import Secret
-from worker.wechat.client import DEFAULT_API_BASE
 
 T = TypeVar("T")
+
+#: WeChat's API, where every call goes unless ``WECHAT_API_BASE`` says otherwise.
+DEFAULT_API_BASE = "https://api.weixin.qq.com"
 
 #: The variables tagsync reads, with what each one means (``tagsync --help`` shows them).
 VARIABLES: dict[str, str] = {
@@ -174,10 +176,15 @@ class Settings:
         assert self.appid is not None and self.secret is not None
         return self.appid, self.secret
 
+    def require_redis_url(self, why: str = "") -> str:
+        """``TAGSYNC_REDIS_URL``, or a ``SettingsError`` saying it must be set (and ``why``)."""
+        if not self.redis_url:
+            raise SettingsError("TAGSYNC_REDIS_URL must be set" + (f" {why}" if why else ""))
+        return self.redis_url
+
     def require_ingest(self) -> None:
         """A ``SettingsError`` unless the ingest has its Redis and its bearer token."""
-        if not self.redis_url:
-            raise SettingsError("TAGSYNC_REDIS_URL must be set")
+        self.require_redis_url()
         if self.ingest_token is None:
             raise SettingsError(
                 "TAGSYNC_INGEST_TOKEN must be set: the ingest refuses unauthenticated intents"

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.gated import GatedClient
-from worker.progress import Progress
-from worker.runtime.settings import SettingsError
+from worker.admin.gated_client import GatedClient
+from worker.admin.progress import Progress
+from worker.base.settings import SettingsError
 from worker.wechat.errors import WeChatError
 
 

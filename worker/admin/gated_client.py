@@ -1,5 +1,6 @@
-"""Admin calls through the account's gate: what ``tagsync tags``, ``reconcile`` and the tag
-name resolver call WeChat with.
+"""Admin calls through the account's gate: what ``tagsync tags``, ``reconcile``, the drain
+and the export call WeChat with (``admin_client``), and how a command picks its account
+(``--account``, the only one served, or ``WECHAT_APPID``: ``open_account``).
 
 Every call takes a slot of the account's rate limit and counts against its daily budget,
 like the worker's batches, so an operator's listing never pushes the workers over the
@@ -14,7 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from worker.backoff import backoff_ms
+from producers.redis_url import connect
+from worker.accounts import Account, Accounts, AccountsConfig, accounts_config
+from worker.base.backoff import backoff_ms
+from worker.base.settings import Settings, SettingsError
 from worker.gate import AccountGate, Pause, pause_for
 from worker.tag_names import TagNames
 from worker.wechat.client import FansPage, Quota, Tag, WeChatClient, iter_fans
@@ -199,3 +203,56 @@ class GatedClient:
 
 def _clock(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def served(settings: Settings) -> tuple[AccountsConfig, Accounts | None]:
+    """The accounts config and, with Redis, the live directory (authorized accounts too)."""
+    config = accounts_config(settings)
+    if not settings.redis_url:
+        return config, None
+    connection = connect(settings.redis_url)
+    return config, Accounts(
+        config, redis=connection, api_base=settings.api_base, read_timeout=settings.wechat_timeout_s
+    )
+
+
+def choose_appid(settings: Settings, requested: str | None, appids: frozenset[str]) -> str:
+    """The account a command is about: ``--account``, the only one, or ``WECHAT_APPID``."""
+    if requested is not None:
+        if requested not in appids:
+            raise SettingsError(f"--account {requested}: not an account of this deployment")
+        return requested
+    if len(appids) == 1:
+        return next(iter(appids))
+    if settings.appid and settings.appid in appids:
+        return settings.appid
+    listed = ", ".join(sorted(appids)[:5]) + (" ..." if len(appids) > 5 else "")
+    raise SettingsError(f"{len(appids)} accounts are served ({listed}): name one with --account")
+
+
+def open_account(settings: Settings, requested: str | None = None) -> Account | WeChatClient:
+    """The account (with Redis: client and gate) or, without Redis, a bare client."""
+    config, directory = served(settings)
+    if directory is None:
+        appid = choose_appid(settings, requested, frozenset(a.appid for a in config.accounts))
+        account = config.get(appid)
+        assert account is not None
+        return WeChatClient(
+            appid=appid,
+            secret=account.secret,
+            api_base=settings.api_base,
+            token_mode=account.limits.token_mode,
+        )
+    appid = choose_appid(settings, requested, directory.appids())
+    found = directory.get(appid)
+    assert found is not None
+    return found
+
+
+def admin_client(settings: Settings, account: str | None = None) -> GatedClient:
+    """The client an admin command calls WeChat with: through the account's gate (rate,
+    daily budget and pauses shared with the worker) when Redis is set."""
+    opened = open_account(settings, account)
+    if isinstance(opened, Account):
+        return GatedClient(opened.client, opened.gate)
+    return GatedClient(opened, None)

@@ -10,7 +10,7 @@
             sending the same intents again
     GET /healthz       200 {"ok": true} (503 when Redis does not answer)
 
-Production: ``gunicorn producers.http:app``; development: ``tagsync ingest --port P``.
+Production: ``gunicorn producers.wsgi:app``; development: ``tagsync ingest --port P``.
 """
 
 from __future__ import annotations
@@ -177,5 +177,5 @@ class IngestApp:
         return reply(start_response, 200, {"ok": True})
 
 
-#: The app for ``gunicorn producers.http:app``.
+#: The app for ``gunicorn producers.wsgi:app``.
 app = IngestApp()

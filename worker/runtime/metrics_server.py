@@ -21,11 +21,11 @@ from prometheus_client.registry import Collector
 from producers.redis_url import connect
 from worker.accounts import accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
+from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
-from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE
-from worker.runtime.settings import Settings
+from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE, queue_length
 
 
 class BacklogCollector(Collector):
@@ -104,7 +104,7 @@ class BacklogCollector(Collector):
         for account, rate in sorted(served.items()):
             rate_limit.add_metric([account], rate)
         for queue in (INTENTS_QUEUE, FLUSH_QUEUE):
-            queued.add_metric([queue], float(self.redis.llen(f"dramatiq:{queue}")))
+            queued.add_metric([queue], float(queue_length(self.redis, queue)))
         yield from (pending, inflight, oldest, paused, rate_limit, queued)
         yield GaugeMetricFamily(
             "tagsync_dead_letters", "Dead letters kept.", value=DeadLetters(self.redis).count()

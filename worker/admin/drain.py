@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 import producers
-from worker.gated import GatedClient
+from worker.admin.gated_client import GatedClient
 from worker.pending import PendingStore
 from worker.queues import unsettled_messages
 from worker.wechat.client import RESERVED_TAG_IDS

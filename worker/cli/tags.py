@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 import producers
-from worker.cli.accounts import add_account_option, admin_client
-from worker.drain import Drain, ReservedTag
-from worker.export import FansExport
-from worker.gated import notice
-from worker.runtime.settings import Settings, SettingsError
+from worker.admin.drain import Drain, ReservedTag
+from worker.admin.export import FansExport
+from worker.admin.gated_client import admin_client, notice
+from worker.base.settings import Settings, SettingsError
+from worker.cli.options import add_account_option
 from worker.wechat.client import RESERVED_TAG_IDS
 from worker.wechat.errors import WeChatError
 
