@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.metrics import MetricWrapperBase
 
 import producers
@@ -319,3 +321,30 @@ def test_logs_are_json_lines_with_the_batch_fields(
     text = "\n".join(lines)
     assert SECRET not in text
     assert isinstance(token, bytes) and token.decode() not in text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=10_000, allow_nan=False), max_size=60))
+def test_observe_many_is_each_value_observed(values: list[float]) -> None:
+    """`observe_many` (one write per bucket) exports exactly what one `observe` per value
+    does: the same buckets, count and sum."""
+    # Given: two histograms of the intent-age buckets
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from worker.observability.metrics import INTENT_AGE, observe_many
+
+    buckets = INTENT_AGE._upper_bounds
+    one, many = CollectorRegistry(), CollectorRegistry()
+    each = Histogram("age", "age", buckets=buckets, registry=one)
+    batch = Histogram("age", "age", buckets=buckets, registry=many)
+    # When
+    for value in values:
+        each.observe(value)
+    observe_many(batch, values)
+
+    # Then
+    def exported(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return [line for line in lines if "_created" not in line]
+
+    assert exported(many) == exported(one)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import APPID, SECRET, Sim
+from tests.helpers import APPID, SECRET, Sim, wait_until
 from worker.wechat import MemoryTokenStore, RedisTokenStore, WeChatClient
 
 PROCESSES = 6
@@ -148,7 +148,7 @@ def test_stale_failure_report_keeps_the_new_token(sim: Sim, redis_client: redis.
     store = RedisTokenStore(redis_client, APPID)
     with WeChatClient(appid=APPID, secret=SECRET, api_base=sim.url, token_store=store) as client:
         old = client.tokens.token()
-        assert store.invalidate(old) is True
+        client.tokens.invalidate(old)  # WeChat rejected it here
         new = client.tokens.token()
         # When: a slow process reports the old token's failure late
         assert store.invalidate(old) is False
@@ -156,3 +156,34 @@ def test_stale_failure_report_keeps_the_new_token(sim: Sim, redis_client: redis.
         assert client.tokens.token() == new != old
     # stable_token first handed the rejected token back; the forced refresh replaced it.
     assert sim.stats()["token_fetches"] == 3
+
+
+def test_a_token_another_process_refreshed_is_used_within_seconds(
+    sim: Sim, redis_client: redis.Redis
+) -> None:
+    """A process reads the shared token from Redis at most every LOCAL_TTL_S (not on every
+    call): a token another process refreshed is taken up within that, and one WeChat
+    rejects is dropped at once."""
+    from worker.wechat.tokens import LOCAL_TTL_S
+
+    # Given: two processes' clients sharing the token in Redis
+    def process() -> WeChatClient:
+        store = RedisTokenStore(redis_client, APPID)
+        return WeChatClient(appid=APPID, secret=SECRET, api_base=sim.url, token_store=store)
+
+    with process() as here, process() as there:
+        old = here.tokens.token()
+        assert there.tokens.token() == old
+        reads_before = redis_client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+        for _ in range(50):
+            here.tokens.token()
+        reads = redis_client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+        assert reads == reads_before  # 50 calls, no round trip
+        # When: the other process finds its token rejected and refreshes it
+        there.tokens.invalidate(old)
+        new = there.tokens.token()
+        assert new != old
+        # Then: this process moves to it within LOCAL_TTL_S
+        started = time.monotonic()
+        wait_until(lambda: here.tokens.token() == new, timeout_s=LOCAL_TTL_S + 2)
+        assert time.monotonic() - started <= LOCAL_TTL_S + 1

@@ -41,6 +41,7 @@ from worker.observability.metrics import (
     RATE_LIMIT_DEFERRALS,
     RATE_LIMIT_SLOTS_MISSED,
     RATE_LIMIT_WAIT,
+    observe_many,
 )
 from worker.pending import Batch, LeaseLost, PendingStore
 from worker.queues import SendFlush
@@ -437,9 +438,7 @@ class Flusher:
         acked = self.store.ack(batch, run.owner, None if whole else openids)
         INTENTS_APPLIED.labels(batch.account, batch.op).inc(acked)
         now = time.time()
-        for value in ts.values():
-            if value is not None:
-                INTENT_AGE.observe(max(0.0, now - value))
+        observe_many(INTENT_AGE, [max(0.0, now - v) for v in ts.values() if v is not None])
         return acked
 
     # -- failures -----------------------------------------------------------------------------

@@ -4,13 +4,16 @@ Worker processes write to the directory named by ``PROMETHEUS_MULTIPROC_DIR`` (s
 ``worker.runtime.launch`` before any process starts, wiped at start); ``metrics_server``
 serves them together with dramatiq's own and with backlog gauges read from Redis at
 scrape time. No metric carries an openid. The ``account`` label is on the counters an
-operator reads per account (applied, dead letters, errcodes, pauses, token refreshes and
-their failures) and the backlog gauges; histograms stay per deployment, so an account
-costs a bounded few dozen series (2 ops, a table's worth of errcodes, its tags' gauges),
-never one per openid or call.
+operator reads per account (received, applied, dead letters, errcodes, pauses, deferrals,
+token refreshes and their failures), on openids per call (11 buckets x 2 ops) and on the
+backlog gauges; the other histograms stay per deployment, so an account costs a bounded
+few dozen series, never one per openid or call.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter as Tally
 
 from prometheus_client import Counter, Histogram
 
@@ -91,3 +94,18 @@ INTENT_AGE = Histogram(
     "From an intent's event time to WeChat's answer applying it.",
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 1800, 3600),
 )
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, in one write per bucket touched.
+
+    In multiprocess mode each observation is two writes to a memory-mapped file; a batch
+    of 50 intents' ages was 100 of them per WeChat call. Same samples, same buckets as 50
+    ``observe`` calls (prometheus-client keeps per-bucket counts, summed when scraped).
+    """
+    if not values:
+        return
+    bounds = histogram._upper_bounds  # prometheus-client's own, with +Inf last
+    histogram._sum.inc(sum(values))
+    for index, count in Tally(bisect_left(bounds, value) for value in values).items():
+        histogram._buckets[index].inc(count)

@@ -9,24 +9,42 @@
 -- (the next holder resends them: tagging is idempotent).
 local k_batch, k_applied, k_lease, k_failures, k_attempts, k_first = unpack(KEYS)
 if not owns(k_lease, ARGV[1]) then return -1 end
-local openids = {}
+-- Variadic commands, not one per openid: an ack of 50 is 6 commands inside the script, not 250.
+local openids, stamps, seen = {}, {}, {}
 if #ARGV > 3 then
-  for i = 4, #ARGV do openids[#openids + 1] = ARGV[i] end
+  local named = {}
+  for i = 4, #ARGV do
+    if not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
+      named[#named + 1] = ARGV[i]
+    end
+  end
+  local ts = redis.call('HMGET', k_batch, unpack(named))
+  for i = 1, #named do
+    if ts[i] then
+      openids[#openids + 1] = named[i]
+      stamps[#stamps + 1] = ts[i]
+    end
+  end
 else
   local flat = entries_of(k_batch)
-  for i = 1, #flat, 2 do openids[#openids + 1] = flat[i] end
-end
-local acked = 0
-for _, openid in ipairs(openids) do
-  local ts = redis.call('HGET', k_batch, openid)
-  if ts then
-    redis.call('ZADD', k_applied, 'GT', ts, openid)
-    redis.call('HDEL', k_batch, openid)
-    redis.call('HDEL', k_attempts, openid)
-    redis.call('HDEL', k_first, openid)
-    acked = acked + 1
+  for i = 1, #flat, 2 do
+    openids[#openids + 1] = flat[i]
+    stamps[#stamps + 1] = flat[i + 1]
   end
 end
+if #openids > 0 then
+  local scored = {}
+  for i = 1, #openids do
+    scored[#scored + 1] = stamps[i]
+    scored[#scored + 1] = openids[i]
+  end
+  redis.call('ZADD', k_applied, 'GT', unpack(scored))
+  redis.call('HDEL', k_batch, unpack(openids))
+  redis.call('HDEL', k_attempts, unpack(openids))
+  redis.call('HDEL', k_first, unpack(openids))
+end
+local acked = #openids
 if ARGV[3] ~= '' and redis.call('EXISTS', k_batch) == 1 then
   redis.call('HSET', k_batch, '~plan', ARGV[3])
 end

@@ -35,6 +35,11 @@ LOCK_TIMEOUT_S = 15.0
 FAILED_MEMORY_S = 600.0
 #: How often a process waiting for another's fetch looks again.
 POLL_INTERVAL_S = 0.05
+#: How long a process keeps using the token it last read before asking the store again.
+#: Every WeChat call read it from Redis (one round trip a call); a token refreshed by
+#: another process meanwhile is seen this much later, and the old one stays valid at
+#: WeChat for about 5 minutes after a refresh. A token WeChat rejects is dropped at once.
+LOCAL_TTL_S = 5.0
 
 #: Fetches a token: ``fetch(force_refresh)`` -> (access_token, expires_in seconds).
 Fetcher = Callable[[bool], tuple[str, int]]
@@ -196,18 +201,29 @@ class TokenProvider:
         self.fetches = 0
         # At 0 from the start, so the first refresh is an increase Prometheus sees.
         self._refreshes = TOKEN_REFRESHES.labels(store.appid)
+        #: The token last read or fetched, and until when (monotonic) it is used unasked.
+        self._local: tuple[str, float] | None = None
 
     def __repr__(self) -> str:
         return f"TokenProvider(store={self._store!r})"
 
     def token(self) -> str:
         """A valid access token: the stored one, or a fresh one if it is missing or ending."""
+        local = self._local
+        if local is not None and time.monotonic() < local[1]:
+            return local[0]
+        token, use_for_s = self._current()
+        self._local = (token, time.monotonic() + min(LOCAL_TTL_S, use_for_s))
+        return token
+
+    def _current(self) -> tuple[str, float]:
+        """The token from the store (or fetched), and how long it may be used unasked."""
         deadline = time.monotonic() + self._wait_s
         owner = uuid.uuid4().hex
         while True:
             token, left, margin = self._store.get()
             if token is not None and left > margin:
-                return token
+                return token, left - margin
             if self._store.try_lock(owner):
                 try:
                     return self._refresh()
@@ -215,20 +231,23 @@ class TokenProvider:
                     self._store.unlock(owner)
             if token is not None:
                 # Another process is fetching; the current token is still valid meanwhile.
-                return token
+                return token, 0.0
             if time.monotonic() >= deadline:
                 raise TokenUnavailable("no access token: another process holds the fetch lock")
             time.sleep(POLL_INTERVAL_S)
 
     def invalidate(self, token: str) -> None:
         """Report that WeChat rejected ``token``; the next ``token()`` gets a new one."""
+        self._local = None
         self._store.invalidate(token)
 
-    def _refresh(self) -> str:
+    def _refresh(self) -> tuple[str, float]:
+        """A fresh token (or one another process just stored), and how long it may be used
+        before the store is asked again."""
         # Under the lock: another process may have refreshed between our look and the lock.
         token, left, margin = self._store.get()
         if token is not None and left > margin:
-            return token
+            return token, left - margin
         new, expires_in = self._fetch_counted(False)
         if new in (token, self._store.last_failed()):
             # stable_token hands out the same token while WeChat thinks it valid: near its
@@ -244,13 +263,16 @@ class TokenProvider:
         answers a new one, which replaces the cached one for every process.
         """
         new, expires_in = self._fetch_counted(False)
-        return self._keep(new, expires_in)
+        return self._keep(new, expires_in)[0]
 
-    def _keep(self, token: str, expires_in: int) -> str:
+    def _keep(self, token: str, expires_in: int) -> tuple[str, float]:
+        """Store a fetched token; it, and how long it is used before it is refreshed."""
         REDACTOR.add(token)
         ttl = max(1.0, expires_in - min(EXPIRY_SAFETY_S, expires_in * 0.1))
-        self._store.put(token, ttl, min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE))
-        return token
+        margin = min(MAX_REFRESH_MARGIN_S, ttl * REFRESH_SHARE)
+        self._store.put(token, ttl, margin)
+        self._local = None  # the next token() reads what was just stored
+        return token, ttl - margin
 
     def _fetch_counted(self, force_refresh: bool) -> tuple[str, int]:
         """One fetch, counted as a refresh or as a failure with its errcode."""
