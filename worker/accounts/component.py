@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
 import structlog
 from redis import Redis
 
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import ComponentConfig
 from worker.observability.redaction import REDACTOR
-from worker.wechat.client import WeChatClient
+from worker.wechat.client import Pool, WeChatClient
 from worker.wechat.errors import NetworkError, TokenError, TokenRefused, WeChatError
 from worker.wechat.tokens import Fetcher, TokenProvider
 
@@ -41,7 +40,7 @@ class Component:
         *,
         redis: Redis,
         api_base: str,
-        session: requests.Session | None = None,
+        session: Pool | None = None,
         read_timeout: float = 10.0,
     ) -> None:
         self.config = config

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import requests
 import structlog
 from redis import Redis
 
@@ -31,7 +30,7 @@ from worker.accounts.component import Component
 from worker.accounts.config import AccountConfig, AccountsConfig
 from worker.gate import AccountGate
 from worker.observability.metrics import RATE_LIMIT_DEFERRALS
-from worker.wechat.client import WeChatClient, pooled_session
+from worker.wechat.client import Pool, WeChatClient, pooled_session
 
 log = structlog.get_logger("tagsync.accounts")
 
@@ -99,7 +98,7 @@ class Accounts:
         redis: Redis,
         api_base: str,
         read_timeout: float = 10.0,
-        session: requests.Session | None = None,
+        session: Pool | None = None,
         reload_file: Callable[[], AccountsConfig] | None = None,
     ) -> None:
         self.config = config
