@@ -15,8 +15,9 @@ import redis
 import requests
 
 import producers
+import producers._queue
 from producers.intents import QUEUE_NAME
-from tests.helpers import APPID
+from tests.helpers import APPID, wait_until
 from worker.runtime.processes import free_port
 from worker.runtime.redis_server import RedisServer
 
@@ -54,6 +55,70 @@ def test_tag_one_and_many(queue: redis.Redis) -> None:
     assert before <= rows[0][3] <= time.time()
     assert [r[0] for r in rows[1:]] == ["untag"] * 3
     assert {(r[3], r[4]) for r in rows[1:]} == {(5.0, "wxother")}
+
+
+def test_concurrent_calls_share_a_message_and_each_returns_once_enqueued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls made while another is being sent wait for it, then go together in one message
+    (a group commit); each returns only once its own intents are on the queue."""
+    # Given: a Redis of the test's own, stalled while the first call is being sent
+    monkeypatch.setenv("WECHAT_APPID", APPID)
+    with RedisServer() as server:
+        producers.configure(redis_url=server.url)
+        connection = redis.Redis.from_url(server.url)
+        try:
+            producers.tag(100, OPENID)  # connects
+            server.freeze()
+            returned: list[int] = []
+            first = threading.Thread(target=lambda: returned.append(producers.tag(101, OPENID)))
+            first.start()
+            wait_until(lambda: producers._queue._GROUP._sending, what="the first call sending")
+            # When: eight more calls come while it is stuck
+            others = [
+                threading.Thread(
+                    target=lambda i=i: returned.append(producers.tag(200 + i, f"o{i:027d}"))
+                )
+                for i in range(8)
+            ]
+            for thread in others:
+                thread.start()
+            wait_until(lambda: len(producers._queue._GROUP._waiting) == 8, what="8 waiting")
+            assert returned == []  # nobody returned before its intents were enqueued
+            server.thaw()
+            for thread in (first, *others):
+                thread.join(timeout=30)
+            # Then: 3 messages for 10 calls (the connect, the stuck one, the eight together)
+            assert sorted(returned) == [1] * 9
+            assert connection.llen(QUEUE) == 3
+            assert len(queued_intents(connection)) == 10
+        finally:
+            server.thaw()
+            connection.close()
+            producers.configure(None)
+
+
+def test_a_failed_group_fails_every_call_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the group's send fails, every call in it raises: none is told it was accepted."""
+    monkeypatch.setenv("WECHAT_APPID", APPID)
+    producers.configure(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        errors: list[BaseException] = []
+
+        def call(i: int) -> None:
+            try:
+                producers.tag(300 + i, OPENID)
+            except redis.RedisError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(errors) == 6
+    finally:
+        producers.configure(None)
 
 
 def test_large_calls_go_in_messages_of_1000(queue: redis.Redis) -> None:
