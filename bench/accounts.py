@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 import producers
-from bench.harness import Stack, stack, wait_for
+from bench.harness import Stack, process_cpu_s, redis_cpu_s, stack, wait_for
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.pending.keys import TAG_INDEX
@@ -75,6 +75,10 @@ def _pending_by_account(s: Stack) -> dict[str, int]:
     return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+def _batch_calls(stats: dict[str, Any]) -> int:
+    return sum(int(n) for sizes in stats["batch_sizes"].values() for n in sizes.values())
+
+
 def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
     appids = _appids(count)
     path = _accounts_file(appids)
@@ -116,6 +120,9 @@ def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
         held = set(appids[:paused])
         running = [a for a in appids if a not in held]
         store = PendingStore(s.redis)
+        assert s.workers is not None
+        pids = [*s.workers.children(), s.simulator_pid]
+        cpu_before = process_cpu_s(pids) + redis_cpu_s(s.redis)
         started = time.monotonic()
         for appid in running:
             gate.resume(appid)
@@ -131,6 +138,7 @@ def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
             return len(done) == len(running)
 
         wait_for(all_done, timeout_s=900, what="every running account done", poll_s=0.25)
+        cpu = process_cpu_s(pids) + redis_cpu_s(s.redis) - cpu_before
         stats = s.sim_get("/_sim/stats", appid="*")
         first = stats.get("first_batch_at")
         metrics = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=30).text
@@ -160,6 +168,8 @@ def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
         "redis_bytes_per_account_backlog": round(backlog_bytes / count),
         "redis_bytes_per_account_idle": round(idle_bytes / count),
         "metric_series_per_account": round(len(with_account) / count, 1),
+        # Workers, Redis and the simulator together, over the run, per WeChat call.
+        "total_cpu_ms_per_call": round(1000 * cpu / max(1, _batch_calls(stats)), 2),
         "errcode_45011": per_app_45011,
         "slowest_account_errcodes": slowest_errcodes,
         "first_batch_at": first,

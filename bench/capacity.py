@@ -9,13 +9,12 @@ is the figure that carries to another host.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
 
 import producers
-from bench.harness import ACCOUNT, stack, wait_for
+from bench.harness import ACCOUNT, process_cpu_s, redis_cpu_s, stack, wait_for
 from bench.pipeline import _make_tags
 
 TAGS = 20
@@ -26,23 +25,6 @@ SHAPES = ((1, 4), (1, 8), (2, 8))
 #: tags: a tag's calls go one at a time, so tags bound it too once threads outnumber them.
 SLOW_SHAPES = ((1, 4), (1, 8))
 SLOW_MS = (100, 200)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU of ``pids`` so far, s."""
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / CLOCK_TICKS
-
-
-def _redis_cpu_s(connection: Any) -> float:
-    """Redis's own CPU so far (user + system), s."""
-    cpu = connection.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def _run(
@@ -65,14 +47,14 @@ def _run(
         wait_for(lambda: s.pending() >= per_tag * TAGS, timeout_s=300, what="backlog ingested")
         pids = group.children()
         s.sim_post("/_sim/config", {"latency_ms": list(latency_ms)})
-        cpu_before = _cpu_s(pids)
-        redis_before = _redis_cpu_s(s.redis)
+        cpu_before = process_cpu_s(pids)
+        redis_before = redis_cpu_s(s.redis)
         started = time.monotonic()
         s.resume()
         wait_for(lambda: s.pending() == 0, timeout_s=600, what="backlog flushed", poll_s=0.02)
         wall = time.monotonic() - started
-        cpu = _cpu_s(pids) - cpu_before
-        redis_cpu = _redis_cpu_s(s.redis) - redis_before
+        cpu = process_cpu_s(pids) - cpu_before
+        redis_cpu = redis_cpu_s(s.redis) - redis_before
         calls = s.batch_calls()
     stats = calls["stats"]
     span = max(stats["last_batch_at"] - stats["first_batch_at"], 1e-6)

@@ -39,6 +39,8 @@ class Stack:
     workers: WorkerGroup | None
     env: dict[str, str]
     metrics_port: int
+    #: The simulator's process id (its CPU is part of a call's cost on this host).
+    simulator_pid: int = 0
 
     def sim_get(self, path: str, **params: Any) -> Any:
         return requests.get(f"{self.sim_url}{path}", params=params, timeout=60).json()
@@ -86,6 +88,26 @@ class Stack:
             for size, count in stats["batch_sizes"][kind].items():
                 sizes[int(size)] = sizes.get(int(size), 0) + int(count)
         return {"sizes": sizes, "calls": sum(sizes.values()), "stats": stats}
+
+
+#: Clock ticks a second, the unit of /proc/PID/stat's CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far, s."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLOCK_TICKS
+
+
+def redis_cpu_s(connection: Any) -> float:
+    """Redis's own CPU so far (user + system), s."""
+    cpu = connection.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def wait_for(
@@ -143,7 +165,16 @@ def stack(
             if workers:
                 group = WorkerGroup(full_env, processes=processes, threads=threads).wait_ready()
             client = WeChatClient(appid=ACCOUNT, secret=DEFAULT_SECRET, api_base=sim_url)
-            made = Stack(connection, server.url, sim_url, client, group, full_env, metrics_port)
+            made = Stack(
+                connection,
+                server.url,
+                sim_url,
+                client,
+                group,
+                full_env,
+                metrics_port,
+                simulator.pid,
+            )
             yield made
         finally:
             producers.configure(None)
