@@ -25,6 +25,7 @@ from bench.harness import Stack, process_cpu_s, redis_cpu_s, stack, wait_for
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.pending.keys import TAG_INDEX
+from worker.queues import send_flushes
 from worker.wechat.client import WeChatClient
 
 #: Calls a second each account may make (simulator and accounts file alike).
@@ -126,7 +127,7 @@ def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
         started = time.monotonic()
         for appid in running:
             gate.resume(appid)
-            store.wake(appid)
+            send_flushes(s.redis, store.wake(appid))
         done: dict[str, float] = {}
 
         def all_done() -> bool:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 import redis
 
+import producers
 from producers.intents import make_intent
-from tests.helpers import APPID, Sim
+from tests.helpers import APPID, Sim, fans_of, make_tags, wait_drained, wait_until
 from worker.gate import AccountGate
 from worker.pending import PendingStore, TagKeys
+from worker.queues import FLUSH_QUEUE
 from worker.sweep import lift_pause, revive_tags, sweep_once
 from worker.wechat import WeChatClient
 
@@ -84,7 +89,8 @@ def test_reviving_waits_while_the_account_is_paused(
 
 
 def test_lifting_a_pause_wakes_the_tags_waiting_it_out(redis_client: redis.Redis) -> None:
-    """Tags waiting out a pause lose their delayed look-again; others keep theirs."""
+    """Tags waiting out a pause lose their delayed look-again and get a flush at once (not
+    from the sweep, a second or more later); others keep theirs."""
     store = PendingStore(redis_client)
     gate = AccountGate(redis_client, rate=100)
     store.ingest([make_intent("tag", t, "a", 1.0, APPID) for t in (1, 2)])
@@ -93,5 +99,35 @@ def test_lifting_a_pause_wakes_the_tags_waiting_it_out(redis_client: redis.Redis
     redis_client.set(TagKeys(APPID, 2).key("sched"), "slot", px=60_000)
     assert lift_pause(gate, store, APPID) is True
     assert gate.pauses(APPID) == {}
-    assert redis_client.get(TagKeys(APPID, 1).key("sched")) is None
+    assert redis_client.get(TagKeys(APPID, 1).key("sched")) == b"now"
     assert redis_client.get(TagKeys(APPID, 2).key("sched")) == b"slot"
+    sent = [
+        json.loads(redis_client.hget(f"dramatiq:{FLUSH_QUEUE}.msgs", message_id) or b"{}")
+        for message_id in redis_client.lrange(f"dramatiq:{FLUSH_QUEUE}", 0, -1)
+    ]
+    assert [(m["actor_name"], m["args"]) for m in sent] == [("flush", [APPID, 1, None])]
+
+
+@pytest.mark.processes
+def test_a_lifted_pause_needs_no_rescue_from_the_sweep(
+    sim: Sim, client: WeChatClient, start_worker: Any, queue: redis.Redis
+) -> None:
+    """Workers at a tight rate, a pause met and lifted mid-stream: every tag is flushed by
+    the pipeline's own messages, none by the sweep's lost wake-up insurance."""
+    # Given: six tags with work, the account paused while more intents come
+    tags = make_tags(client, 6, prefix="wake")
+    fans = sim.fans(300)
+    worker = start_worker(processes=2, threads=4, TAGSYNC_RATE="20")
+    gate, store = AccountGate(queue, rate=20), PendingStore(queue)
+    for tag in tags:
+        producers.tag(tag, fans[:100], account=APPID)
+    gate.pause(APPID, reason="bench", errcode=None, until="for", ms=60_000)
+    for tag in tags:
+        producers.tag(tag, fans[100:], account=APPID)
+    wait_until(lambda: store.waiting(APPID, tags[-1]) > 0, what="intents merged while paused")
+    # When
+    lift_pause(gate, store, APPID)
+    wait_drained(queue, timeout_s=60)
+    # Then
+    assert all(fans_of(sim, tag) == set(fans) for tag in tags)
+    assert "sweep.rescheduled" not in worker.logs()

@@ -6,8 +6,11 @@ send a flush takes these instead (the actors module supplies the real ``send_flu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
 from redis import Redis
 
 from producers.intents import INGEST_ACTOR, QUEUE_NAME
@@ -44,6 +47,24 @@ def unsettled_messages(redis: Redis) -> int:
     for key in redis.scan_iter(f"dramatiq:__acks__.*.{INTENTS_QUEUE}"):
         waiting += int(redis.scard(key))
     return waiting
+
+
+def send_flushes(redis: Redis, tags: Iterable[tuple[str, int]]) -> int:
+    """Enqueue a flush of each (account, tag) now, from outside the worker's actors (an
+    operator's command that lifted a pause); return how many."""
+    broker = RedisBroker(client=redis, middleware=[])  # type: ignore[no-untyped-call]
+    sent = 0
+    for account, tag_id in tags:
+        message: Message[None] = Message(
+            queue_name=FLUSH_QUEUE,
+            actor_name=FLUSH,
+            args=(account, tag_id, None),
+            kwargs={},
+            options={},
+        )
+        broker.enqueue(message)
+        sent += 1
+    return sent
 
 
 class SendFlush(Protocol):

@@ -17,7 +17,7 @@ from dramatiq import Middleware
 from worker.accounts.directory import AccountDirectory
 from worker.gate import AccountGate
 from worker.pending import PendingStore
-from worker.queues import SendFlush
+from worker.queues import SendFlush, send_flushes
 from worker.wechat.client import WeChatClient
 from worker.wechat.errors import WeChatError
 
@@ -38,16 +38,15 @@ WAKE_SETTLE_S = 0.5
 def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
     """Lift every pause of the account and wake its tags that wait one out; True if it was paused.
 
-    Woken tags lose their delayed look-again and the sweep sends them a flush within a
-    second. A flush that met the pause just before it was lifted may still be scheduling
+    Woken tags lose their delayed look-again and get a flush at once. A flush that met the pause just before it was lifted may still be scheduling
     its wait (it saw the pause, then wake ran, then it wrote its wait), so the tags are
     looked at a second time a moment later; otherwise such a tag would sit out a pause
     that is over.
     """
     lifted = gate.resume(account)
-    store.wake(account)
+    send_flushes(store.redis, store.wake(account))
     time.sleep(WAKE_SETTLE_S)
-    store.wake(account)
+    send_flushes(store.redis, store.wake(account))
     return lifted
 
 

@@ -9,6 +9,7 @@ from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import APPID_RE
 from worker.gate import AccountGate
 from worker.pending import PendingStore
+from worker.queues import send_flushes
 from worker.wechat.tokens import RedisTokenStore
 
 
@@ -25,4 +26,4 @@ def lift_revoked(connection: redis.Redis, appid: str) -> None:
     """A new authorization: drop tokens had with the old one, lift the pause, wake the tags."""
     RedisTokenStore(connection, appid).clear()
     if AccountGate(connection, rate=1).lift(appid, "authorization"):
-        PendingStore(connection).wake(appid)
+        send_flushes(connection, PendingStore(connection).wake(appid))

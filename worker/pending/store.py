@@ -445,17 +445,16 @@ class PendingStore:
         """Every (account, tag) that has had intents."""
         return sorted(parse_member(m) for m in self.redis.smembers(TAG_INDEX))
 
-    def wake(self, account: str) -> int:
-        """Forget the delayed flushes of an account's tags that wait out a backoff or pause.
-
-        The sweep then sends their flushes within a second or two (after a pause is lifted).
-        """
-        woken = 0
+    def wake(self, account: str) -> list[tuple[str, int]]:
+        """Forget the delayed flushes of an account's tags that wait out a backoff or pause,
+        and claim a flush now for each of its tags with work and none coming: the caller
+        sends them (``queues.send_flushes``). Left to the sweep, they came 1 to 3 s later,
+        and every lifted pause showed as lost wake-ups it had to rescue."""
         for tag_account, tag_id in self.tags():
             key = TagKeys(tag_account, tag_id).key("sched")
             if tag_account == account and self.redis.get(key) == b"backoff":
-                woken += int(self.redis.delete(key))
-        return woken
+                self.redis.delete(key)
+        return self.sweep(accounts={account})
 
     def waiting(self, account: str, tag_id: int) -> int:
         """How many openids of the tag wait in its pending buffers (both ops)."""
