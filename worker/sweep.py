@@ -38,8 +38,9 @@ WAKE_SETTLE_S = 0.5
 def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
     """Lift every pause of the account and wake its tags that wait one out; True if it was paused.
 
-    Woken tags lose their delayed look-again and get a flush at once. A flush that met the pause just before it was lifted may still be scheduling
-    its wait (it saw the pause, then wake ran, then it wrote its wait), so the tags are
+    Woken tags lose their delayed look-again and get a flush at once. A flush that met
+    the pause just before it was lifted may still be scheduling its wait (it saw the
+    pause, then wake ran, then it wrote its wait), so the tags are
     looked at a second time a moment later; otherwise such a tag would sit out a pause
     that is over.
     """
