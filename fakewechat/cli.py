@@ -11,6 +11,13 @@ import time
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
 from fakewechat.component import Component
 from fakewechat.platform import Platform
+from fakewechat.pushes import (
+    DEFAULT_PUSH_AES_KEY,
+    DEFAULT_PUSH_TOKEN,
+    TICKET_EVERY_S,
+    Pusher,
+    TicketPushes,
+)
 from fakewechat.server import SimulatorServer
 from fakewechat.simulator import Simulator
 
@@ -72,6 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(/cgi-bin/component/..., /_sim/ticket, /_sim/authorize)",
     )
     parser.add_argument(
+        "--push-url",
+        metavar="URL",
+        default=None,
+        help="push as WeChat does: component events to URL/component, a fan's events to "
+        "URL/<appid> (tagsync's ingest: http://HOST:PORT/v1/wechat)",
+    )
+    parser.add_argument(
+        "--push-token",
+        default=DEFAULT_PUSH_TOKEN,
+        help="the token pushes are signed with (default: the demo's)",
+    )
+    parser.add_argument(
+        "--push-aes-key",
+        default=DEFAULT_PUSH_AES_KEY,
+        metavar="KEY",
+        help="the EncodingAESKey pushes are sealed with, 43 characters (default: the demo's)",
+    )
+    parser.add_argument(
+        "--ticket-every",
+        type=float,
+        default=TICKET_EVERY_S,
+        metavar="S",
+        help="with --push-url and --component: push a component_verify_ticket every S "
+        "seconds (default %(default)g, WeChat's 10 minutes; 0: never)",
+    )
+    parser.add_argument(
         "--fans",
         type=int,
         default=1000,
@@ -115,7 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     component = None
     if args.component is not None:
         component = Component(appid=args.component[0], secret=args.component[1])
-    platform = Platform(apps, component=component)
+    pusher = None
+    if args.push_url:
+        try:
+            pusher = Pusher(
+                url=args.push_url,
+                token=args.push_token,
+                aes_key=args.push_aes_key,
+                component_appid=component.appid if component else None,
+            )
+        except ValueError as exc:
+            print(f"fakewechat: {exc}", file=sys.stderr)
+            return 2
+    platform = Platform(apps, component=component, pusher=pusher)
+    if pusher is not None and component is not None and args.ticket_every > 0:
+        TicketPushes(pusher, component.issue_ticket, every_s=args.ticket_every).start()
     try:
         server = SimulatorServer((args.host, args.port), platform)
     except OSError as exc:

@@ -35,8 +35,13 @@ from fakewechat.tokens import TokenBook
 COMPONENT_TOKEN_PATH = "component/api_component_token"
 #: The call that fetches an access token of an app that authorized the component.
 AUTHORIZER_TOKEN_PATH = "component/api_authorizer_token"
-#: Both: like `token` and `stable_token` they are outside the per-second limit.
-COMPONENT_PATHS = frozenset({COMPONENT_TOKEN_PATH, AUTHORIZER_TOKEN_PATH})
+#: The call that trades an authorization code (pushed with ``authorized``) for the app's
+#: refresh token.
+QUERY_AUTH_PATH = "component/api_query_auth"
+#: All three: like `token` and `stable_token` they are outside the per-second limit.
+COMPONENT_PATHS = frozenset({COMPONENT_TOKEN_PATH, AUTHORIZER_TOKEN_PATH, QUERY_AUTH_PATH})
+#: How long an authorization code can be traded, s (WeChat's: an hour).
+AUTH_CODE_TTL_S = 3600.0
 #: How long a verify ticket stays valid, in seconds (WeChat pushes one every 10 minutes).
 TICKET_TTL_S = 12 * 3600.0
 #: How long a component access token lives, in seconds (WeChat's 2 hours).
@@ -86,6 +91,8 @@ class Component:
             self._tickets: dict[str, float] = {}
             self.tokens = TokenBook()
             self._authorizations: dict[str, Authorization] = {}
+            #: authorization code -> (appid, issued at, monotonic seconds)
+            self._codes: dict[str, tuple[str, float]] = {}
             self._calls: Counter[str] = Counter()
             self._errcodes: Counter[str] = Counter()
             self._authorizer_fetches: Counter[str] = Counter()
@@ -102,17 +109,20 @@ class Component:
             self._tickets[ticket] = now
         return ticket
 
-    def authorize(self, app: Simulator) -> str:
-        """``app`` authorizes the component: a new refresh token; any older one stops working."""
+    def authorize(self, app: Simulator) -> tuple[str, str]:
+        """``app`` authorizes the component: a new refresh token (any older one stops
+        working), and an authorization code that ``api_query_auth`` trades for it."""
         refresh_token = _refresh_token()
+        code = "queryauthcode@@@" + secrets.token_urlsafe(32)
         with self._lock:
+            self._codes[code] = (app.appid, time.monotonic())
             authorization = self._authorizations.get(app.appid)
             if authorization is None:
                 self._authorizations[app.appid] = Authorization(refresh_token)
             else:
                 authorization.refresh_token = refresh_token
                 authorization.retired.clear()
-        return refresh_token
+        return refresh_token, code
 
     def unauthorize(self, app: Simulator) -> int:
         """``app`` withdraws: its refresh tokens and every token fetched with them stop working.
@@ -124,6 +134,11 @@ class Component:
             if authorization is None:
                 return 0
             return app.revoke_tokens(authorization.access_tokens)
+
+    def is_authorized(self, appid: str) -> bool:
+        """Has ``appid`` authorized the component (and not withdrawn)?"""
+        with self._lock:
+            return appid in self._authorizations
 
     def expire_tokens(self) -> None:
         """Every component access token expires now."""
@@ -167,6 +182,44 @@ class Component:
         # The app's latency applies: the call is carried out (a refresh token rotated) before
         # the answer arrives, as a client killed while it waits would find.
         return Answer(200, answer, delay_s=app.latency_s() if app is not None else 0.0)
+
+    def query_auth(self, query: dict[str, str], body: Any, apps: dict[str, Simulator]) -> Answer:
+        """Answer ``component/api_query_auth``: an authorization code for the app's tokens."""
+        with self._lock:
+            self._calls[QUERY_AUTH_PATH] += 1
+            answer = self._query_auth(query, body, apps)
+            self._errcodes[str(answer.get("errcode", 0))] += 1
+        return Answer(200, answer)
+
+    def _query_auth(
+        self, query: dict[str, str], body: Any, apps: dict[str, Simulator]
+    ) -> dict[str, Any]:
+        token_error = self.tokens.check(query.get("component_access_token"))
+        if token_error:
+            return error(41001 if token_error == 41001 else 40001)
+        if not isinstance(body, dict):
+            return error(47001)
+        if body.get("component_appid") != self.appid:
+            return error(40013)
+        code = body.get("authorization_code")
+        found = self._codes.pop(code, None) if isinstance(code, str) else None
+        if found is None or time.monotonic() - found[1] > AUTH_CODE_TTL_S:
+            return error(61010, "authorization code is invalid or expired")
+        appid = found[0]
+        authorization, app = self._authorizations.get(appid), apps.get(appid)
+        if authorization is None or app is None:
+            return error(61003)
+        token, ttl = app.issue_authorizer_token()
+        authorization.access_tokens.append(token)
+        return {
+            "authorization_info": {
+                "authorizer_appid": appid,
+                "authorizer_access_token": token,
+                "expires_in": ttl,
+                "authorizer_refresh_token": authorization.refresh_token,
+                "func_info": [],
+            }
+        }
 
     def _component_token(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

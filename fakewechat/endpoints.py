@@ -20,7 +20,14 @@ from fakewechat.simulator import ConfigError, Simulator, UnknownTag
 ALL_APPS = "*"
 #: Endpoints that change something answer POST only.
 POST_ONLY = frozenset(
-    {"/_sim/reset", "/_sim/expire_tokens", "/_sim/members", "/_sim/authorize", "/_sim/unauthorize"}
+    {
+        "/_sim/reset",
+        "/_sim/expire_tokens",
+        "/_sim/members",
+        "/_sim/authorize",
+        "/_sim/unauthorize",
+        "/_sim/push",
+    }
 )
 
 Document = dict[str, Any]
@@ -43,6 +50,8 @@ def answer(
     if path in POST_ONLY and method != "POST":
         return unknown
     try:
+        if path == "/_sim/push":
+            return 200, platform.push(appid, body)
         if path in _COMPONENT_ENDPOINTS:
             return 200, _COMPONENT_ENDPOINTS[path](platform, appid)
         if appid == ALL_APPS:
@@ -168,17 +177,11 @@ _ALL_APPS_ENDPOINTS: dict[str, Callable[[Platform], Document]] = {
 # -- the component ------------------------------------------------------------------------
 
 
-def _unauthorize(platform: Platform, appid: str | None) -> Document:
-    return {"ok": True, "revoked_tokens": platform.unauthorize(appid)}
-
-
 _COMPONENT_ENDPOINTS: dict[str, Callable[[Platform, str | None], Document]] = {
     "/_sim/ticket": lambda platform, _: {
         "component_verify_ticket": platform.require_component().issue_ticket()
     },
-    "/_sim/authorize": lambda platform, appid: {
-        "authorizer_refresh_token": platform.authorize(appid)
-    },
-    "/_sim/unauthorize": _unauthorize,
+    "/_sim/authorize": lambda platform, appid: platform.authorize(appid),
+    "/_sim/unauthorize": lambda platform, appid: platform.unauthorize(appid),
     "/_sim/component": lambda platform, _: platform.require_component().document(),
 }

@@ -10,11 +10,18 @@ answers never hold up another's.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from fakewechat.component import AUTHORIZER_TOKEN_PATH, COMPONENT_TOKEN_PATH, Component
+from fakewechat.component import (
+    AUTHORIZER_TOKEN_PATH,
+    COMPONENT_TOKEN_PATH,
+    QUERY_AUTH_PATH,
+    Component,
+)
 from fakewechat.errors import error
+from fakewechat.pushes import Pusher
 from fakewechat.simulator import TOKEN_PATHS, Answer, Simulator
 from fakewechat.stats import merged
 
@@ -35,7 +42,13 @@ class NoComponent(LookupError):
 class Platform:
     """The apps (``appid -> Simulator``, the first one the default) and an optional component."""
 
-    def __init__(self, apps: Iterable[Simulator], *, component: Component | None = None) -> None:
+    def __init__(
+        self,
+        apps: Iterable[Simulator],
+        *,
+        component: Component | None = None,
+        pusher: Pusher | None = None,
+    ) -> None:
         self.apps: dict[str, Simulator] = {}
         for app in apps:
             if app.appid in self.apps:
@@ -46,6 +59,8 @@ class Platform:
         if component is not None and component.appid in self.apps:
             raise ValueError(f"{component.appid} is both an app and the component")
         self.component = component
+        #: Sends WeChat's pushes (``fakewechat --push-url``); None: nothing is pushed.
+        self.pusher = pusher
         self.default = next(iter(self.apps.values()))
         self._lock = threading.Lock()
         #: access token -> the appid that issued it
@@ -87,6 +102,13 @@ class Platform:
             return self.component.component_token(body)
         elif path == AUTHORIZER_TOKEN_PATH:
             return self._authorizer_token(query, body)
+        elif path == QUERY_AUTH_PATH:
+            if self.component is None:
+                return Answer(200, error(40001, "no component is configured"))
+            answer = self.component.query_auth(query, body, self.apps)
+            info = answer.body.get("authorization_info", {})
+            self._remember(info.get("authorizer_access_token"), info.get("authorizer_appid", ""))
+            return answer
         else:
             app = self._owner(query.get("access_token"))
             answer = app.call(path, method, query, body)
@@ -158,10 +180,52 @@ class Platform:
 
     # -- the component's test endpoints -------------------------------------------------
 
-    def authorize(self, appid: str | None) -> str:
-        """App ``appid`` authorizes the component: its new refresh token."""
-        return self.require_component().authorize(self.app(appid))
+    def authorize(self, appid: str | None) -> dict[str, Any]:
+        """App ``appid`` authorizes the component: its new refresh token and authorization
+        code; with a pusher, the ``authorized`` push and what the server answered."""
+        app = self.app(appid)
+        refresh_token, code = self.require_component().authorize(app)
+        document: dict[str, Any] = {
+            "authorizer_refresh_token": refresh_token,
+            "authorization_code": code,
+        }
+        if self.pusher is not None:
+            document["push"] = self.pusher.component(
+                "authorized",
+                {
+                    "AuthorizerAppid": app.appid,
+                    "AuthorizationCode": code,
+                    "AuthorizationCodeExpiredTime": str(int(time.time()) + 3600),
+                },
+            )
+        return document
 
-    def unauthorize(self, appid: str | None) -> int:
-        """App ``appid`` withdraws its authorization: how many access tokens were revoked."""
-        return self.require_component().unauthorize(self.app(appid))
+    def unauthorize(self, appid: str | None) -> dict[str, Any]:
+        """App ``appid`` withdraws its authorization: how many access tokens were revoked;
+        with a pusher, the ``unauthorized`` push and what the server answered."""
+        app = self.app(appid)
+        document: dict[str, Any] = {
+            "ok": True,
+            "revoked_tokens": self.require_component().unauthorize(app),
+        }
+        if self.pusher is not None:
+            document["push"] = self.pusher.component("unauthorized", {"AuthorizerAppid": app.appid})
+        return document
+
+    def push(self, appid: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """``/_sim/push``: push ``{"event": E, "openid": O}`` of app ``appid`` now, or a
+        component push (``{"info_type": "component_verify_ticket"}``, a fresh ticket)."""
+        if self.pusher is None:
+            raise NoComponent("no push URL is configured (fakewechat --push-url URL)")
+        if body.get("info_type") == "component_verify_ticket":
+            ticket = self.require_component().issue_ticket()
+            answer = self.pusher.component(
+                "component_verify_ticket", {"ComponentVerifyTicket": ticket}
+            )
+            return {"component_verify_ticket": ticket, "push": answer}
+        event, openid = body.get("event"), body.get("openid")
+        if not isinstance(event, str) or not isinstance(openid, str):
+            raise ValueError('give {"event": "unsubscribe", "openid": "..."} or an info_type')
+        app = self.app(appid)
+        sealed = self.component is not None and self.component.is_authorized(app.appid)
+        return {"push": self.pusher.account_event(app.appid, event, openid, sealed=sealed)}

@@ -38,6 +38,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 _STATUS = {
     200: "200 OK",
+    403: "403 Forbidden",
     201: "201 Created",
     202: "202 Accepted",
     400: "400 Bad Request",
@@ -58,6 +59,16 @@ def reply(
     payload = json.dumps(body, ensure_ascii=False).encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra]
     start_response(_STATUS[status], headers)
+    return [payload]
+
+
+def reply_text(
+    start_response: StartResponse, status: int, body: str, *extra: tuple[str, str]
+) -> list[bytes]:
+    """A plain-text answer (WeChat's pushes expect ``success``, not JSON)."""
+    payload = body.encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(payload)))]
+    start_response(_STATUS[status], [*headers, *extra])
     return [payload]
 
 

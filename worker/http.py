@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 import redis
 
@@ -25,16 +26,22 @@ from producers.wsgi import (
     busy,
     read_json,
     reply,
+    reply_text,
     unauthorized,
 )
 from worker.accounts import accounts_config
 from worker.accounts.authorize import authorize_account
 from worker.accounts.authorized import AuthorizedAccounts
+from worker.accounts.component import Component
 from worker.accounts.config import APPID_RE
+from worker.accounts.pushes import Pushes
 from worker.base.settings import Settings
+from worker.wechat.push import MAX_PUSH_BYTES
 
 #: Largest body of an account request, in bytes.
 MAX_ACCOUNT_BODY = 16 * 1024
+#: Where WeChat's pushes arrive: ``component`` or an AppID follows.
+WECHAT_PREFIX = "/v1/wechat/"
 
 
 class DeploymentApp:
@@ -46,6 +53,7 @@ class DeploymentApp:
         self._redis: redis.Redis | None = None
         #: Read from the accounts file at the first account request (as workers read it once).
         self._has_component: bool | None = None
+        self._push_handler: Pushes | None = None
 
     def __repr__(self) -> str:
         return "DeploymentApp(token=***)"
@@ -62,8 +70,61 @@ class DeploymentApp:
                 self._has_component = False
         return self._has_component, self._redis
 
+    def _pushes(self) -> Pushes | None:
+        """What carries out WeChat's pushes, built at the first one (None without Redis)."""
+        if self._push_handler is None:
+            settings = self._settings or Settings.from_env()
+            _, connection = self._parts()
+            if connection is None:
+                return None
+            try:
+                config = accounts_config(settings)
+            except ValueError:
+                return None
+            component = None
+            if config.component is not None:
+                component = Component(
+                    config.component, redis=connection, api_base=settings.api_base
+                )
+            self._push_handler = Pushes(config, redis=connection, component=component)
+        return self._push_handler
+
+    def _push(
+        self, environ: dict[str, Any], start_response: StartResponse, target: str, method: str
+    ) -> list[bytes]:
+        """``/v1/wechat/component`` and ``/v1/wechat/<appid>``: WeChat's pushes (POST) and
+        its check of the server URL (GET). Signed by WeChat, not by the bearer token."""
+        if target != "component" and not APPID_RE.fullmatch(target):
+            return reply_text(start_response, 404, "not found")
+        if method not in ("GET", "POST"):
+            return reply_text(start_response, 405, "use GET or POST", ("Allow", "GET, POST"))
+        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        appid = None if target == "component" else target
+        try:
+            pushes = self._pushes()
+            if pushes is None:
+                return reply_text(start_response, 404, "no push keys configured")
+            if method == "GET":
+                answer = pushes.verify_url(appid, query)
+            else:
+                length = environ.get("CONTENT_LENGTH") or ""
+                if not length.isdigit():
+                    return reply_text(start_response, 411, "Content-Length required")
+                if int(length) > MAX_PUSH_BYTES:
+                    return reply_text(start_response, 413, "too large")
+                body = environ["wsgi.input"].read(int(length))
+                if appid is None:
+                    answer = pushes.component_push(query, body)
+                else:
+                    answer = pushes.account_push(appid, query, body)
+        except (redis.RedisError, OSError):
+            return reply_text(start_response, 503, "try again")
+        return reply_text(start_response, answer.status, answer.body)
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path.startswith(WECHAT_PREFIX):
+            return self._push(environ, start_response, path[len(WECHAT_PREFIX) :], method)
         if path not in ("/v1/accounts", "/v1/component/ticket"):
             return self.ingest(environ, start_response)
         allowed = "GET, POST" if path == "/v1/accounts" else "POST"

@@ -21,6 +21,7 @@ from worker.accounts.config import (
     AccountsConfig,
     AccountsFileError,
     Limits,
+    PushKeys,
     load_accounts_file,
 )
 from worker.accounts.directory import Account, AccountDirectory, Accounts, StaticAccounts
@@ -56,4 +57,7 @@ def accounts_config(settings: Settings, env: Mapping[str, str] | None = None) ->
         except AccountsFileError as exc:
             raise SettingsError(str(exc)) from None
     appid, secret = settings.require_wechat()
-    return AccountsConfig((AccountConfig(appid, secret, base_limits(settings)),))
+    push = None
+    if settings.push_token is not None:
+        push = PushKeys(settings.push_token, settings.push_aes_key)
+    return AccountsConfig((AccountConfig(appid, secret, base_limits(settings), push),))

@@ -29,6 +29,7 @@ log = structlog.get_logger("tagsync.component")
 
 COMPONENT_TOKEN = "component/api_component_token"
 AUTHORIZER_TOKEN = "component/api_authorizer_token"
+QUERY_AUTH = "component/api_query_auth"
 
 
 class Component:
@@ -103,26 +104,7 @@ class Component:
             "authorizer_appid": appid,
             "authorizer_refresh_token": refresh,
         }
-        answer: dict[str, Any] | None = None
-        for _ in range(2):
-            component_token = self.tokens.token()
-            try:
-                answer = self._transport.send(
-                    AUTHORIZER_TOKEN,
-                    "POST",
-                    body,
-                    params={"component_access_token": component_token},
-                )
-                break
-            except TokenError:
-                # The component's token was refused: drop it (if still stored) and fetch anew once.
-                self.tokens.invalidate(component_token)
-            except WeChatError as exc:
-                if exc.errcode is None or exc.errcode == -1:
-                    raise
-                raise TokenRefused(exc.call, exc.errcode, exc.errmsg) from None
-        if answer is None:
-            raise NetworkError(AUTHORIZER_TOKEN, None, "the component token was refused twice")
+        answer = self._with_component_token(AUTHORIZER_TOKEN, body)
         token, expires_in = _token_of(answer, "authorizer_access_token")
         rotated = answer.get("authorizer_refresh_token")
         if isinstance(rotated, str) and rotated and rotated != refresh:
@@ -130,6 +112,36 @@ class Component:
             self.authorized.rotate(appid, new=rotated, old=refresh)
             log.info("component.refresh_token_rotated", account=appid)
         return token, expires_in
+
+    def query_auth(self, code: str) -> tuple[str, str]:
+        """Trade an authorization code (pushed with ``authorized``) for the account's
+        AppID and refresh token (``api_query_auth``)."""
+        body = {"component_appid": self.config.appid, "authorization_code": code}
+        answer = self._with_component_token(QUERY_AUTH, body)
+        info = answer.get("authorization_info")
+        appid = info.get("authorizer_appid") if isinstance(info, dict) else None
+        refresh = info.get("authorizer_refresh_token") if isinstance(info, dict) else None
+        if not isinstance(appid, str) or not isinstance(refresh, str) or not refresh:
+            raise NetworkError(QUERY_AUTH, None, "answer lacks the authorization")
+        REDACTOR.add(refresh)
+        return appid, refresh
+
+    def _with_component_token(self, call: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A component call with its token; a refused token is dropped and fetched anew once."""
+        for _ in range(2):
+            component_token = self.tokens.token()
+            try:
+                return self._transport.send(
+                    call, "POST", body, params={"component_access_token": component_token}
+                )
+            except TokenError:
+                # The component's token was refused: drop it (if still stored), fetch anew.
+                self.tokens.invalidate(component_token)
+            except WeChatError as exc:
+                if exc.errcode is None or exc.errcode == -1:
+                    raise
+                raise TokenRefused(exc.call, exc.errcode, exc.errmsg) from None
+        raise NetworkError(call, None, "the component token was refused twice")
 
 
 def _token_of(answer: dict[str, Any], name: str) -> tuple[str, int]:

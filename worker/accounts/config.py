@@ -21,6 +21,7 @@ from typing import Any, Literal
 import structlog
 
 from worker.observability.redaction import Secret
+from worker.wechat.push import PushCrypto
 
 log = structlog.get_logger("tagsync.accounts")
 
@@ -28,9 +29,13 @@ log = structlog.get_logger("tagsync.accounts")
 #: short ids, so any 1-32 characters of letters, digits, "_" and "-" are accepted.
 APPID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 #: The keys an account may set (``appid`` and ``secret`` are required in ``[[accounts]]``).
-ACCOUNT_KEYS = frozenset({"appid", "secret", "rate", "burst", "daily_budget", "token_mode"})
-#: The keys ``[defaults]`` may set: every per-account key but the account's identity.
-DEFAULT_KEYS = ACCOUNT_KEYS - {"appid", "secret"}
+ACCOUNT_KEYS = frozenset(
+    {"appid", "secret", "rate", "burst", "daily_budget", "token_mode", "push_token", "push_aes_key"}
+)
+#: The keys ``[defaults]`` may set: every per-account key but the account's identity and keys.
+DEFAULT_KEYS = ACCOUNT_KEYS - {"appid", "secret", "push_token", "push_aes_key"}
+#: The keys ``[component]`` may set.
+COMPONENT_KEYS = frozenset({"appid", "secret", "push_token", "push_aes_key"})
 
 TokenMode = Literal["stable", "classic"]
 
@@ -50,6 +55,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PushKeys:
+    """What WeChat's pushes to an AppID's server are checked with: the server's token
+    (signatures) and, in safe mode, its EncodingAESKey (the AES envelope)."""
+
+    token: Secret = field(repr=False)
+    aes_key: Secret | None = field(default=None, repr=False)
+
+    def crypto(self, appid: str) -> PushCrypto | None:
+        """The safe-mode envelope's opener for ``appid`` (None in plain mode)."""
+        if self.aes_key is None:
+            return None
+        return PushCrypto(
+            token=self.token.reveal(), encoding_aes_key=self.aes_key.reveal(), appid=appid
+        )
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     """One Official Account: its AppID, how its tokens are had, and its limits.
 
@@ -60,6 +82,8 @@ class AccountConfig:
     appid: str
     secret: Secret | None = field(default=None, repr=False)
     limits: Limits = Limits()
+    #: The account's own push keys (its server configuration), if it takes pushes.
+    push: PushKeys | None = None
 
     @property
     def via_component(self) -> bool:
@@ -75,6 +99,8 @@ class ComponentConfig:
     secret: Secret = field(repr=False)
     #: Limits of the accounts authorized to it (its ``[defaults]``).
     limits: Limits = Limits()
+    #: The platform's push keys: its pushes, and its authorized accounts' (safe mode).
+    push: PushKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +216,10 @@ class _Reader:
             )
         return value
 
-    def secret(self, raw: Mapping[str, Any], *, table: str, index: int = 0) -> Secret:
-        value = raw.get("secret")
+    def secret(
+        self, raw: Mapping[str, Any], *, table: str, index: int = 0, key: str = "secret"
+    ) -> Secret:
+        value = raw.get(key)
         if value is None:
             raise self.fail(
                 "is required (env:NAME reads a variable, file:PATH a file)",
@@ -200,13 +228,13 @@ class _Reader:
                 index=index,
             )
         if not isinstance(value, str) or not value:
-            raise self.fail("must be a string", key="secret", table=table, index=index)
+            raise self.fail("must be a string", key=key, table=table, index=index)
         if value.startswith("env:"):
             name = value.removeprefix("env:")
             resolved = self.env.get(name, "")
             if not resolved:
                 raise self.fail(
-                    f"the variable {name} is not set", key="secret", table=table, index=index
+                    f"the variable {name} is not set", key=key, table=table, index=index
                 )
             return Secret(resolved)
         if value.startswith("file:"):
@@ -218,14 +246,14 @@ class _Reader:
             except (OSError, UnicodeDecodeError) as exc:
                 raise self.fail(
                     f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}",
-                    key="secret",
+                    key=key,
                     table=table,
                     index=index,
                 ) from None
             if not content:
-                raise self.fail(f"{where} is empty", key="secret", table=table, index=index)
+                raise self.fail(f"{where} is empty", key=key, table=table, index=index)
             return Secret(content)
-        line = _line_of(self.text, "secret", table=table, index=index)
+        line = _line_of(self.text, key, table=table, index=index)
         log.warning(
             "accounts.literal_secret",
             file=self.path,
@@ -233,6 +261,24 @@ class _Reader:
             hint="keep the secret out of the file: env:NAME (a variable) or file:PATH",
         )
         return Secret(value)
+
+    def push_keys(self, raw: Mapping[str, Any], *, table: str, index: int = 0) -> PushKeys | None:
+        """``push_token`` (and ``push_aes_key`` for safe mode), if the table sets them."""
+        if "push_token" not in raw:
+            if "push_aes_key" in raw:
+                raise self.fail(
+                    "needs push_token too", key="push_aes_key", table=table, index=index
+                )
+            return None
+        token = self.secret(raw, table=table, index=index, key="push_token")
+        aes_key = None
+        if "push_aes_key" in raw:
+            aes_key = self.secret(raw, table=table, index=index, key="push_aes_key")
+            try:
+                PushCrypto(token="", encoding_aes_key=aes_key.reveal(), appid="")
+            except ValueError as exc:
+                raise self.fail(str(exc), key="push_aes_key", table=table, index=index) from None
+        return PushKeys(token, aes_key)
 
 
 def load_accounts_file(
@@ -272,6 +318,7 @@ def load_accounts_file(
                 appid,
                 reader.secret(raw, table="accounts", index=index),
                 reader.limits(raw, defaults, table="accounts", index=index),
+                reader.push_keys(raw, table="accounts", index=index),
             )
         )
     component = None
@@ -279,11 +326,12 @@ def load_accounts_file(
         raw_component = document["component"]
         if not isinstance(raw_component, dict):
             raise reader.fail("must be a table", key="component", table=None)
-        reader.unknown(raw_component, frozenset({"appid", "secret"}), table="component")
+        reader.unknown(raw_component, COMPONENT_KEYS, table="component")
         component = ComponentConfig(
             reader.appid(raw_component, table="component"),
             reader.secret(raw_component, table="component"),
             defaults,
+            reader.push_keys(raw_component, table="component"),
         )
     if not accounts and component is None:
         raise AccountsFileError(f"{name}: names no [[accounts]] and no [component]")

@@ -33,6 +33,8 @@ VARIABLES: dict[str, str] = {
     "WECHAT_SECRET": "the app secret (never logged)",
     "WECHAT_API_BASE": f"WeChat's API base URL (default {DEFAULT_API_BASE})",
     "WECHAT_TOKEN_MODE": "stable (POST stable_token, default) or classic (GET token)",
+    "WECHAT_PUSH_TOKEN": "the Token of the account's server configuration (its pushes)",
+    "WECHAT_PUSH_AES_KEY": "its EncodingAESKey, for pushes in safe mode (43 characters)",
     "TAGSYNC_RATE": "WeChat calls per second, all workers together (default 20)",
     "TAGSYNC_BURST": "calls allowed back to back after a quiet spell (default 1: strict rate)",
     "TAGSYNC_DAILY_BUDGET": "WeChat calls per Asia/Shanghai day (default: no budget)",
@@ -108,6 +110,8 @@ class Settings:
     metrics_host: str = "0.0.0.0"  # noqa: S104
     log_format: Literal["json", "console"] | None = None
     ingest_token: Secret | None = field(default=None, repr=False)
+    push_token: Secret | None = field(default=None, repr=False)
+    push_aes_key: Secret | None = field(default=None, repr=False)
     wechat_timeout_s: float = 10.0
     dlq_max_len: int = 100_000
     create_tags: bool = False
@@ -161,7 +165,17 @@ class Settings:
             ingest_token=(
                 Secret(env["TAGSYNC_INGEST_TOKEN"]) if env.get("TAGSYNC_INGEST_TOKEN") else None
             ),
+            push_token=Secret(env["WECHAT_PUSH_TOKEN"]) if env.get("WECHAT_PUSH_TOKEN") else None,
+            push_aes_key=(
+                Secret(env["WECHAT_PUSH_AES_KEY"]) if env.get("WECHAT_PUSH_AES_KEY") else None
+            ),
         )
+        if settings.push_aes_key is not None and (
+            settings.push_token is None or len(settings.push_aes_key.reveal()) != 43
+        ):
+            raise SettingsError(
+                "WECHAT_PUSH_AES_KEY is 43 characters and needs WECHAT_PUSH_TOKEN too"
+            )
         if settings.backoff_max_ms < settings.backoff_min_ms:
             raise SettingsError("TAGSYNC_BACKOFF_MAX_MS must be at least TAGSYNC_BACKOFF_MIN_MS")
         return settings

@@ -441,6 +441,21 @@ class PendingStore:
 
     # -- sweep, wake-ups and status --------------------------------------------------------
 
+    def drop_fan(self, account: str, openid: str) -> int:
+        """Forget the fan's pending intents in every tag of the account (the fan
+        unsubscribed: WeChat drops its tags); return how many. Batches in flight settle as
+        WeChat answers them."""
+        tags = [tag_id for tag_account, tag_id in self.tags() if tag_account == account]
+        pipe = self.redis.pipeline(transaction=False)
+        for tag_id in tags:
+            keys = TagKeys(account, tag_id)
+            pipe.zrem(keys.key("pending:tag"), openid)
+            pipe.zrem(keys.key("pending:untag"), openid)
+            pipe.hdel(keys.key("attempts"), openid)
+            pipe.hdel(keys.key("first_seen"), openid)
+        replies = pipe.execute()
+        return sum(int(replies[i]) + int(replies[i + 1]) for i in range(0, len(replies), 4))
+
     def tags(self) -> list[tuple[str, int]]:
         """Every (account, tag) that has had intents."""
         return sorted(parse_member(m) for m in self.redis.smembers(TAG_INDEX))

@@ -15,12 +15,14 @@ import redis
 import structlog
 from dramatiq.middleware.prometheus import Prometheus
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producers.redis_url import connect
 from worker.accounts import accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
+from worker.accounts.pushes import PUSH_COUNTS
+from worker.base.lua import text
 from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
@@ -109,6 +111,39 @@ class BacklogCollector(Collector):
         yield GaugeMetricFamily(
             "tagsync_dead_letters", "Dead letters kept.", value=DeadLetters(self.redis).count()
         )
+        yield from self._pushes()
+
+    def _pushes(self) -> Iterator[Any]:
+        """WeChat's pushes taken by the ingest servers (counted in Redis), and how old the
+        component's verify ticket is (WeChat pushes one every 10 minutes)."""
+        pushes = CounterMetricFamily(
+            "tagsync_pushes",
+            "WeChat pushes received by the ingest, by kind (component, account) and outcome "
+            "(the InfoType or event taken, or rejected_<check>).",
+            labels=["kind", "outcome"],
+        )
+        for field, count in sorted(self.redis.hgetall(PUSH_COUNTS).items()):
+            kind, _, outcome = text(field).partition(":")
+            pushes.add_metric([kind, outcome], float(count))
+        yield pushes
+        try:
+            component = accounts_config(self.settings).component
+        except ValueError:
+            component = None
+        if component is None:
+            return
+        ticket = AuthorizedAccounts(self.redis).ticket()
+        yield GaugeMetricFamily(
+            "tagsync_component_ticket_present",
+            "1 when a component_verify_ticket is stored (the component can fetch its token).",
+            value=0.0 if ticket is None else 1.0,
+        )
+        if ticket is not None:
+            yield GaugeMetricFamily(
+                "tagsync_component_ticket_age_seconds",
+                "Seconds since the component's verify ticket was stored.",
+                value=max(0.0, time.time() - ticket[1]),
+            )
 
 
 def serve() -> None:
