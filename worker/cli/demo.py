@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import requests
 
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from fakewechat.pushes import DEFAULT_PUSH_AES_KEY, DEFAULT_PUSH_TOKEN
 from producers.redis_url import connect, redacted
 from worker.accounts import Accounts, accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
@@ -118,7 +120,11 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 def _start_simulator(
-    fans: int, env: dict[str, str], stack: ExitStack, accounts: list[DemoAccount]
+    fans: int,
+    env: dict[str, str],
+    stack: ExitStack,
+    accounts: list[DemoAccount],
+    push_url: str | None = None,
 ) -> str:
     command = [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans)]
     command += ["--appid", DEFAULT_APPID, "--secret", DEFAULT_SECRET]
@@ -126,6 +132,8 @@ def _start_simulator(
         command += ["--app", f"{account.appid}:{DEFAULT_SECRET}"]
     if any(a.via_component for a in accounts):
         command += ["--component", f"{DEMO_COMPONENT}:{DEFAULT_SECRET}"]
+    if push_url is not None:
+        command += ["--push-url", push_url]
     process = subprocess.Popen(
         command,
         env=env,
@@ -177,7 +185,13 @@ def _accounts_file(accounts: list[DemoAccount], directory: str) -> str:
                 "",
             ]
     if any(a.via_component for a in accounts):
-        lines += ["[component]", f'appid = "{DEMO_COMPONENT}"', 'secret = "env:DEMO_SECRET"']
+        lines += [
+            "[component]",
+            f'appid = "{DEMO_COMPONENT}"',
+            'secret = "env:DEMO_SECRET"',
+            'push_token = "env:DEMO_PUSH_TOKEN"',
+            'push_aes_key = "env:DEMO_PUSH_AES_KEY"',
+        ]
     path = os.path.join(directory, "accounts.toml")
     with open(path, "w", encoding="utf-8") as out:
         out.write("\n".join(lines) + "\n")
@@ -252,10 +266,18 @@ def run(args: argparse.Namespace) -> int:
             env["TAGSYNC_ACCOUNTS"] = _accounts_file(
                 accounts, stack.enter_context(tempfile.TemporaryDirectory(prefix="tagsync-demo-"))
             )
-        api_base = _start_simulator(args.fans, env, stack, accounts)
+        # The Open Platform flow as in production: WeChat (the simulator) pushes the ticket
+        # and the authorizations to the ingest, which stores them.
+        component = any(a.via_component for a in accounts)
+        ingest_port = free_port()
+        push_url = f"http://127.0.0.1:{ingest_port}/v1/wechat" if component else None
+        env.update(DEMO_PUSH_TOKEN=DEFAULT_PUSH_TOKEN, DEMO_PUSH_AES_KEY=DEFAULT_PUSH_AES_KEY)
+        api_base = _start_simulator(args.fans, env, stack, accounts, push_url)
         env["WECHAT_API_BASE"] = api_base
         http = requests.Session()
         connection = connect(redis_url)
+        if component:
+            _start_ingest(ingest_port, env, stack)
         _authorize(accounts, http, api_base, connection)
         directory = Accounts(
             accounts_config(Settings.from_env(env), env), redis=connection, api_base=api_base
@@ -295,20 +317,43 @@ def run(args: argparse.Namespace) -> int:
         return _verify(accounts, http, api_base, sent, drained)
 
 
+def _start_ingest(port: int, env: dict[str, str], stack: ExitStack) -> None:
+    """``tagsync ingest`` on ``port``: where the simulator pushes."""
+    ingest_env = {**env, "TAGSYNC_INGEST_TOKEN": secrets.token_hex(16)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "ingest", "--host", "127.0.0.1", "--port", str(port)],
+        env=ingest_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    stack.callback(_stop, process)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening" not in line:
+        raise RuntimeError(f"the ingest did not start: {line!r}")
+
+
 def _authorize(
     accounts: list[DemoAccount], http: requests.Session, api_base: str, connection: redis.Redis
 ) -> None:
-    """Authorize the component's accounts as a platform would: ticket, then refresh tokens."""
+    """Authorize the component's accounts as WeChat does it: it pushes a verify ticket and
+    each account's authorization (a code the ingest trades for the refresh token)."""
     if not any(a.via_component for a in accounts):
         return
     store = AuthorizedAccounts(connection)
-    store.set_ticket(
-        http.get(f"{api_base}/_sim/ticket", timeout=10).json()["component_verify_ticket"]
-    )
+    pushed = _sim_post(http, api_base, "/_sim/push", {"info_type": "component_verify_ticket"})
+    if pushed["push"]["status"] != 200 or store.ticket() is None:
+        raise RuntimeError(f"the ticket push was not taken: {pushed['push']}")
     for account in accounts:
         if account.via_component:
             answer = _sim_post(http, api_base, "/_sim/authorize", {"appid": account.appid})
-            store.authorize(account.appid, answer["authorizer_refresh_token"])
+            if store.refresh_token(account.appid) != answer["authorizer_refresh_token"]:
+                raise RuntimeError(f"the authorization push was not taken: {answer['push']}")
+    via = sum(a.via_component for a in accounts)
+    print(f"pushes     the simulator pushed a verify ticket and {via} authorizations to the ingest")
 
 
 def _batch_calls(stats: dict[str, Any]) -> tuple[int, float]:
