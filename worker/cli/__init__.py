@@ -11,13 +11,14 @@ from importlib import metadata
 
 import redis
 
+# _extra before anything of the worker's: one clear line, not a traceback, when the worker
+# extra is not installed (the imports below need structlog and the rest).
+from worker.cli import _extra  # noqa: F401
+
+# isort: split
 from worker.admin.gated_client import AccountPaused
 from worker.base.settings import VARIABLES, Settings, SettingsError
-
-# _extra first (names import in order): one clear line, not a traceback, when the worker
-# extra is not installed.
-from worker.cli import (  # noqa: F401
-    _extra,
+from worker.cli import (
     accounts,
     demo,
     dev,
