@@ -253,8 +253,10 @@ class Flusher:
             if took.kind == "gone":
                 self._tag_gone(run, None)
                 return None
-            if took.kind in ("empty", "wait"):
-                return None  # release() schedules the linger's end if anything is left
+            if took.kind in ("empty", "wait", "held"):
+                # release() schedules the linger's end if anything is left (nothing while an
+                # operator holds the tag: its release sends the flush)
+                return None
             if took.kind == "hold":
                 return Wait(min(took.wait_ms, BACKLOG_RECHECK_MS))
             if took.kind == "paused":

@@ -7,6 +7,14 @@ Open Platform endpoints, behind the same bearer token.
     POST /v1/component/ticket  {"ticket": T}   200 {"ok": true}
         400 for a bad body, 401 without the token, 409 without a [component]
 
+An operator's controls, for any account served (404 for another):
+
+    POST   /v1/accounts/A/pause   {"tag": T?, "reason": "..."?}  200 {"paused": true}
+    POST   /v1/accounts/A/resume  {"tag": T?}                    200 {"resumed": bool}
+    GET    /v1/accounts/A/limits                                 200 {"limits": {...} | null}
+    POST   /v1/accounts/A/limits  {"rate"?, "burst"?, "daily_budget"?}  200 {"limits": {...}}
+    DELETE /v1/accounts/A/limits                                 200 {"cleared": bool}
+
 Production: ``gunicorn worker.http:app`` (the Procfile's ``ingest``).
 """
 
@@ -29,7 +37,7 @@ from producers.wsgi import (
     reply_text,
     unauthorized,
 )
-from worker.accounts import accounts_config
+from worker.accounts import accounts_config, controls
 from worker.accounts.authorize import authorize_account
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.component import Component
@@ -42,6 +50,10 @@ from worker.wechat.push import MAX_PUSH_BYTES
 MAX_ACCOUNT_BODY = 16 * 1024
 #: Where WeChat's pushes arrive: ``component`` or an AppID follows.
 WECHAT_PREFIX = "/v1/wechat/"
+#: An operator's controls: ``/v1/accounts/<appid>/<control>``.
+CONTROLS = {"pause": ("POST",), "resume": ("POST",), "limits": ("GET", "POST", "DELETE")}
+#: Longest reason of a pause, in characters (the rest is cut).
+MAX_REASON = 200
 
 
 class DeploymentApp:
@@ -125,6 +137,8 @@ class DeploymentApp:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path.startswith(WECHAT_PREFIX):
             return self._push(environ, start_response, path[len(WECHAT_PREFIX) :], method)
+        if path.startswith("/v1/accounts/"):
+            return self._control(environ, start_response, path.split("/")[3:], method)
         if path not in ("/v1/accounts", "/v1/component/ticket"):
             return self.ingest(environ, start_response)
         allowed = "GET, POST" if path == "/v1/accounts" else "POST"
@@ -179,6 +193,91 @@ class DeploymentApp:
             )
         added = authorize_account(connection, appid, token)
         return reply(start_response, 201 if added else 200, {"appid": appid, "added": added})
+
+    def _control(
+        self, environ: dict[str, Any], start_response: StartResponse, parts: list[str], method: str
+    ) -> list[bytes]:
+        """``/v1/accounts/<appid>/pause|resume|limits``: an operator's controls."""
+        if len(parts) != 2 or parts[1] not in CONTROLS or not APPID_RE.fullmatch(parts[0]):
+            return reply(start_response, 404, {"error": "not found"})
+        appid, control = parts
+        allowed = CONTROLS[control]
+        if method not in allowed:
+            allow = ", ".join(allowed)
+            return reply(start_response, 405, {"error": f"use {allow}"}, ("Allow", allow))
+        if not self.ingest.authorized(environ):
+            return unauthorized(start_response)
+        _, connection = self._parts()
+        if connection is None:
+            return reply(start_response, 503, {"error": "TAGSYNC_REDIS_URL is not set"})
+        try:
+            if not self._serves(connection, appid):
+                return reply(start_response, 404, {"error": f"{appid}: not an account served"})
+            document = read_json(environ, MAX_ACCOUNT_BODY) if method == "POST" else {}
+            if not isinstance(document, dict):
+                return reply(start_response, 400, {"error": "body must be a JSON object"})
+            by = f"http {environ.get('REMOTE_ADDR') or 'unknown'}"
+            if control == "limits":
+                return _limits(start_response, connection, appid, method, document, by)
+            tag = document.get("tag")
+            if tag is not None and (type(tag) is not int or not 0 <= tag < 2**31):
+                return reply(start_response, 400, {"error": "tag: a tag id (an integer)"})
+            if control == "resume":
+                resumed = controls.resume(connection, appid, tag=tag)
+                return reply(start_response, 200, {"appid": appid, "tag": tag, "resumed": resumed})
+            reason = document.get("reason", "")
+            if not isinstance(reason, str) or not reason.isprintable():
+                return reply(start_response, 400, {"error": "reason: printable text"})
+            controls.pause(connection, appid, tag=tag, reason=reason[:MAX_REASON], by=by)
+            return reply(start_response, 200, {"appid": appid, "tag": tag, "paused": True})
+        except BodyError as exc:
+            return reply(start_response, exc.status, exc.document)
+        except (redis.RedisError, OSError):
+            return busy(start_response, "Redis cannot take the request now")
+
+    def _serves(self, connection: redis.Redis, appid: str) -> bool:
+        """Is ``appid`` an account of this deployment (configured or authorized)?"""
+        settings = self._settings or Settings.from_env()
+        try:
+            if accounts_config(settings).get(appid) is not None:
+                return True
+        except ValueError:
+            pass  # no accounts file on this host: the authorized accounts only
+        return appid in AuthorizedAccounts(connection).appids()
+
+
+def _limits(
+    start_response: StartResponse,
+    connection: redis.Redis,
+    appid: str,
+    method: str,
+    document: dict[str, Any],
+    by: str,
+) -> list[bytes]:
+    """GET, POST (set some) or DELETE (clear) an account's limits set at run time."""
+    if method == "GET":
+        found = controls.limits_set(connection, appid)
+        return reply(start_response, 200, {"appid": appid, "limits": _limits_json(found)})
+    if method == "DELETE":
+        cleared = controls.clear_limits(connection, appid)
+        return reply(start_response, 200, {"appid": appid, "cleared": cleared})
+    unknown = set(document) - {"rate", "burst", "daily_budget"}
+    values = {name: document.get(name) for name in ("rate", "burst", "daily_budget")}
+    if unknown or not any(v is not None for v in values.values()):
+        return reply(start_response, 400, {"error": "body: rate, burst and/or daily_budget"})
+    for name, value in values.items():
+        number = type(value) in (int, float) if name == "rate" else type(value) is int
+        if value is not None and not number:
+            return reply(start_response, 400, {"error": f"{name}: a number"})
+    try:
+        found = controls.set_limits(connection, appid, **values, by=by)
+    except ValueError as exc:
+        return reply(start_response, 400, {"error": str(exc)})
+    return reply(start_response, 200, {"appid": appid, "limits": _limits_json(found)})
+
+
+def _limits_json(found: controls.LimitsSet | None) -> dict[str, Any] | None:
+    return None if found is None else dict(found.__dict__)
 
 
 #: The app for ``gunicorn worker.http:app``.

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
@@ -28,6 +28,7 @@ from redis import Redis
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.component import Component
 from worker.accounts.config import AccountConfig, AccountsConfig
+from worker.accounts.controls import limits_set, limits_version
 from worker.gate import AccountGate
 from worker.observability.metrics import RATE_LIMIT_DEFERRALS
 from worker.wechat.client import Pool, WeChatClient, pooled_session
@@ -128,6 +129,7 @@ class Accounts:
         #: Configured and authorized AppIDs, set at each reload (asked on every flush).
         self._served: frozenset[str] = frozenset(self._configured)
         self._version: int | None = None
+        self._limits_version: int | None = None
         self._checked_at = -1e9
         self._reload_lock = threading.Lock()
 
@@ -163,6 +165,18 @@ class Accounts:
 
     def _build(self, config: AccountConfig) -> Account:
         limits = config.limits
+        overrides = limits_set(self.redis, config.appid)
+        if overrides is not None:
+            limits = replace(
+                limits,
+                rate=overrides.rate if overrides.rate is not None else limits.rate,
+                burst=overrides.burst if overrides.burst is not None else limits.burst,
+                daily_budget=(
+                    (overrides.daily_budget or None)
+                    if overrides.daily_budget is not None
+                    else limits.daily_budget
+                ),
+            )
         # At 0 from the start: a rate over the account's deferrals has data before the first.
         RATE_LIMIT_DEFERRALS.labels(config.appid)
         fetch = None
@@ -190,14 +204,27 @@ class Accounts:
         if self._reload_file is not None and _signature(self.config.source) != self._file_seen:
             with self._reload_lock:
                 self._reload_configured()
-        if self.component is None:
-            return  # nothing is authorized at run time without a component
         if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
             return
         with self._reload_lock:
             if not force and time.monotonic() - self._checked_at < RELOAD_INTERVAL_S:
                 return  # another thread reloaded while this one waited
-            self._reload()
+            self._checked_at = time.monotonic()
+            self._reload_limits()
+            if self.component is not None:
+                self._reload()
+
+    def _reload_limits(self) -> None:
+        """Limits set at run time (``tagsync limits``) changed: rebuild every account's parts
+        (gates take their limits when built; a flush in progress finishes with the old)."""
+        version = limits_version(self.redis)
+        if version == self._limits_version:
+            return
+        with self._lock:
+            self._built.clear()
+        if self._limits_version is not None:
+            log.info("accounts.limits_changed", version=version)
+        self._limits_version = version
 
     def _reload_configured(self) -> None:
         """Read the accounts file again if it changed; apply its accounts and defaults."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from worker.accounts import Account, Accounts
+from worker.accounts import Account, Accounts, controls
 from worker.admin.gated_client import ADMIN_APIS
 from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
@@ -43,6 +43,7 @@ def account_status(
     # The limits the workers used on their last call; before any, what the settings say.
     in_use = gate.limits_in_use(account)
     rate, burst, budget = in_use or (gate.rate, gate.burst, gate.daily_budget or None)
+    limits = controls.limits_set(connection, account)
     return {
         # The whole account's pause; `pauses` also holds each paused API (45009 is per API).
         "paused": pauses.get("account"),
@@ -55,6 +56,8 @@ def account_status(
             "reserved_ahead_ms": gate.reserved_ahead_ms(account),
         },
         "budget": {"limit": budget, "used_today": gate.budget_used(account)},
+        # `tagsync limits set`: over the accounts file's, who set them and when
+        "limits_set": None if limits is None else dict(limits.__dict__),
         "token": {
             "cached": token_ms > 0,
             "expires_in_s": round(token_ms / 1000) if token_ms > 0 else None,
@@ -73,6 +76,7 @@ def collect_status(
     settings = settings or Settings()
     store = PendingStore(connection)
     now = time.time()
+    held = store.paused_tags(only)
     tags: list[dict[str, Any]] = []
     for tag in store.status():
         if only is not None and tag.account != only:
@@ -87,6 +91,8 @@ def collect_status(
                 "oldest_pending_age_s": round(now - tag.oldest_ts, 3) if tag.oldest_ts else None,
                 "flushing": tag.leased,
                 "scheduled": tag.scheduled,
+                # an operator's pause of the tag (`tagsync pause --tag`): by, reason, at
+                "paused": held.get((tag.account, tag.tag_id)),
             }
         )
     ages = [t["oldest_pending_age_s"] for t in tags if t["oldest_pending_age_s"] is not None]

@@ -23,6 +23,8 @@ from worker.cli import (
     demo,
     dev,
     dlq,
+    limits,
+    pause,
     produce,
     quota,
     reconcile,
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"tagsync {metadata.version('wechat-tagsync')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (worker, status, produce, dlq, quota, tags, reconcile, accounts, demo, dev):
+    commands_ = (worker, status, pause, limits, produce, dlq, quota, tags, reconcile, accounts)
+    for command in (*commands_, demo, dev):
         command.register(commands)
     errcodes = commands.add_parser(
         "errcodes", help="the failure policy: what the worker does about each WeChat errcode"

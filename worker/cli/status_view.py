@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker.accounts.controls import OPERATOR
 from worker.gate import RATE_SAFETY, AccountGate
 
 #: Lines of a frame around the table rows: the heading, each table's title, header and
@@ -51,14 +52,16 @@ def plain_text(report: Mapping[str, Any]) -> str:
         token = state["token"]
         paused = [
             f"PAUSED{'' if scope == 'account' else ' ' + scope} ({pause['reason']}, errcode "
-            f"{pause['errcode'] or '-'}) until {_clock(pause['until'])}: {pause['message']}"
+            f"{pause['errcode'] or '-'}) {_until(pause)}: {pause['message']}"
             for scope, pause in state["pauses"].items()
         ]
+        limits = state.get("limits_set")
         lines.append(
             f"account {account}: "
             + ("; ".join(paused) if paused else "running")
             + f"; rate {state['rate']['limit_per_s']:g}/s"
             + (" (from settings: no call yet)" if state["rate"]["source"] == "settings" else "")
+            + (f" (limits set by {limits['by']})" if limits else "")
             + ", slots reserved "
             f"{state['rate']['reserved_ahead_ms']} ms ahead; {state['budget']['used_today']} calls "
             f"today (budget {state['budget']['limit'] or 'none'}); token "
@@ -92,11 +95,21 @@ def _workers_summary(workers: list[Mapping[str, Any]]) -> str:
 
 
 def _tag_state(tag: Mapping[str, Any]) -> str:
+    held = tag.get("paused")
+    if held:
+        return f"PAUSED by {held.get('by', '?')}: {held.get('reason', '')}"
     return "flushing" if tag["flushing"] else (tag["scheduled"] or "idle")
 
 
 def _clock(epoch_s: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch_s))
+
+
+def _until(pause: Mapping[str, Any]) -> str:
+    """When a pause ends: an operator's lasts until ``tagsync resume``."""
+    if pause["reason"] == OPERATOR:
+        return "until resumed"
+    return f"until {_clock(pause['until'])}"
 
 
 def _totals(totals: Mapping[str, Any]) -> str:
@@ -249,7 +262,9 @@ def frame(
         in_use = rates.get(appid)
         account_table.add_row(
             appid,
-            f"{rate['limit_per_s']:g}/s" + (f" x{rate['burst']}" if rate["burst"] > 1 else ""),
+            f"{rate['limit_per_s']:g}/s"
+            + (f" x{rate['burst']}" if rate["burst"] > 1 else "")
+            + (" set" if state.get("limits_set") else ""),
             "-" if in_use is None else f"{in_use:.1f}/s",
             f"{rate['reserved_ahead_ms']} ms",
             f"{budget['used_today']}" + (f"/{budget['limit']}" if budget["limit"] else ""),
@@ -344,7 +359,7 @@ def _account_state(pauses: Mapping[str, Mapping[str, Any]]) -> Text:
         return _cell("running", "green")
     parts = [
         ("PAUSED" if scope == "account" else f"{scope.rsplit('/', 1)[-1]} PAUSED")
-        + f" {pause['reason']} {pause['errcode'] or '-'} until {_clock(pause['until'])}"
+        + f" {pause['reason']} {pause['errcode'] or '-'} {_until(pause)}"
         for scope, pause in pauses.items()
     ]
     return _cell("; ".join(parts), "bold red")

@@ -5,12 +5,13 @@
 -- KEYS[7] gone (set when WeChat said the tag does not exist)
 -- KEYS[8] attempts (hash openid -> n)  KEYS[9] first_seen (hash openid -> ms)
 -- KEYS[10] split:tag  KEYS[11] split:untag (openids of a batch being split, see split.py)
+-- KEYS[12] held (an operator's hold of the tag: intents are merged, no flush is scheduled)
 -- ARGV[1] linger_ms  ARGV[2] sched grace ms  ARGV[3] max batch
 -- ARGV[4..] triples: op, openid, ts
 -- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled), gone}:
 -- gone = 1 means nothing was merged; the caller dead-letters the intents.
 local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first,
-  k_split_tag, k_split_untag = unpack(KEYS)
+  k_split_tag, k_split_untag, k_held = unpack(KEYS)
 if redis.call('EXISTS', k_gone) == 1 then return {0, 0, 0, -1, 1} end
 local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -72,6 +73,7 @@ end
 local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)
 if n_tag + n_untag == 0 then return {added, superseded, stale, -1, 0} end
 if was_empty then redis.call('SET', k_since, now) end
+if redis.call('EXISTS', k_held) == 1 then return {added, superseded, stale, -1, 0} end
 
 local sched = redis.call('GET', k_sched)
 if n_tag >= max_batch or n_untag >= max_batch then

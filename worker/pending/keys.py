@@ -29,6 +29,7 @@ KeyName = Literal[
     "attempts",
     "first_seen",
     "gone",
+    "held",
 ]
 
 #: Per script, the tag keys it declares, in ``KEYS`` order ("batch" and "split" are the
@@ -36,11 +37,11 @@ KeyName = Literal[
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": (
         "pending:tag", "pending:untag", "inflight", "applied", "sched", "since", "gone",
-        "attempts", "first_seen", "split:tag", "split:untag",
+        "attempts", "first_seen", "split:tag", "split:untag", "held",
     ),
     "take": (
         "pending:tag", "pending:untag", "inflight", "lease", "since", "failures",
-        "split:tag", "split:untag", "gone",
+        "split:tag", "split:untag", "gone", "held",
     ),
     "ack": ("batch", "applied", "lease", "failures", "attempts", "first_seen"),
     "drop": ("batch", "lease", "attempts", "first_seen"),
@@ -52,10 +53,11 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "renew": ("lease",),
     "release": (
         "pending:tag", "pending:untag", "inflight", "lease", "sched", "since",
-        "split:tag", "split:untag",
+        "split:tag", "split:untag", "held",
     ),
     "sweep": (
         "pending:tag", "pending:untag", "inflight", "lease", "sched", "split:tag", "split:untag",
+        "held",
     ),
     "tag_gone": (
         "pending:tag", "pending:untag", "inflight", "gone", "lease", "split:tag", "split:untag",

@@ -108,7 +108,7 @@ class Batch:
 class Take:
     """The answer of ``take``: work, nothing to do, wait (linger or paused), or a gone tag."""
 
-    kind: Literal["batch", "empty", "wait", "hold", "paused", "gone"]
+    kind: Literal["batch", "empty", "wait", "hold", "paused", "gone", "held"]
     batch: Batch | None = None
     wait_ms: int = 0
     restored: int = 0
@@ -321,7 +321,7 @@ class PendingStore:
             raise LeaseLost
         if kind == "gone":
             return Take("gone")
-        if kind in ("empty", "paused"):
+        if kind in ("empty", "paused", "held"):
             return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
         if kind in ("wait", "hold"):
             return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
@@ -440,6 +440,32 @@ class PendingStore:
         self.redis.srem(GONE_INDEX, keys.member)
 
     # -- sweep, wake-ups and status --------------------------------------------------------
+
+    def pause_tag(self, account: str, tag_id: int, *, by: str, reason: str) -> None:
+        """An operator pauses the tag: its intents are merged and kept, none is sent (the
+        flush in flight finishes its call) until ``resume_tag``."""
+        key = TagKeys(account, tag_id).key("held")
+        self.redis.hset(key, mapping={"by": by, "reason": reason, "at": time.time()})
+        self.redis.sadd(TAG_INDEX, TagKeys(account, tag_id).member)
+
+    def resume_tag(self, account: str, tag_id: int) -> list[tuple[str, int]]:
+        """Lift an operator's pause of the tag; its flush to send now, if it has work (the caller
+        sends it: ``queues.send_flushes``)."""
+        self.redis.delete(TagKeys(account, tag_id).key("held"))
+        claimed = self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS])
+        return [(account, tag_id)] if claimed else []
+
+    def paused_tags(self, account: str | None = None) -> dict[tuple[str, int], dict[str, str]]:
+        """The tags operators paused (of ``account``): who, why and since when."""
+        tags = [t for t in self.tags() if account is None or t[0] == account]
+        pipe = self.redis.pipeline(transaction=False)
+        for tag_account, tag_id in tags:
+            pipe.hgetall(TagKeys(tag_account, tag_id).key("held"))
+        return {
+            tag: {text(k): text(v) for k, v in fields.items()}
+            for tag, fields in zip(tags, pipe.execute(), strict=True)
+            if fields
+        }
 
     def drop_fan(self, account: str, openid: str) -> int:
         """Forget the fan's pending intents in every tag of the account (the fan

@@ -4,17 +4,17 @@
 -- lingered. Ops whose API is paused are skipped.
 -- KEYS[1] pending:tag  KEYS[2] pending:untag  KEYS[3] inflight  KEYS[4] lease  KEYS[5] since
 -- KEYS[6] failures (the tag's failure streak: the batch's attempt is one more)
--- KEYS[7] split:tag  KEYS[8] split:untag  KEYS[9] gone
+-- KEYS[7] split:tag  KEYS[8] split:untag  KEYS[9] gone  KEYS[10] held (an operator's hold)
 -- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] max batch  ARGV[4] lease ms
 -- ARGV[5] paused ops: '', 'tag', 'untag' or 'tag,untag'
 -- ARGV[6] hold ms: while intents still wait in the queue, no batch leaves before its
 --         oldest intent has waited this long (0: no backlog, no hold)
--- Returns {'lost'} | {'gone'} | {'empty', restored} | {'paused', restored}
+-- Returns {'lost'} | {'gone'} | {'held', restored} | {'empty', restored} | {'paused', restored}
 --       | {'wait', ms, restored} | {'hold', ms, restored}
 --       | {'batch', op, restored, attempt, plan, openid1, ts1, openid2, ts2, ...}
 --         (plan = '' for a fresh batch, else the JSON of a split being resumed)
 local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures, k_split_tag, k_split_untag,
-  k_gone = unpack(KEYS)
+  k_gone, k_held = unpack(KEYS)
 local owner, linger, max_batch, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local paused = {}
 for op in string.gmatch(ARGV[5], '[^,]+') do paused[op] = true end
@@ -26,6 +26,7 @@ if redis.call('EXISTS', k_inflight) == 1 then
   restored = restore(k_tag, k_untag, k_inflight)
 end
 if redis.call('EXISTS', k_gone) == 1 then return {'gone'} end
+if redis.call('EXISTS', k_held) == 1 then return {'held', restored} end
 local attempt = (tonumber(redis.call('GET', k_failures)) or 0) + 1
 
 -- A split goes first: its openids were waiting longest, and no other batch of the op may
