@@ -13,6 +13,7 @@ import requests
 import producers
 from bench.harness import ACCOUNT, Stack, stack, wait_for
 from worker.pending import PendingStore
+from worker.pending.keys import TagKeys
 
 TAGS = 20
 
@@ -198,11 +199,19 @@ def run_memory(*, quick: bool = False) -> dict[str, Any]:
         time.sleep(1)
         rss_large = s.workers.rss_bytes()
         used = int(s.redis.info("memory")["used_memory"]) - baseline
-    per_intent = used / large
+        # The fans' history for `tagsync explain` (TAGSYNC_HISTORY_HOURS), measured apart:
+        # it stays after the intents are applied, until it expires.
+        history = sum(
+            int(s.redis.memory_usage(TagKeys(ACCOUNT, 1000 + t).key(name), samples=0) or 0)
+            for t in range(TAGS)
+            for name in ("history", "history_at")
+        )
+    per_intent = (used - history) / large
     growth = rss_large / rss_small
     return {
         "pending": large,
         "redis_bytes_per_pending_intent": round(per_intent, 1),
+        "history_bytes_per_intent": round(history / large, 1),
         "worker_rss_mib_at_10k": round(rss_small / 2**20, 1),
         f"worker_rss_mib_at_{large // 1000}k": round(rss_large / 2**20, 1),
         "rss_growth": round(growth, 3),

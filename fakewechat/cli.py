@@ -9,7 +9,7 @@ import sys
 import time
 
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
-from fakewechat.component import Component
+from fakewechat.component import TICKET_TTL_S, Component
 from fakewechat.platform import Platform
 from fakewechat.pushes import (
     DEFAULT_PUSH_AES_KEY,
@@ -105,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds (default %(default)g, WeChat's 10 minutes; 0: never)",
     )
     parser.add_argument(
+        "--ticket-count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop pushing tickets after N (default 0: never stop), as when WeChat's pushes "
+        "stop reaching the platform",
+    )
+    parser.add_argument(
+        "--ticket-ttl",
+        type=float,
+        default=TICKET_TTL_S,
+        metavar="S",
+        help="how long a ticket stays valid, s (default %(default)g, WeChat's 12 hours); "
+        "api_component_token answers 61005 for an older one",
+    )
+    parser.add_argument(
         "--fans",
         type=int,
         default=1000,
@@ -131,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fans < 0:
         print("fakewechat: --fans must be 0 or more", file=sys.stderr)
         return 2
+    if args.ticket_count < 0 or not args.ticket_ttl > 0:
+        print("fakewechat: --ticket-count must be 0 or more, --ticket-ttl over 0", file=sys.stderr)
+        return 2
     secret = args.secret or os.environ.get("WECHAT_SECRET") or DEFAULT_SECRET
     specs: list[tuple[str, str]] = [(args.appid, secret), *args.apps]
     appids = [appid for appid, _ in specs]
@@ -147,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     component = None
     if args.component is not None:
-        component = Component(appid=args.component[0], secret=args.component[1])
+        component = Component(
+            appid=args.component[0], secret=args.component[1], ticket_ttl_s=args.ticket_ttl
+        )
     pusher = None
     if args.push_url:
         try:
@@ -162,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     platform = Platform(apps, component=component, pusher=pusher)
     if pusher is not None and component is not None and args.ticket_every > 0:
-        TicketPushes(pusher, component.issue_ticket, every_s=args.ticket_every).start()
+        TicketPushes(
+            pusher, component.issue_ticket, every_s=args.ticket_every, count=args.ticket_count
+        ).start()
     try:
         server = SimulatorServer((args.host, args.port), platform)
     except OSError as exc:

@@ -129,8 +129,12 @@ class Pusher:
 class TicketPushes:
     """Pushes a new component_verify_ticket every ``every_s`` seconds, on a daemon thread."""
 
-    def __init__(self, pusher: Pusher, issue: Any, *, every_s: float = TICKET_EVERY_S) -> None:
+    def __init__(
+        self, pusher: Pusher, issue: Any, *, every_s: float = TICKET_EVERY_S, count: int = 0
+    ) -> None:
         self._pusher, self._issue, self._every_s = pusher, issue, every_s
+        #: Pushes left before they stop (0: never stop).
+        self._left = count
         self._stop = threading.Event()
         self.paused = False
 
@@ -144,6 +148,10 @@ class TicketPushes:
                 self._pusher.component(
                     "component_verify_ticket", {"ComponentVerifyTicket": self._issue()}
                 )
+                if self._left > 0:
+                    self._left -= 1
+                    if self._left == 0:
+                        return  # the pushes stop: the last ticket ages out
             self._stop.wait(self._every_s)
 
 

@@ -77,22 +77,30 @@ def broker() -> RedisBroker:
         return _broker
 
 
-def enqueue(intents: Iterable[Intent]) -> int:
+#: How intents may say they came (``tagsync explain`` shows it): the Python API, a JSON
+#: lines file or stream (``tagsync produce``), the HTTP ingest.
+SOURCES = frozenset({"python", "jsonl", "http"})
+
+
+def enqueue(intents: Iterable[Intent], *, source: str = "python") -> int:
     """Put checked intents on the queue in messages of at most 1,000; return how many once
     they are there (and, with ``TAGSYNC_REDIS_WAIT_REPLICAS``, on the replicas)."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {sorted(SOURCES)}")
     batch = list(intents)
     if batch:
-        _GROUP.enqueue(batch)
+        _GROUP.enqueue(batch, source)
     return len(batch)
 
 
 class _Call:
     """One ``enqueue`` call waiting in a group: its intents, and how its sending ended."""
 
-    __slots__ = ("done", "error", "intents")
+    __slots__ = ("done", "error", "intents", "source")
 
-    def __init__(self, intents: list[Intent]) -> None:
+    def __init__(self, intents: list[Intent], source: str) -> None:
         self.intents = intents
+        self.source = source
         self.done = False
         self.error: Exception | None = None
 
@@ -112,8 +120,8 @@ class _GroupCommit:
         self._waiting: list[_Call] = []
         self._sending = False
 
-    def enqueue(self, intents: list[Intent]) -> None:
-        call = _Call(intents)
+    def enqueue(self, intents: list[Intent], source: str) -> None:
+        call = _Call(intents, source)
         with self._turn:
             self._waiting.append(call)
             while self._sending and not call.done:
@@ -126,7 +134,10 @@ class _GroupCommit:
             group, self._waiting = self._waiting, []
         error: Exception | None = None
         try:
-            _send([intent for member in group for intent in member.intents])
+            by_source: dict[str, list[Intent]] = {}
+            for member in group:
+                by_source.setdefault(member.source, []).extend(member.intents)
+            _send(by_source)
         except Exception as exc:
             error = exc
             raise
@@ -144,18 +155,20 @@ class _GroupCommit:
 _GROUP = _GroupCommit()
 
 
-def _send(batch: list[Intent]) -> None:
-    """Enqueue ``batch`` in messages of at most 1,000 intents; wait for replicas if asked."""
+def _send(by_source: dict[str, list[Intent]]) -> None:
+    """Enqueue intents in messages of at most 1,000 (one source each: an option of the
+    message, which a worker that does not know it ignores); wait for replicas if asked."""
     target = broker()
-    for chunk in chunks(batch):
-        message: Message[None] = Message(
-            queue_name=QUEUE_NAME,
-            actor_name=INGEST_ACTOR,
-            args=([intent.row() for intent in chunk],),
-            kwargs={},
-            options={},
-        )
-        target.enqueue(message)
+    for source, batch in by_source.items():
+        for chunk in chunks(batch):
+            message: Message[None] = Message(
+                queue_name=QUEUE_NAME,
+                actor_name=INGEST_ACTOR,
+                args=([intent.row() for intent in chunk],),
+                kwargs={},
+                options={"source": source},
+            )
+            target.enqueue(message)
     replicas = _env_int("TAGSYNC_REDIS_WAIT_REPLICAS", 0)
     if replicas:
         wait_for_replicas(

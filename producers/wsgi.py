@@ -173,7 +173,7 @@ class IngestApp:
             details = [{"index": e.index, "field": e.field, "message": e.message} for e in errors]
             return reply(start_response, 400, {"errors": details})
         try:
-            accepted = enqueue(intents)
+            accepted = enqueue(intents, source="http")
         except NotReplicated:
             return busy(start_response, "replicas did not acknowledge the intents")
         except (redis.RedisError, OSError):

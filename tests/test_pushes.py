@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wechatpy.crypto import WeChatCrypto
 
+import producers
 from producers.intents import make_intent
-from tests.helpers import APPID, SECRET, start_simulator, wait_until
+from tests.helpers import APPID, SECRET, start_simulator, tagsync, wait_until
 from worker.accounts.authorized import AuthorizedAccounts
 from worker.accounts.config import AccountConfig, AccountsConfig, ComponentConfig, PushKeys
 from worker.accounts.pushes import PUSH_COUNTS, Pushes
@@ -276,9 +277,11 @@ def test_the_server_url_check_echoes_only_a_signed_echostr(redis_client: redis.R
 
 
 @pytest.fixture
-def push_stack(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
+def push_stack(
+    tmp_path: Path, redis_url: str, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
     """`tagsync ingest` with a component's push keys, and a simulator pushing to it
-    (tickets every second)."""
+    (tickets every second; the test's parameter: more simulator options)."""
     port = free_port()
     accounts = tmp_path / "accounts.toml"
     accounts.write_text(
@@ -291,6 +294,7 @@ def push_stack(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
         "--app", f"{B}:secret-b", "--component", f"{COMPONENT}:component-secret",
         "--push-url", f"http://127.0.0.1:{port}/v1/wechat",
         "--push-token", TOKEN, "--push-aes-key", AES_KEY, "--ticket-every", "1",
+        *getattr(request, "param", ()),
     )  # fmt: skip
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))},
@@ -316,6 +320,7 @@ def push_stack(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
         "sim": sim_url,
         "ingest": f"http://127.0.0.1:{port}",
         "redis": redis.Redis.from_url(redis_url),
+        "env": env,
     }
     stop_process(ingest)
     stop_process(process)
@@ -381,3 +386,50 @@ def test_pushes_with_another_key_are_refused_and_counted(
         lambda: int(connection.hget(PUSH_COUNTS, "component:rejected_padding") or 0) == 1,
         what="the refusal counted",
     )
+
+
+@pytest.mark.parametrize(
+    "push_stack", [("--ticket-count", "2", "--ticket-ttl", "4")], indirect=True
+)
+def test_a_ticket_that_stops_arriving_pauses_the_platforms_accounts(
+    push_stack: dict[str, Any], start_worker: Any
+) -> None:
+    """WeChat's ticket pushes stop: once the last ticket is over its validity, the component
+    token cannot be renewed (61005, as WeChat answers an expired ticket), and each account
+    authorized through it pauses for its credentials, its intents kept; the ticket's age is
+    what TagsyncComponentTicketStale watches."""
+    sim, connection, env = push_stack["sim"], push_stack["redis"], push_stack["env"]
+    authorized = AuthorizedAccounts(connection)
+    wait_until(lambda: authorized.ticket() is not None, timeout_s=15, what="a ticket pushed")
+    requests.post(f"{sim}/_sim/authorize", json={"appid": B}, timeout=30).raise_for_status()
+    start_worker(processes=1, threads=2, **env)
+    created = tagsync(env, "tags", "create", "--account", B, "stale")
+    assert created.returncode == 0, created.stderr
+    tag_id = int(created.stdout.split()[2])  # "created tag ID 'stale'"
+
+    def fans() -> set[str]:
+        state = requests.get(f"{sim}/_sim/state", params={"appid": B}, timeout=10).json()
+        return set(state["tags"].get(str(tag_id), {}).get("fans", []))
+
+    listed = requests.get(f"{sim}/_sim/fans", params={"appid": B, "limit": "2"}, timeout=10)
+    first, second = listed.json()["openids"]
+    producers.configure(redis_url=env["TAGSYNC_REDIS_URL"])
+    try:
+        producers.tag(tag_id, [first], account=B)
+        wait_until(lambda: fans() == {first}, what="applied")
+        # When: the pushes stopped; the last ticket ages past its validity; tokens expire
+        wait_until(
+            lambda: time.time() - (authorized.ticket() or ("", time.time()))[1] > 10.5,
+            timeout_s=15,
+            what="the last ticket expired",
+        )
+        requests.post(f"{sim}/_sim/expire_tokens?appid=*", json={}, timeout=30)
+        producers.tag(tag_id, [second], account=B)
+        # Then: B pauses for its credentials with WeChat's errcode; the intent waits
+        gate = AccountGate(connection, rate=1)
+        wait_until(lambda: gate.paused(B) is not None, timeout_s=30, what="B paused")
+        pause = gate.paused(B)
+        assert pause is not None and (pause.reason, pause.errcode) == ("credentials", "61005")
+        assert PendingStore(connection).waiting(B, tag_id) == 1
+    finally:
+        producers.configure(None)

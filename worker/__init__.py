@@ -13,13 +13,14 @@
                                           ``split.py``; given up: ``dead_letters.py``
 
 Each step works for the intent's account: ``accounts/`` gives the served accounts (a file,
-Open Platform authorizations in Redis) with each one's client and gate. ``sweep.py``
-sends a flush to any tag that has work but none coming (lost wake-ups); ``http.py`` is the
-ingest server (intents and the account endpoints).
+Open Platform authorizations in Redis, WeChat's pushes, an operator's pauses and limits)
+with each one's client and gate. ``sweep.py`` sends a flush to any tag that has work but
+none coming (lost wake-ups); ``http.py`` is the ingest server (intents, the account
+endpoints and controls, WeChat's pushes).
 
 Around the pipeline, each in a package of its own, from the bottom up:
 ``base/`` (settings, Lua scripts, backoff), ``observability/`` (metrics, logs, redaction),
 ``runtime/`` (one process's wiring, the metrics endpoint, starting processes),
-``admin/`` (the operator's tools: admin calls, drain, export, reconcile, status) and
+``admin/`` (the operator's tools: admin calls, drain, export, reconcile, status, explain) and
 ``cli/`` (the ``tagsync`` command, one module per command; nothing imports it).
 """

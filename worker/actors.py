@@ -18,7 +18,9 @@ from typing import Any
 
 import dramatiq
 from dramatiq import Middleware
+from dramatiq.middleware import CurrentMessage
 
+from producers._queue import SOURCES
 from worker.base.settings import Settings
 from worker.flush import ACCOUNT_THREAD_SHARE, Flusher
 from worker.gate import MAX_SLEEP_MS
@@ -103,6 +105,7 @@ broker = setup_broker(
     extra_middleware=[
         *_metrics,
         LogContext(),
+        CurrentMessage(),
         Sweeper(_sweep),
         OutageRecovery(broker_url()),
         ThreadShare(),
@@ -137,16 +140,18 @@ def resolver() -> NameResolver:
         names=rt.names,
         accounts=rt.accounts,
         dead_letters=rt.dead_letters,
-        merge=_merge,
+        # The source of intents that waited for their tag's name is not carried: "unknown"
+        merge=lambda rows: _merge(rows, "unknown"),
         send_resolve=send_resolve,
         create_tags=rt.settings.create_tags,
     )
 
 
-def _merge(rows: Any) -> None:
+def _merge(rows: Any, source: str = "python") -> None:
     rt = runtime()
     ingest_rows(
         rows,
+        source=source,
         store=rt.store,
         dead_letters=rt.dead_letters,
         send_flush=send_flush,
@@ -159,7 +164,10 @@ def _merge(rows: Any) -> None:
 @dramatiq.actor(queue_name=INTENTS_QUEUE, actor_name=INGEST, priority=0)
 def ingest(rows: Any) -> None:
     """Merge a message of intent rows into the pending buffers."""
-    _merge(rows)
+    message = CurrentMessage.get_current_message()
+    source = message.options.get("source") if message is not None else None
+    # How they came, for `tagsync explain`; anything else (an older producer) is "unknown"
+    _merge(rows, source if source in SOURCES else "unknown")
 
 
 @dramatiq.actor(queue_name=FLUSH_QUEUE, actor_name=RESOLVE, priority=5)

@@ -178,6 +178,19 @@ class DeadLetters:
                 return
             start = "(" + text(entries[-1][0])
 
+    def scan_newest(self, limit: int, *, page: int = 1000) -> Iterator[tuple[str, DeadLetter]]:
+        """The newest ``limit`` dead letters, newest first, with their stream ids."""
+        end, left = "+", limit
+        while left > 0:
+            count = min(page, left)
+            entries: list[Any] = self.redis.xrevrange(STREAM, max=end, min="-", count=count) or []
+            for entry_id, raw in entries:
+                yield text(entry_id), _parse({text(k): text(v) for k, v in (raw or {}).items()})
+            if len(entries) < count:
+                return
+            left -= len(entries)
+            end = "(" + text(entries[-1][0])
+
     def delete(self, entry_ids: list[str]) -> int:
         """Remove dead letters by stream id; return how many were removed."""
         removed = 0

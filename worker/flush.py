@@ -366,6 +366,7 @@ class Flusher:
             applied=applied,
             dead_lettered=dead,
             calls=plan.calls,
+            call=batch.call_id,
             split=True,
             duration=round(time.perf_counter() - started, 4),
         )
@@ -426,6 +427,7 @@ class Flusher:
         """One batch call (``_slot`` renewed the lease just before); the failure, if any."""
         run.calls_left -= 1
         BATCH_SIZE.labels(run.account, batch.op).observe(len(openids))
+        batch.call_id = uuid.uuid4().hex[:12]  # in the batch log line and the fans' history
         call = run.client.batch_tag if batch.op == "tag" else run.client.batch_untag
         try:
             call(batch.tag_id, openids)
@@ -644,6 +646,7 @@ class Flusher:
             applied=applied,
             dead_lettered=0,
             calls=calls,
+            call=batch.call_id,
             duration=round(time.perf_counter() - started, 4),
         )
 

@@ -71,8 +71,10 @@ def ingest_rows(
     names: TagNames,
     send_resolve: SendResolve,
     backlog: BacklogWatch = BACKLOG,
+    source: str = "python",
 ) -> IngestResult:
-    """Merge a message's rows into pending; send the flushes it calls for."""
+    """Merge a message's rows into pending; send the flushes it calls for (``source``: how
+    they came, kept in each fan's history)."""
     if not isinstance(rows, list):
         rows = [rows]
     intents: list[Intent] = []
@@ -111,7 +113,7 @@ def ingest_rows(
     if rejected:
         dead_letters.add(rejected)
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
-    result = store.ingest(intents)
+    result = store.ingest(intents, source=source)
     if intents:
         backlog.note(store, {intent.account for intent in intents})
     # One counter update per account and op, not per intent: a message has up to 1,000.

@@ -43,6 +43,8 @@ VARIABLES: dict[str, str] = {
     "TAGSYNC_BACKOFF_MIN_MS": "first retry backoff (default 1000)",
     "TAGSYNC_BACKOFF_MAX_MS": "longest retry backoff (default 300000)",
     "TAGSYNC_ORDERING_WINDOW": "seconds an out-of-order intent may lag (default 3600)",
+    "TAGSYNC_HISTORY_HOURS": "hours each fan's last intent per tag is kept for `tagsync explain` "
+    "(default 24; 0: none)",
     "TAGSYNC_METRICS_PORT": "port of the Prometheus metrics (default 9191)",
     "TAGSYNC_METRICS_HOST": "address the metrics endpoint binds (default 0.0.0.0)",
     "TAGSYNC_LOG_FORMAT": "json or console (default: console on a terminal, else json)",
@@ -105,6 +107,7 @@ class Settings:
     backoff_min_ms: int = 1000
     backoff_max_ms: int = 300_000
     ordering_window_s: float = 3600.0
+    history_s: float = 24 * 3600.0
     metrics_port: int = 9191
     #: All interfaces by default: Prometheus scrapes from another host in production.
     metrics_host: str = "0.0.0.0"  # noqa: S104
@@ -156,6 +159,7 @@ class Settings:
             backoff_min_ms=_number(env, "TAGSYNC_BACKOFF_MIN_MS", 1000, int, minimum=1),
             backoff_max_ms=_number(env, "TAGSYNC_BACKOFF_MAX_MS", 300_000, int, minimum=1),
             ordering_window_s=_number(env, "TAGSYNC_ORDERING_WINDOW", 3600.0, float, minimum=0),
+            history_s=3600 * _number(env, "TAGSYNC_HISTORY_HOURS", 24.0, float, minimum=0),
             metrics_port=_number(env, "TAGSYNC_METRICS_PORT", 9191, int, minimum=0),
             metrics_host=env.get("TAGSYNC_METRICS_HOST", "").strip() or "0.0.0.0",  # noqa: S104
             wechat_timeout_s=_number(env, "TAGSYNC_WECHAT_TIMEOUT_S", 10.0, float, minimum=0.1),

@@ -23,6 +23,7 @@ from worker.cli import (
     demo,
     dev,
     dlq,
+    explain,
     limits,
     pause,
     produce,
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"tagsync {metadata.version('wechat-tagsync')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands_ = (worker, status, pause, limits, produce, dlq, quota, tags, reconcile, accounts)
-    for command in (*commands_, demo, dev):
+    operate = (worker, status, pause, limits, explain, produce, dlq, quota, tags, reconcile)
+    for command in (*operate, accounts, demo, dev):
         command.register(commands)
     errcodes = commands.add_parser(
         "errcodes", help="the failure policy: what the worker does about each WeChat errcode"

@@ -114,7 +114,7 @@ def run_produce(args: argparse.Namespace) -> int:
     sent = 0
     step = 10 * PROGRESS_EVERY
     for start in range(0, len(intents), step):
-        sent += producers.enqueue(intents[start : start + step])
+        sent += producers.enqueue(intents[start : start + step], source="jsonl")
         if len(intents) > step:
             print(f"enqueued {sent}/{len(intents)}...", file=sys.stderr, flush=True)
     print(f"enqueued {sent} intents")

@@ -3,17 +3,19 @@
 -- forget their attempts; clear the failure streak; keep the split's plan up to date.
 -- KEYS[1] batch (inflight or split:<op>)  KEYS[2] applied (zset openid -> ts)  KEYS[3] lease
 -- KEYS[4] failures  KEYS[5] attempts  KEYS[6] first_seen
+-- KEYS[7] history (hash: "<openid> ok" -> "op ts applied_ms call", for `tagsync explain`)
 -- ARGV[1] lease owner  ARGV[2] ordering window s  ARGV[3] plan JSON ('' to leave it)
--- ARGV[4..] openids (none: every openid of the batch)
+-- ARGV[4] op  ARGV[5] call id  ARGV[6] history kept ms (0: none)
+-- ARGV[7..] openids (none: every openid of the batch)
 -- Returns the number of openids acknowledged, or -1 if the lease was lost meanwhile
 -- (the next holder resends them: tagging is idempotent).
-local k_batch, k_applied, k_lease, k_failures, k_attempts, k_first = unpack(KEYS)
+local k_batch, k_applied, k_lease, k_failures, k_attempts, k_first, k_hist = unpack(KEYS)
 if not owns(k_lease, ARGV[1]) then return -1 end
 -- Variadic commands, not one per openid: an ack of 50 is 6 commands inside the script, not 250.
 local openids, stamps, seen = {}, {}, {}
-if #ARGV > 3 then
+if #ARGV > 6 then
   local named = {}
-  for i = 4, #ARGV do
+  for i = 7, #ARGV do
     if not seen[ARGV[i]] then
       seen[ARGV[i]] = true
       named[#named + 1] = ARGV[i]
@@ -40,6 +42,15 @@ if #openids > 0 then
     scored[#scored + 1] = openids[i]
   end
   redis.call('ZADD', k_applied, 'GT', unpack(scored))
+  -- Only into a history the ingest made (it holds the TTL): never a key without an end.
+  if tonumber(ARGV[6]) > 0 and redis.call('EXISTS', k_hist) == 1 then
+    local now, done = now_ms(), {}
+    for i = 1, #openids do
+      done[#done + 1] = openids[i] .. ' ok'
+      done[#done + 1] = ARGV[4] .. ' ' .. stamps[i] .. ' ' .. now .. ' ' .. ARGV[5]
+    end
+    redis.call('HSET', k_hist, unpack(done))
+  end
   redis.call('HDEL', k_batch, unpack(openids))
   redis.call('HDEL', k_attempts, unpack(openids))
   redis.call('HDEL', k_first, unpack(openids))

@@ -6,19 +6,33 @@
 -- KEYS[8] attempts (hash openid -> n)  KEYS[9] first_seen (hash openid -> ms)
 -- KEYS[10] split:tag  KEYS[11] split:untag (openids of a batch being split, see split.py)
 -- KEYS[12] held (an operator's hold of the tag: intents are merged, no flush is scheduled)
+-- KEYS[13] history (hash openid -> "op ts source accepted_ms"; "<openid> ok" -> see ack.lua)
+-- KEYS[14] history_at (zset openid -> accepted_ms: what to forget when, oldest first)
 -- ARGV[1] linger_ms  ARGV[2] sched grace ms  ARGV[3] max batch
--- ARGV[4..] triples: op, openid, ts
+-- ARGV[4] source of the intents (python|jsonl|http|...)  ARGV[5] history kept ms (0: none)
+-- ARGV[6..] triples: op, openid, ts
 -- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled), gone}:
 -- gone = 1 means nothing was merged; the caller dead-letters the intents.
 local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first,
-  k_split_tag, k_split_untag, k_held = unpack(KEYS)
+  k_split_tag, k_split_untag, k_held, k_hist, k_hist_at = unpack(KEYS)
 if redis.call('EXISTS', k_gone) == 1 then return {0, 0, 0, -1, 1} end
 local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local was_empty = redis.call('ZCARD', k_tag) + redis.call('ZCARD', k_untag) == 0
 local added, superseded, stale = 0, 0, 0
+local source, keep_ms = ARGV[4], tonumber(ARGV[5])
+-- The fan's last accepted intent, for `tagsync explain` (variadic writes after the loop).
+local hist, hist_at = {}, {}
+local function accepted(op, openid, ts)
+  if keep_ms > 0 then
+    hist[#hist + 1] = openid
+    hist[#hist + 1] = op .. ' ' .. ts .. ' ' .. source .. ' ' .. now
+    hist_at[#hist_at + 1] = now
+    hist_at[#hist_at + 1] = openid
+  end
+end
 
-for i = 4, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local op, openid, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local same = (op == 'untag') and k_untag or k_tag
   local other = (op == 'untag') and k_tag or k_untag
@@ -50,6 +64,7 @@ for i = 4, #ARGV, 3 do
       if ts >= tonumber(o) then
         redis.call('ZREM', other, openid)
         redis.call('ZADD', same, ARGV[i + 2], openid)
+        accepted(op, openid, ARGV[i + 2])
         redis.call('HDEL', k_attempts, openid)  -- a new intent starts its own attempts
         redis.call('HDEL', k_first, openid)
       end
@@ -59,15 +74,36 @@ for i = 4, #ARGV, 3 do
         superseded = superseded + 1
         if ts >= tonumber(s) then
           redis.call('ZADD', same, ARGV[i + 2], openid)
+          accepted(op, openid, ARGV[i + 2])
           redis.call('HDEL', k_attempts, openid)
           redis.call('HDEL', k_first, openid)
         end
       else
         redis.call('ZADD', same, ARGV[i + 2], openid)
+        accepted(op, openid, ARGV[i + 2])
         if not in_split then added = added + 1 end
       end
     end
   end
+end
+
+if #hist > 0 then
+  redis.call('HSET', k_hist, unpack(hist))
+  redis.call('ZADD', k_hist_at, unpack(hist_at))
+  -- Bounded by time: entries older than keep_ms go (a few hundred per run at most), and the
+  -- keys themselves expire when the tag gets no intent for that long.
+  local old = redis.call('ZRANGEBYSCORE', k_hist_at, '-inf', now - keep_ms, 'LIMIT', 0, 500)
+  if #old > 0 then
+    local fields = {}
+    for _, o in ipairs(old) do
+      fields[#fields + 1] = o
+      fields[#fields + 1] = o .. ' ok'
+    end
+    redis.call('HDEL', k_hist, unpack(fields))
+    redis.call('ZREM', k_hist_at, unpack(old))
+  end
+  redis.call('PEXPIRE', k_hist, keep_ms)
+  redis.call('PEXPIRE', k_hist_at, keep_ms)
 end
 
 local n_tag, n_untag = redis.call('ZCARD', k_tag), redis.call('ZCARD', k_untag)

@@ -30,6 +30,8 @@ KeyName = Literal[
     "first_seen",
     "gone",
     "held",
+    "history",
+    "history_at",
 ]
 
 #: Per script, the tag keys it declares, in ``KEYS`` order ("batch" and "split" are the
@@ -37,13 +39,13 @@ KeyName = Literal[
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": (
         "pending:tag", "pending:untag", "inflight", "applied", "sched", "since", "gone",
-        "attempts", "first_seen", "split:tag", "split:untag", "held",
+        "attempts", "first_seen", "split:tag", "split:untag", "held", "history", "history_at",
     ),
     "take": (
         "pending:tag", "pending:untag", "inflight", "lease", "since", "failures",
         "split:tag", "split:untag", "gone", "held",
     ),
-    "ack": ("batch", "applied", "lease", "failures", "attempts", "first_seen"),
+    "ack": ("batch", "applied", "lease", "failures", "attempts", "first_seen", "history"),
     "drop": ("batch", "lease", "attempts", "first_seen"),
     "nack": (
         "pending:tag", "pending:untag", "batch", "lease", "failures", "attempts", "first_seen",

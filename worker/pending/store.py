@@ -35,6 +35,9 @@ SCHED_GRACE_MS = 3_000
 INDEX_REFRESH_S = 60.0
 #: Intents per ingest script call (keeps one call short: Redis runs nothing else meanwhile).
 INGEST_CHUNK = 500
+#: How long each fan's last intent per tag is kept for ``tagsync explain`` by default, s
+#: (``TAGSYNC_HISTORY_HOURS``).
+DEFAULT_HISTORY_S = 24 * 3600.0
 
 
 class LeaseLost(Exception):
@@ -86,6 +89,9 @@ class Batch:
     attempt: int = 1
     #: The split under way (None for a fresh batch).
     plan: SplitPlan | None = None
+    #: The id of the batch's latest WeChat call (in the ``batch`` log line and the fans'
+    #: history: ``tagsync explain`` names it).
+    call_id: str = ""
 
     @property
     def openids(self) -> list[str]:
@@ -149,11 +155,19 @@ class PendingStore:
     """The Redis side of coalescing and flushing (one per process; thread-safe)."""
 
     def __init__(
-        self, redis: Redis, *, linger_ms: int = 1000, ordering_window_s: float = 3600.0
+        self,
+        redis: Redis,
+        *,
+        linger_ms: int = 1000,
+        ordering_window_s: float = 3600.0,
+        history_s: float = DEFAULT_HISTORY_S,
     ) -> None:
         self.redis = redis
         self.linger_ms = linger_ms
         self.ordering_window_s = ordering_window_s
+        #: How long each fan's last accepted and applied intent per tag is kept for
+        #: ``tagsync explain`` (0: not kept).
+        self.history_ms = int(history_s * 1000)
         lib = script_text("worker.pending", "lib.lua")
         self._scripts: dict[str, Script] = {
             name: redis.register_script(lib + script_text("worker.pending", f"{name}.lua"))
@@ -179,8 +193,9 @@ class PendingStore:
 
     # -- producers' side -----------------------------------------------------------------
 
-    def ingest(self, intents: Iterable[Intent]) -> IngestResult:
-        """Merge intents into their tags' pending buffers; say which flushes to send."""
+    def ingest(self, intents: Iterable[Intent], *, source: str = "python") -> IngestResult:
+        """Merge intents into their tags' pending buffers; say which flushes to send.
+        ``source`` (how they came: python, jsonl, http) goes into each fan's history."""
         groups: dict[tuple[str, int], list[Intent]] = defaultdict(list)
         for intent in intents:
             groups[(intent.account, intent.tag_id)].append(intent)
@@ -193,7 +208,9 @@ class PendingStore:
             keys = TagKeys(account, tag_id)
             for start in range(0, len(members), INGEST_CHUNK):
                 chunk = members[start : start + INGEST_CHUNK]
-                args: list[Any] = [self.linger_ms, SCHED_GRACE_MS, MAX_BATCH]
+                args: list[Any] = [
+                    self.linger_ms, SCHED_GRACE_MS, MAX_BATCH, source, self.history_ms
+                ]  # fmt: skip
                 for intent in chunk:
                     args += (intent.op, intent.openid, repr(intent.ts))
                 commands.append((keys.member, [*keys.for_script("ingest"), *args]))
@@ -338,7 +355,10 @@ class PendingStore:
     def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
         """The batch (or ``openids`` of it) was applied; return how many were acknowledged."""
         plan = batch.plan.to_json() if batch.plan is not None else ""
-        args = [owner, self.ordering_window_s, plan, *(openids or [])]
+        args = [
+            owner, self.ordering_window_s, plan, batch.op, batch.call_id or "-", self.history_ms,
+            *(openids or []),
+        ]  # fmt: skip
         acked = int(self._run("ack", self._keys(batch), args, batch=batch.hash_key))
         if acked < 0:
             raise LeaseLost

@@ -40,6 +40,7 @@ class Runtime:
                 connection,
                 linger_ms=settings.linger_ms,
                 ordering_window_s=settings.ordering_window_s,
+                history_s=settings.history_s,
             ),
             dead_letters=DeadLetters(connection, max_len=settings.dlq_max_len),
             accounts=Accounts(

@@ -130,6 +130,7 @@ ERRCODES: dict[int, Errcode] = {
         _revoked(61023, "authorizer refresh token invalid (authorization revoked)"),
         _revoked(61003, "the account has not authorized the component"),
         _credential(61006, "component_verify_ticket invalid or missing"),
+        _credential(61005, "component_verify_ticket expired: none pushed for 12 hours"),
         _rejected(45157, "tag name invalid or already used"),
         _rejected(45158, "tag name over 30 bytes"),
         _rejected(45056, "more than 100 tags"),
