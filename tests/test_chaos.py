@@ -283,6 +283,7 @@ SCENARIOS = [
         long=12.0,
         seconds_after=4.0,
         resume_within_s=2.0,
+        short_is_long=True,  # about 10 s; make test keeps redis_killed's short size
     ),
     Scenario(
         "worker_kill_storm",

@@ -107,6 +107,7 @@ def stacks() -> Iterator[list[DevStack]]:
         stack.kill()
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_the_dev_stack_takes_the_readme_curl_and_stops_cleanly(
     dev_env: tuple[Path, dict[str, str], dict[str, int]], stacks: list[DevStack]
 ) -> None:

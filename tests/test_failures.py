@@ -312,6 +312,7 @@ def test_dlq_commands_filter_export_replay_and_purge(
     assert fans_of(sim, tag) == set(good)
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_tags_beyond_the_fan_limit_settle_without_livelock(
     sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:

@@ -564,6 +564,7 @@ def one_line_failure(
     return None if lines[0].startswith(f"tagsync: {message}") else shown
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_every_command_meets_an_unreachable_redis_with_one_line_and_exit_2(
     env: dict[str, str], inputs: dict[str, str]
 ) -> None:

@@ -417,6 +417,7 @@ def test_a_slow_account_leaves_threads_to_the_others(
     assert pending_of(redis_client, APPID) > 0  # A was still at it
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_one_accounts_flood_does_not_hold_anothers_batches(
     accounts_env: dict[str, str],
     platform: PlatformSim,
