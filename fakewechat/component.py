@@ -191,9 +191,9 @@ class Component:
             self._errcodes[str(answer.get("errcode", 0))] += 1
         return Answer(200, answer)
 
-    def _query_auth(
-        self, query: dict[str, str], body: Any, apps: dict[str, Simulator]
-    ) -> dict[str, Any]:
+    def _refused(self, query: dict[str, str], body: Any) -> dict[str, Any] | None:
+        """What WeChat answers a component call with a bad component token, a body that is
+        not an object or another component's AppID; None for a good call."""
         token_error = self.tokens.check(query.get("component_access_token"))
         if token_error:
             return error(41001 if token_error == 41001 else 40001)
@@ -201,6 +201,14 @@ class Component:
             return error(47001)
         if body.get("component_appid") != self.appid:
             return error(40013)
+        return None
+
+    def _query_auth(
+        self, query: dict[str, str], body: Any, apps: dict[str, Simulator]
+    ) -> dict[str, Any]:
+        refused = self._refused(query, body)
+        if refused is not None:
+            return refused
         code = body.get("authorization_code")
         found = self._codes.pop(code, None) if isinstance(code, str) else None
         if found is None or time.monotonic() - found[1] > AUTH_CODE_TTL_S:
@@ -241,13 +249,9 @@ class Component:
     def _authorizer_token(
         self, query: dict[str, str], body: Any, app: Simulator | None
     ) -> dict[str, Any]:
-        token_error = self.tokens.check(query.get("component_access_token"))
-        if token_error:
-            return error(41001 if token_error == 41001 else 40001)
-        if not isinstance(body, dict):
-            return error(47001)
-        if body.get("component_appid") != self.appid:
-            return error(40013)
+        refused = self._refused(query, body)
+        if refused is not None:
+            return refused
         authorization = self._authorizations.get(app.appid) if app is not None else None
         if app is None or authorization is None:
             return error(61003)

@@ -5,8 +5,10 @@
   (its intents merge and wait; no flush is sent). Intents keep being accepted and kept.
 - Resume: the pause is lifted and the waiting tags get their flushes at once.
 - Limits: an account's rate, burst and daily budget, kept in Redis over the accounts
-  file's (which stays the default); every worker process applies them within
-  ``RELOAD_INTERVAL_S``. Values are clamped to ``BOUNDS``.
+  file's (which stays the default). The gate's script reads them at every call slot, so a
+  limit set holds from the next call in every process; each process also rebuilds its
+  accounts within ``RELOAD_INTERVAL_S`` (and so takes a clear). Values are clamped to
+  ``BOUNDS``.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def operator() -> str:
 
 
 def limits_key(account: str) -> str:
-    """The Redis hash of an account's limits set at run time."""
-    return f"tagsync:{{{account}}}:limits"
+    """The Redis hash of an account's limits set at run time (the gate's script reads it)."""
+    return AccountGate.key(account, "limits")
 
 
 def pause(redis: Redis, account: str, *, tag: int | None, reason: str, by: str) -> None:
@@ -74,8 +76,8 @@ def resume(redis: Redis, account: str, *, tag: int | None) -> bool:
     tags their flushes; True if it was paused."""
     store = PendingStore(redis)
     if tag is not None:
-        was = (account, tag) in store.paused_tags(account)
-        send_flushes(redis, store.resume_tag(account, tag))
+        was, flushes = store.resume_tag(account, tag)
+        send_flushes(redis, flushes)
         return was
     lifted = AccountGate(redis, rate=1).lift(account, OPERATOR)
     send_flushes(redis, store.wake(account))
@@ -149,6 +151,18 @@ def limits_set(redis: Redis, account: str) -> LimitsSet | None:
         by=fields.get("by", ""),
         at=float(fields.get("at", 0)),
     )
+
+
+def rates_set(redis: Redis, accounts: list[str]) -> dict[str, float]:
+    """The rates set at run time of ``accounts`` (those with one), in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for account in accounts:
+        pipe.hget(limits_key(account), "rate")
+    return {
+        account: float(rate)
+        for account, rate in zip(accounts, pipe.execute(), strict=True)
+        if rate is not None
+    }
 
 
 def limits_version(redis: Redis) -> int:

@@ -14,13 +14,13 @@ def register(commands: Any) -> None:
     """Add ``limits`` to the ``tagsync`` command line."""
     limits = commands.add_parser(
         "limits",
-        help="set an account's rate, burst or daily budget at run time (every worker, 2 s)",
+        help="set an account's rate, burst or daily budget at run time (every worker, next call)",
         description=(
             "Limits set here are kept in Redis and win over the accounts file's (or "
             "TAGSYNC_RATE's), which apply again after `limits clear`. Every worker process "
-            f"takes them within 2 s. Bounds: rate {controls.BOUNDS['rate'][0]:g} to "
-            f"{controls.BOUNDS['rate'][1]:g} calls/s, burst 1 to 1000, daily budget 0 (none) "
-            "to 100,000,000; values beyond are clamped."
+            "takes a set at its next call slot and a clear within 2 s. Bounds: rate "
+            f"{controls.BOUNDS['rate'][0]:g} to {controls.BOUNDS['rate'][1]:g} calls/s, "
+            "burst 1 to 1000, daily budget 0 (none) to 100,000,000; values beyond are clamped."
         ),
     )
     actions = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -49,7 +49,7 @@ def _set(args: argparse.Namespace) -> int:
         daily_budget=args.daily_budget,
         by=controls.operator(),
     )
-    print(f"limits of {account}: {_describe(found)} (every worker within 2 s)")
+    print(f"limits of {account}: {_describe(found)} (every worker from its next call)")
     return 0
 
 

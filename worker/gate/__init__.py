@@ -136,6 +136,7 @@ class AccountGate:
                 self.key(account, "pause"),
                 self.key(account, "budget"),
                 self.key(account, f"pause:api:{api}"),
+                self.key(account, "limits"),
             ],
             args=[
                 f"{self.interval_ms:.3f}",
@@ -146,6 +147,8 @@ class AccountGate:
                 SLOT_TOLERANCE_MS,
                 self.late_per_second,
                 f"{self.rate:g}",
+                RATE_SAFETY,
+                LATE_ACCOUNTING_RATE,
             ],
         )
         kind = text(answer[0])

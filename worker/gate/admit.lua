@@ -7,23 +7,37 @@
 -- use from the count): once, when its slot is reserved; coming back for it counts nothing.
 -- KEYS[1] rate (string: theoretical arrival time, ms)  KEYS[2] account pause (hash)
 -- KEYS[3] budget (hash: day, used: the Shanghai day and the calls counted in it)
--- KEYS[4] the API's pause (hash)
+-- KEYS[4] the API's pause (hash)  KEYS[5] limits set at run time (hash: rate, burst,
+--         daily_budget; `tagsync limits set`): they win over ARGV's at once, in every process
+--         alike (a process rebuilds its gate within 2 s; until then its slots would be spaced
+--         at the old rate, and reserved ones keep that spacing long after)
 -- ARGV[1] emission interval ms (1000 / rate)  ARGV[2] burst  ARGV[3] longest sleep, ms
 -- ARGV[4] daily budget (0: none)  ARGV[5] a slot reserved earlier, ms ('' for none)
 -- ARGV[6] how late a reserved slot may still be used, ms
 -- ARGV[7] calls one second allows, if a late reserved slot may be reused (0: it may not)
 -- ARGV[8] the account's rate as configured, calls/s (kept in KEYS[3] with the burst and
 --         budget: `tagsync status` shows the limits the workers use, not its own settings)
+-- ARGV[9] the rate's safety factor (RATE_SAFETY)  ARGV[10] LATE_ACCOUNTING_RATE, calls/s
 -- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
 --         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
 --           the longest sleep: come back shortly before it and pass it as ARGV[5];
 --         {'paused', ms_left, reason, scope}: scope is 'account' or 'api';
 --         {'go', 0, slot_ms, now_ms, 'moved'}: a reserved slot came back for later than the
 --           tolerance, and goes now: the free slots after it moved back by its lateness.
-local k_rate, k_pause, k_budget, k_api_pause = unpack(KEYS)
+local k_rate, k_pause, k_budget, k_api_pause, k_limits = unpack(KEYS)
 local interval, burst, max_sleep, budget =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local reserved, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
+local late_per_second, rate = tonumber(ARGV[7]), ARGV[8]
+local set = redis.call('HMGET', k_limits, 'rate', 'burst', 'daily_budget')
+if set[1] then
+  rate = set[1]
+  local calls = tonumber(rate)
+  interval = 1000 / (calls * tonumber(ARGV[9]))
+  late_per_second = calls < tonumber(ARGV[10]) and math.max(1, math.floor(calls)) or 0
+end
+if set[2] then burst = tonumber(set[2]) end
+if set[3] then budget = tonumber(set[3]) end
 local now = now_ms()
 
 for _, pair in ipairs({{k_pause, 'account'}, {k_api_pause, 'api'}}) do
@@ -42,8 +56,8 @@ end
 if reserved and reserved >= now - tolerance then return answer(reserved) end
 -- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still go
 -- now by the rule of late calls (lib.lua). Else it is given up for a new one.
-if reserved and tonumber(ARGV[7]) > 0
-    and late_call_may_go(k_rate, reserved, now, interval, tonumber(ARGV[7])) then
+if reserved and late_per_second > 0
+    and late_call_may_go(k_rate, reserved, now, interval, late_per_second) then
   return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
 end
 
@@ -70,6 +84,6 @@ local next_tat = tat + interval
 redis.call('SET', k_rate, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 if not counted then
   redis.call('HINCRBY', k_budget, 'used', 1)
-  redis.call('HSET', k_budget, 'rate', ARGV[8], 'burst', burst, 'budget', budget)
+  redis.call('HSET', k_budget, 'rate', rate, 'burst', burst, 'budget', budget)
 end
 return answer(slot)

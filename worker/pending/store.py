@@ -468,12 +468,12 @@ class PendingStore:
         self.redis.hset(key, mapping={"by": by, "reason": reason, "at": time.time()})
         self.redis.sadd(TAG_INDEX, TagKeys(account, tag_id).member)
 
-    def resume_tag(self, account: str, tag_id: int) -> list[tuple[str, int]]:
-        """Lift an operator's pause of the tag; its flush to send now, if it has work (the caller
-        sends it: ``queues.send_flushes``)."""
-        self.redis.delete(TagKeys(account, tag_id).key("held"))
+    def resume_tag(self, account: str, tag_id: int) -> tuple[bool, list[tuple[str, int]]]:
+        """Lift an operator's pause of the tag: was it paused, and its flush to send now if it
+        has work (the caller sends it: ``queues.send_flushes``)."""
+        was = bool(self.redis.delete(TagKeys(account, tag_id).key("held")))
         claimed = self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS])
-        return [(account, tag_id)] if claimed else []
+        return was, [(account, tag_id)] if claimed else []
 
     def paused_tags(self, account: str | None = None) -> dict[tuple[str, int], dict[str, str]]:
         """The tags operators paused (of ``account``): who, why and since when."""

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from producers.redis_url import connect
 from worker.accounts import accounts_config
 from worker.accounts.authorized import AuthorizedAccounts
-from worker.accounts.controls import limits_set
+from worker.accounts.controls import rates_set
 from worker.accounts.pushes import PUSH_COUNTS
 from worker.base.lua import text
 from worker.base.settings import Settings
@@ -51,10 +51,8 @@ class BacklogCollector(Collector):
             for appid in AuthorizedAccounts(self.redis).appids():
                 # The file's [defaults], as the directory builds it; a configured one keeps its own.
                 served.setdefault(appid, config.defaults.rate)
-        for appid in served:  # a rate set at run time (`tagsync limits set`) wins
-            overrides = limits_set(self.redis, appid)
-            if overrides is not None and overrides.rate is not None:
-                served[appid] = overrides.rate
+        # A rate set at run time (`tagsync limits set`) wins.
+        served.update(rates_set(self.redis, list(served)))
         return served
 
     def collect(self) -> Iterator[Any]:
