@@ -18,7 +18,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from producers.intents import INGEST_ACTOR, QUEUE_NAME, Intent, chunks
-from producers.redis_url import connect
+from producers.redis_url import connect, queue_url
 
 _lock = threading.Lock()
 _broker: RedisBroker | None = None
@@ -53,7 +53,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def configure(redis_url: str | None = None) -> None:
-    """Use ``redis_url`` as the broker instead of ``TAGSYNC_REDIS_URL``."""
+    """Use ``redis_url`` as the broker (the queue's Redis) instead of ``TAGSYNC_QUEUE_URL``
+    or ``TAGSYNC_REDIS_URL``."""
     global _broker, _redis_url
     with _lock:
         if _broker is not None:
@@ -66,7 +67,8 @@ def broker() -> RedisBroker:
     global _broker
     with _lock:
         if _broker is None:
-            url = _redis_url or os.environ.get("TAGSYNC_REDIS_URL")
+            # The queue's Redis: TAGSYNC_QUEUE_URL when the state lives on a cluster.
+            url = _redis_url or queue_url(os.environ)
             if not url:
                 raise NotConfigured(
                     "set TAGSYNC_REDIS_URL or call producers.configure(redis_url=...)"

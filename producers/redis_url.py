@@ -9,24 +9,33 @@ Forms (every tagsync process and producer reads the same variable):
   listed Sentinels which server is MASTER's primary, and again after every lost connection,
   so a failover needs no restart. The password is the primary's; ``?sentinel_password=``
   is the Sentinels' own when they have one. ``rediss+sentinel://`` talks TLS to both.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]``: a Redis Cluster, found
+  from any of the listed nodes (redis-py's cluster client follows slots as they move and
+  replicas as they are promoted). For tagsync's state only (``TAGSYNC_REDIS_URL``): the
+  dramatiq queue is not slot-aware and needs ``TAGSYNC_QUEUE_URL``, a plain or Sentinel
+  Redis. ``rediss+cluster://`` talks TLS.
 
 The URL holds the password, so it is never printed as is: ``redacted`` gives the printable form.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_PORT = 6379
 
 
 class _PrimaryFollowingConnection(SentinelManagedConnection):
@@ -66,21 +75,80 @@ class RedisUrlError(ValueError):
     """``TAGSYNC_REDIS_URL`` is not one of the forms above; the message says which part."""
 
 
-def check_scheme(url: str) -> str:
+def check_scheme(url: str, name: str = "TAGSYNC_REDIS_URL") -> str:
     """``url``'s scheme, or ``RedisUrlError`` when it is none of the forms above."""
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise RedisUrlError(
-            f"TAGSYNC_REDIS_URL {redacted(url)!r}: the scheme must be one of {', '.join(SCHEMES)}"
+            f"{name} {redacted(url)!r}: the scheme must be one of {', '.join(SCHEMES)}"
         )
     return scheme
 
 
+def is_cluster(url: str) -> bool:
+    """Does ``url`` name a Redis Cluster?"""
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def queue_url(env: Mapping[str, str]) -> str | None:
+    """The dramatiq queue's Redis: ``TAGSYNC_QUEUE_URL``, else ``TAGSYNC_REDIS_URL``;
+    ``RedisUrlError`` when that is a cluster (dramatiq's Redis broker keeps a queue in
+    several keys its scripts touch together, with no hash tag: they would span slots)."""
+    own = env.get("TAGSYNC_QUEUE_URL", "").strip()
+    url = own or env.get("TAGSYNC_REDIS_URL", "").strip()
+    if not url:
+        return None
+    name = "TAGSYNC_QUEUE_URL" if own else "TAGSYNC_REDIS_URL"
+    check_scheme(url, name)
+    if is_cluster(url):
+        raise RedisUrlError(
+            f"{name} {redacted(url)!r} is a Redis Cluster, which dramatiq's queue cannot use: "
+            "set TAGSYNC_QUEUE_URL to a plain or Sentinel Redis (the state stays on the cluster)"
+        )
+    return url
+
+
 def connect(url: str, **kwargs: Any) -> redis.Redis:
     """A client for ``url``; ``kwargs`` (timeouts, retry) apply to the server connections."""
-    if check_scheme(url) in SENTINEL_SCHEMES:
+    scheme = check_scheme(url)
+    if scheme in SENTINEL_SCHEMES:
         return _sentinel_client(url, kwargs)
+    if scheme in CLUSTER_SCHEMES:
+        return cluster_client(url, kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+def cluster_client(
+    url: str, kwargs: dict[str, Any], cls: type[RedisCluster] = RedisCluster
+) -> redis.Redis:
+    """A cluster client (``cls``) for a ``redis+cluster://`` URL."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if not netloc or parts.path.strip("/"):
+        raise RedisUrlError(
+            f"TAGSYNC_REDIS_URL {redacted(url)!r}: a cluster URL is "
+            "redis+cluster://[:password@]host:port[,host:port...] (a cluster has no db)"
+        )
+    nodes = [
+        ClusterNode(*_host_port(url, item, DEFAULT_PORT))  # type: ignore[no-untyped-call]
+        for item in netloc.split(",")
+    ]
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    tls: dict[str, Any] = {}
+    if parts.scheme == "rediss+cluster":
+        tls = {"ssl": True, **{k: v for k, v in query.items() if k.startswith("ssl_")}}
+    # retry_on_error is the plain client's; the cluster client retries by its own rules.
+    kwargs = {k: v for k, v in kwargs.items() if k != "retry_on_error"}
+    client = cls(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **tls,
+        **kwargs,
+    )
+    # The same commands, scripts and pipelines as a plain client for tagsync's keys (each
+    # script's keys share one slot; cross-slot reads scatter over the primaries).
+    return cast(redis.Redis, client)
 
 
 def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
@@ -124,12 +192,12 @@ def _sentinel_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     return client
 
 
-def _host_port(url: str, item: str) -> tuple[str, int]:
+def _host_port(url: str, item: str, default: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
     host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
     try:
-        return host.strip("[]"), int(port) if port else DEFAULT_SENTINEL_PORT
+        return host.strip("[]"), int(port) if port else default
     except ValueError:
-        raise RedisUrlError(f"TAGSYNC_REDIS_URL {redacted(url)!r}: bad Sentinel {item!r}") from None
+        raise RedisUrlError(f"TAGSYNC_REDIS_URL {redacted(url)!r}: bad node {item!r}") from None
 
 
 def redacted(url: str) -> str:

@@ -115,8 +115,9 @@ def start_simulator(*extra: str) -> tuple[subprocess.Popen[str], str]:
     return process, line.split("listening on ")[1].split()[0]
 
 
-def backlog(connection: redis.Redis) -> int:
-    """Intents not yet settled: pending, in flight, or in queue messages not yet ingested.
+def backlog(connection: redis.Redis, queue: redis.Redis | None = None) -> int:
+    """Intents not yet settled: pending, in flight, or in queue messages not yet ingested
+    (``queue``: the queue's Redis, when the state lives on another).
 
     Flush messages are not counted: a delayed one (a paused account looks again every
     few seconds) may wait after its tag has nothing left to do.
@@ -126,19 +127,21 @@ def backlog(connection: redis.Redis) -> int:
 
     statuses = PendingStore(connection).status()
     waiting = sum(t.unsettled for t in statuses)
-    return waiting + unsettled_messages(connection)
+    return waiting + unsettled_messages(queue or connection)
 
 
-def wait_drained(connection: redis.Redis, timeout_s: float = 60) -> None:
+def wait_drained(
+    connection: redis.Redis, timeout_s: float = 60, queue: redis.Redis | None = None
+) -> None:
     """Wait until the backlog is empty twice in a row (a flush may be between two looks)."""
     deadline = time.monotonic() + timeout_s
     quiet = 0
     while quiet < 2:
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"backlog did not drain in {timeout_s}s: {backlog(connection)} left"
+                f"backlog did not drain in {timeout_s}s: {backlog(connection, queue)} left"
             )
-        quiet = quiet + 1 if backlog(connection) == 0 else 0
+        quiet = quiet + 1 if backlog(connection, queue) == 0 else 0
         time.sleep(0.2)
 
 

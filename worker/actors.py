@@ -28,7 +28,7 @@ from worker.ingest import ingest_rows
 from worker.observability.log_context import LogContext
 from worker.observability.logs import configure_logging
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE, RESOLVE
-from worker.runtime.broker import broker_url, setup_broker
+from worker.runtime.broker import broker_url, setup_broker, state_url
 from worker.runtime.lifecycle import STOPPING, Lifecycle
 from worker.runtime.metrics_server import Metrics
 from worker.runtime.parts import runtime
@@ -107,9 +107,9 @@ broker = setup_broker(
         LogContext(),
         CurrentMessage(),
         Sweeper(_sweep),
-        OutageRecovery(broker_url()),
+        OutageRecovery(broker_url()),  # the queue's Redis: its unacked messages
         ThreadShare(),
-        Lifecycle(broker_url()),
+        Lifecycle(state_url()),  # heartbeats live with the state (status reads them)
     ]
 )
 
@@ -152,6 +152,7 @@ def _merge(rows: Any, source: str = "python") -> None:
     ingest_rows(
         rows,
         source=source,
+        queue=rt.queue,
         store=rt.store,
         dead_letters=rt.dead_letters,
         send_flush=send_flush,

@@ -44,6 +44,7 @@ from worker.accounts.component import Component
 from worker.accounts.config import APPID_RE
 from worker.accounts.pushes import Pushes
 from worker.base.settings import Settings
+from worker.queues import queue_connection
 from worker.wechat.push import MAX_PUSH_BYTES
 
 #: Largest body of an account request, in bytes.
@@ -63,6 +64,8 @@ class DeploymentApp:
         self.ingest = IngestApp(token)
         self._settings = settings
         self._redis: redis.Redis | None = None
+        #: The queue's Redis: ``_redis`` itself unless ``TAGSYNC_QUEUE_URL`` names another.
+        self._queue: redis.Redis | None = None
         #: Read from the accounts file at the first account request (as workers read it once).
         self._has_component: bool | None = None
         self._push_handler: Pushes | None = None
@@ -75,6 +78,7 @@ class DeploymentApp:
         settings = self._settings or Settings.from_env()
         if self._redis is None and settings.redis_url:
             self._redis = connect(settings.redis_url)
+            self._queue = queue_connection(settings, self._redis)
         if self._has_component is None:
             try:
                 self._has_component = accounts_config(settings).component is not None
@@ -98,7 +102,9 @@ class DeploymentApp:
                 component = Component(
                     config.component, redis=connection, api_base=settings.api_base
                 )
-            self._push_handler = Pushes(config, redis=connection, component=component)
+            self._push_handler = Pushes(
+                config, redis=connection, component=component, queue=self._queue
+            )
         return self._push_handler
 
     def _push(
@@ -191,7 +197,7 @@ class DeploymentApp:
             return reply(
                 start_response, 400, {"error": "refresh_token: 1-512 printable characters"}
             )
-        added = authorize_account(connection, appid, token)
+        added = authorize_account(connection, appid, token, self._queue)
         return reply(start_response, 201 if added else 200, {"appid": appid, "added": added})
 
     def _control(
@@ -223,7 +229,7 @@ class DeploymentApp:
             if tag is not None and (type(tag) is not int or not 0 <= tag < 2**31):
                 return reply(start_response, 400, {"error": "tag: a tag id (an integer)"})
             if control == "resume":
-                resumed = controls.resume(connection, appid, tag=tag)
+                resumed = controls.resume(connection, appid, tag=tag, queue=self._queue)
                 return reply(start_response, 200, {"appid": appid, "tag": tag, "resumed": resumed})
             reason = document.get("reason", "")
             if not isinstance(reason, str) or not reason.isprintable():

@@ -15,6 +15,7 @@ from collections.abc import Container
 from typing import Any
 
 import structlog
+from redis import Redis
 
 from producers.intents import Intent, InvalidIntent, parse_row
 from worker.dead_letters import DeadLetter, DeadLetters
@@ -43,12 +44,13 @@ class BacklogWatch:
         self._backlog = False
         self._marked: dict[str, float] = {}
 
-    def note(self, store: PendingStore, accounts: set[str]) -> None:
-        """Intents of ``accounts`` were just merged: mark them if a backlog is building."""
+    def note(self, store: PendingStore, accounts: set[str], queue: Redis | None = None) -> None:
+        """Intents of ``accounts`` were just merged: mark them if a backlog is building
+        (``queue``: the queue's Redis, when it is not the store's)."""
         now = time.monotonic()
         if now - self._looked_at >= QUEUE_LOOK_EVERY_S:
             self._looked_at = now
-            self._backlog = queued_intents(store.redis) >= BACKLOG_MESSAGES
+            self._backlog = queued_intents(queue or store.redis) >= BACKLOG_MESSAGES
         if not self._backlog:
             return
         due = [a for a in accounts if now - self._marked.get(a, -math.inf) >= MARK_EVERY_S]
@@ -72,6 +74,7 @@ def ingest_rows(
     send_resolve: SendResolve,
     backlog: BacklogWatch = BACKLOG,
     source: str = "python",
+    queue: Redis | None = None,
 ) -> IngestResult:
     """Merge a message's rows into pending; send the flushes it calls for (``source``: how
     they came, kept in each fan's history)."""
@@ -115,7 +118,7 @@ def ingest_rows(
         log.warning("ingest.rejected", count=len(rejected), reason=rejected[0].reason)
     result = store.ingest(intents, source=source)
     if intents:
-        backlog.note(store, {intent.account for intent in intents})
+        backlog.note(store, {intent.account for intent in intents}, queue)
     # One counter update per account and op, not per intent: a message has up to 1,000.
     for (account, op), count in Counter((i.account, i.op) for i in intents).items():
         INTENTS_RECEIVED.labels(account, op).inc(count)

@@ -14,6 +14,8 @@ from dramatiq.brokers.redis import RedisBroker
 from redis import Redis
 
 from producers.intents import INGEST_ACTOR, QUEUE_NAME
+from producers.redis_url import connect
+from worker.base.settings import Settings
 
 #: The queue of intent messages (producers write it; the ``ingest`` actor reads it).
 INTENTS_QUEUE = QUEUE_NAME
@@ -29,6 +31,14 @@ RESOLVE = "resolve_tag"
 #: messages ingest merges then hold their batches for it (a steady stream keeps the queue
 #: far shorter).
 BACKLOG_MESSAGES = 10
+
+
+def queue_connection(settings: Settings, state: Redis) -> Redis:
+    """The queue's Redis: ``state`` itself unless ``TAGSYNC_QUEUE_URL`` names another (the
+    state on a Redis Cluster, the queue on a plain Redis)."""
+    if settings.queue_url is None or settings.queue_url == settings.redis_url:
+        return state
+    return connect(settings.queue_url)
 
 
 def queue_length(redis: Redis, queue: str) -> int:
@@ -51,7 +61,7 @@ def unsettled_messages(redis: Redis) -> int:
 
 def send_flushes(redis: Redis, tags: Iterable[tuple[str, int]]) -> int:
     """Enqueue a flush of each (account, tag) now, from outside the worker's actors (an
-    operator's command that lifted a pause); return how many."""
+    operator's command that lifted a pause), on the queue's Redis ``redis``; how many."""
     broker = RedisBroker(client=redis, middleware=[])  # type: ignore[no-untyped-call]
     sent = 0
     for account, tag_id in tags:

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from dramatiq import Middleware
+from redis import Redis
 
 from worker.accounts.directory import AccountDirectory
 from worker.gate import AccountGate
@@ -35,7 +36,9 @@ REVIVE_INTERVAL_MS = 60_000
 WAKE_SETTLE_S = 0.5
 
 
-def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
+def lift_pause(
+    gate: AccountGate, store: PendingStore, account: str, queue: Redis | None = None
+) -> bool:
     """Lift every pause of the account and wake its tags that wait one out; True if it was paused.
 
     Woken tags lose their delayed look-again and get a flush at once. A flush that met
@@ -44,10 +47,11 @@ def lift_pause(gate: AccountGate, store: PendingStore, account: str) -> bool:
     looked at a second time a moment later; otherwise such a tag would sit out a pause
     that is over.
     """
+    queue = queue or store.redis  # the queue's Redis (TAGSYNC_QUEUE_URL), if another
     lifted = gate.resume(account)
-    send_flushes(store.redis, store.wake(account))
+    send_flushes(queue, store.wake(account))
     time.sleep(WAKE_SETTLE_S)
-    send_flushes(store.redis, store.wake(account))
+    send_flushes(queue, store.wake(account))
     return lifted
 
 

@@ -68,23 +68,22 @@ class AuthorizedAccounts:
         if not refresh_token:
             raise ValueError("the refresh token must not be empty")
         REDACTOR.add(refresh_token)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hsetnx(AUTHORIZED, appid, json.dumps({"added": time.time()}))
-        pipe.hset(
+        # One command at a time, in this order (the keys are in different cluster slots, so
+        # no transaction): the token, then the listing, then the counter workers watch.
+        self.redis.hset(
             authorization_key(appid),
             mapping={"refresh_token": refresh_token, "previous": "", "rotated_at": time.time()},
         )
-        pipe.incr(VERSION)
-        added, *_ = pipe.execute()
+        added = self.redis.hsetnx(AUTHORIZED, appid, json.dumps({"added": time.time()}))
+        self.redis.incr(VERSION)
         return bool(added)
 
     def remove(self, appid: str) -> bool:
         """Forget ``appid`` and its refresh tokens; True if it was authorized."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(AUTHORIZED, appid)
-        pipe.delete(authorization_key(appid))
-        pipe.incr(VERSION)
-        removed, *_ = pipe.execute()
+        # Unlisted first: a worker never serves an account whose tokens are gone.
+        removed = self.redis.hdel(AUTHORIZED, appid)
+        self.redis.delete(authorization_key(appid))
+        self.redis.incr(VERSION)
         return bool(removed)
 
     def refresh_token(self, appid: str) -> str | None:

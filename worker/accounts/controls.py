@@ -71,16 +71,16 @@ def pause(redis: Redis, account: str, *, tag: int | None, reason: str, by: str) 
     )
 
 
-def resume(redis: Redis, account: str, *, tag: int | None) -> bool:
+def resume(redis: Redis, account: str, *, tag: int | None, queue: Redis | None = None) -> bool:
     """Lift an operator's pause of ``account`` (or of its ``tag``) and send the waiting
     tags their flushes; True if it was paused."""
     store = PendingStore(redis)
     if tag is not None:
         was, flushes = store.resume_tag(account, tag)
-        send_flushes(redis, flushes)
+        send_flushes(queue or redis, flushes)
         return was
     lifted = AccountGate(redis, rate=1).lift(account, OPERATOR)
-    send_flushes(redis, store.wake(account))
+    send_flushes(queue or redis, store.wake(account))
     return lifted
 
 
@@ -122,10 +122,9 @@ def set_limits(
         fields["daily_budget"] = str(int(clamp("daily_budget", daily_budget)))
     if len(fields) == 2:
         raise ValueError("give --rate, --burst or --daily-budget")
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(limits_key(account), mapping=fields)
-    pipe.incr(LIMITS_VERSION)
-    pipe.execute()
+    # The limits, then the counter every worker watches (two cluster slots: no transaction).
+    redis.hset(limits_key(account), mapping=fields)
+    redis.incr(LIMITS_VERSION)
     found = limits_set(redis, account)
     assert found is not None
     return found
@@ -133,10 +132,9 @@ def set_limits(
 
 def clear_limits(redis: Redis, account: str) -> bool:
     """Forget the limits set at run time: the accounts file's apply again."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.delete(limits_key(account))
-    pipe.incr(LIMITS_VERSION)
-    return bool(pipe.execute()[0])
+    cleared = redis.delete(limits_key(account))
+    redis.incr(LIMITS_VERSION)
+    return bool(cleared)
 
 
 def limits_set(redis: Redis, account: str) -> LimitsSet | None:

@@ -68,11 +68,18 @@ class Pushes:
     """Checks and carries out WeChat's pushes for the accounts of one deployment."""
 
     def __init__(
-        self, config: AccountsConfig, *, redis: Redis, component: Component | None
+        self,
+        config: AccountsConfig,
+        *,
+        redis: Redis,
+        component: Component | None,
+        queue: Redis | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
         self.component = component
+        #: The queue's Redis (``TAGSYNC_QUEUE_URL``), for the flushes an authorization wakes.
+        self.queue = queue or redis
 
     # -- the component's pushes ---------------------------------------------------------
 
@@ -111,7 +118,7 @@ class Pushes:
             if not code:
                 raise PushRejected("body", "no AuthorizationCode")
             appid, refresh = self.component.query_auth(code)
-            added = authorize_account(self.redis, appid, refresh)
+            added = authorize_account(self.redis, appid, refresh, self.queue)
             log.info("push.authorized", account=appid, info_type=info, added=added)
         elif info == "unauthorized":
             appid = fields.get("AuthorizerAppid", "")

@@ -70,6 +70,7 @@ class Drain:
         *,
         say: Callable[[str], None],
         poll_s: float = POLL_S,
+        queue: Redis | None = None,
     ) -> None:
         if tag_id in RESERVED_TAG_IDS:
             raise ReservedTag(tag_id)
@@ -81,6 +82,8 @@ class Drain:
         self.poll_s = poll_s
         self.key = f"tagsync:{{{self.account}}}:drain:{tag_id}"
         self.store = PendingStore(redis)
+        #: The queue's Redis (``TAGSYNC_QUEUE_URL``), where intent messages wait.
+        self.queue = queue or redis
 
     def state(self) -> DrainState:
         """The saved progress (empty for a drain not started)."""
@@ -175,7 +178,7 @@ class Drain:
         while True:
             unsettled = self.store.unsettled(self.account, self.tag_id)
             seen_backlog = seen_backlog or unsettled > 0
-            queued = unsettled_messages(self.redis)
+            queued = unsettled_messages(self.queue)
             if not unsettled and (seen_backlog or not queued):
                 return
             if time.monotonic() - shown >= 5:

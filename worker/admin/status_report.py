@@ -71,8 +71,10 @@ def collect_status(
     *,
     directory: Accounts | None = None,
     only: str | None = None,
+    queue: redis.Redis | None = None,
 ) -> dict[str, Any]:
-    """Everything ``tagsync status`` shows, as a JSON-ready dict (``only``: one account)."""
+    """Everything ``tagsync status`` shows, as a JSON-ready dict (``only``: one account;
+    ``queue``: the queue's Redis when it is another)."""
     settings = settings or Settings()
     store = PendingStore(connection)
     now = time.time()
@@ -117,7 +119,7 @@ def collect_status(
             "pending": sum(t["pending"]["tag"] + t["pending"]["untag"] for t in tags),
             "in_flight": sum(t["in_flight"] for t in tags),
             "oldest_pending_age_s": max(ages) if ages else None,
-            "queued_messages": queued_intents(connection),
+            "queued_messages": queued_intents(queue or connection),
             "dead_letters": DeadLetters(connection).count(),
         },
     }

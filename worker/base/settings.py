@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
-from producers.redis_url import RedisUrlError, check_scheme
+from producers.redis_url import RedisUrlError, check_scheme, queue_url
 from worker.observability.redaction import Secret
 
 T = TypeVar("T")
@@ -20,8 +20,13 @@ DEFAULT_API_BASE = "https://api.weixin.qq.com"
 #: The variables tagsync reads, with what each one means (``tagsync --help`` shows them).
 VARIABLES: dict[str, str] = {
     "TAGSYNC_REDIS_URL": (
-        "Redis for the queue, pending intents, tokens and limits: redis://, rediss:// (TLS) "
-        "or redis+sentinel://[:password@]host:port,host:port/MASTER[/db]"
+        "Redis for pending intents, tokens, limits (and the queue unless TAGSYNC_QUEUE_URL): "
+        "redis://, rediss:// (TLS), redis+sentinel://[:password@]host:port,host:port/MASTER[/db] "
+        "or redis+cluster://[:password@]host:port,host:port"
+    ),
+    "TAGSYNC_QUEUE_URL": (
+        "Redis of the dramatiq queue (default TAGSYNC_REDIS_URL); a plain or Sentinel one: "
+        "required when TAGSYNC_REDIS_URL is a cluster"
     ),
     "TAGSYNC_REDIS_WAIT_REPLICAS": "producers return once N replicas hold intents (default 0)",
     "TAGSYNC_REDIS_WAIT_MS": "how long producers wait for those replicas (default 1000)",
@@ -94,6 +99,8 @@ class Settings:
     """Every tagsync setting, with production-safe defaults."""
 
     redis_url: str | None = None
+    #: The dramatiq queue's Redis (``TAGSYNC_QUEUE_URL``; default: ``redis_url``).
+    queue_url: str | None = None
     accounts_file: str | None = None
     appid: str | None = None
     secret: Secret | None = field(default=None, repr=False)
@@ -137,15 +144,17 @@ class Settings:
         if create not in ("", "0", "1", "true", "false", "yes", "no"):
             raise SettingsError(f"TAGSYNC_CREATE_TAGS={create!r} must be 1 or 0")
         redis_url = env.get("TAGSYNC_REDIS_URL", "").strip() or None
-        if redis_url:
-            try:
+        try:
+            if redis_url:
                 check_scheme(redis_url)
-            except RedisUrlError as exc:
-                raise SettingsError(str(exc)) from None
+            queue = queue_url(env)
+        except RedisUrlError as exc:
+            raise SettingsError(str(exc)) from None
         for name in ("TAGSYNC_REDIS_WAIT_REPLICAS", "TAGSYNC_REDIS_WAIT_MS"):
             _number(env, name, 0, int, minimum=0)
         settings = cls(
             redis_url=redis_url,
+            queue_url=queue,
             accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
             appid=env.get("WECHAT_APPID", "").strip() or None,
             secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,
@@ -199,6 +208,12 @@ class Settings:
         if not self.redis_url:
             raise SettingsError("TAGSYNC_REDIS_URL must be set" + (f" {why}" if why else ""))
         return self.redis_url
+
+    def require_queue_url(self) -> str:
+        """The queue's Redis URL (``TAGSYNC_QUEUE_URL``, else ``TAGSYNC_REDIS_URL``)."""
+        self.require_redis_url()
+        assert self.queue_url is not None  # from_env sets it whenever redis_url is
+        return self.queue_url
 
     def require_ingest(self) -> None:
         """A ``SettingsError`` unless the ingest has its Redis and its bearer token."""

@@ -20,6 +20,7 @@ from worker.accounts.purge import purge_account
 from worker.base.settings import Settings, SettingsError
 from worker.dead_letters import DeadLetters
 from worker.pending import PendingStore
+from worker.queues import queue_connection
 
 
 def register(commands: Any) -> None:
@@ -99,7 +100,8 @@ def _authorize(args: argparse.Namespace) -> int:
     config, _, connection = _store(Settings.from_env())
     if config.component is None:
         raise SettingsError("no [component] in TAGSYNC_ACCOUNTS: nothing can be authorized to it")
-    added = authorize_account(connection, args.appid, _read_secret(args.refresh_token))
+    queue = queue_connection(Settings.from_env(), connection)
+    added = authorize_account(connection, args.appid, _read_secret(args.refresh_token), queue)
     print(f"{'authorized' if added else 'renewed the authorization of'} {args.appid}")
     return 0
 
@@ -204,8 +206,9 @@ def _import(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"{args.file} is not JSON") from None
     imported, skipped = authorized.import_(document, overwrite=args.overwrite)
+    queue = queue_connection(Settings.from_env(), connection)
     for entry in document["accounts"]:
-        lift_revoked(connection, entry["appid"])
+        lift_revoked(connection, entry["appid"], queue)
     print(
         f"{imported} authorizations imported"
         + (f", {skipped} kept as they are (--overwrite replaces them)" if skipped else "")

@@ -102,7 +102,7 @@ def _export(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     store, letters = _letters(args)
-    producers.configure(redis_url=settings.redis_url)
+    producers.configure(redis_url=settings.queue_url)
     now = time.time()
     intents: list[Intent] = []
     ids: list[str] = []

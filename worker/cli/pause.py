@@ -7,7 +7,9 @@ import argparse
 from typing import Any
 
 from worker.accounts import controls
+from worker.base.settings import Settings
 from worker.cli.options import account_redis, add_account_option
+from worker.queues import queue_connection
 
 
 def register(commands: Any) -> None:
@@ -42,7 +44,8 @@ def _pause(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     connection, account = account_redis(args)
-    was = controls.resume(connection, account, tag=args.tag)
+    queue = queue_connection(Settings.from_env(), connection)
+    was = controls.resume(connection, account, tag=args.tag, queue=queue)
     what = f"tag {args.tag} of {account}" if args.tag is not None else account
     print(f"resumed {what}" if was else f"{what} was not paused by an operator")
     return 0

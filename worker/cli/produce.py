@@ -110,7 +110,7 @@ def run_produce(args: argparse.Namespace) -> int:
         print(f"{len(intents)} intents are valid (dry run: nothing enqueued)")
         return 0
     settings = Settings.from_env()
-    producers.configure(redis_url=settings.require_redis_url())
+    producers.configure(redis_url=settings.require_queue_url())
     sent = 0
     step = 10 * PROGRESS_EVERY
     for start in range(0, len(intents), step):
@@ -137,7 +137,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     assert settings.redis_url is not None and settings.ingest_token is not None
     from worker.http import DeploymentApp
 
-    producers.configure(redis_url=settings.redis_url)
+    producers.configure(redis_url=settings.queue_url)
     app = DeploymentApp(token=settings.ingest_token.reveal(), settings=settings)
     server = make_server(
         args.host, args.port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler

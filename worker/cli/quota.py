@@ -12,6 +12,7 @@ from worker.admin.gated_client import AccountPaused, GatedClient, open_account
 from worker.base.settings import Settings
 from worker.cli.options import add_account_option
 from worker.pending import PendingStore
+from worker.queues import queue_connection
 from worker.sweep import lift_pause
 
 
@@ -64,7 +65,8 @@ def _quota_reset(args: argparse.Namespace) -> int:
     opened = open_account(settings, args.account)
     assert isinstance(opened, Account)  # Redis is set
     opened.client.clear_quota()
-    lifted = lift_pause(opened.gate, PendingStore(connection), opened.appid)
+    queue = queue_connection(settings, connection)
+    lifted = lift_pause(opened.gate, PendingStore(connection), opened.appid, queue)
     print(
         f"quota of {opened.appid} cleared"
         + ("; the pause is lifted" if lifted else "; the account was not paused")

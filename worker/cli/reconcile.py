@@ -201,7 +201,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
                     pass
             else:
                 assert settings.redis_url is not None
-                producers.configure(redis_url=settings.redis_url)
+                producers.configure(redis_url=settings.queue_url)
                 outcome.enqueued, outcome.timings["enqueue_s"] = _enqueue(
                     changes, tag_id=tag.id, account=client.appid, progress=progress
                 )

@@ -17,6 +17,7 @@ from worker.admin.status_report import collect_status
 from worker.base.settings import Settings, SettingsError
 from worker.cli import status_view
 from worker.cli.options import add_account_option
+from worker.queues import queue_connection
 
 
 def register(commands: Any) -> None:
@@ -73,8 +74,12 @@ def run_status(args: argparse.Namespace) -> int:
     if args.account is not None and args.account not in directory.appids():
         print(f"tagsync: note: {args.account} is not served by this deployment", file=sys.stderr)
 
+    queue = queue_connection(settings, connection)
+
     def report() -> dict[str, Any]:
-        return collect_status(connection, settings, directory=directory, only=args.account)
+        return collect_status(
+            connection, settings, directory=directory, only=args.account, queue=queue
+        )
 
     if args.check:
         return check(report(), max_age_s=args.max_age, as_json=args.json)

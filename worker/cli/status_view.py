@@ -170,18 +170,19 @@ class RateMeter:
         return rates
 
     def looks(self, accounts: Iterable[str]) -> dict[str, GateLook]:
-        """A look at the gate of each of ``accounts``, at one instant (one round trip)."""
+        """A look at the gate of each of ``accounts``, Redis's clock then one pipeline (a
+        cluster's pipeline spans nodes and refuses TIME: the clock is asked first)."""
         appids = list(accounts)
+        seconds, micros = self.redis.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for appid in appids:
             pipe.get(AccountGate.key(appid, "rate"))
             pipe.hmget(AccountGate.key(appid, "budget"), "day", "used")
-        seconds, micros = (answers := pipe.execute())[0]
+        answers = pipe.execute()
         now_ms = seconds * 1000 + micros / 1000
         looks = {}
         for i, appid in enumerate(appids):
-            reserved, (day, counted) = answers[1 + 2 * i : 3 + 2 * i]
+            reserved, (day, counted) = answers[2 * i : 2 + 2 * i]
             looks[appid] = GateLook(
                 now_ms,
                 float(reserved) if reserved else None,

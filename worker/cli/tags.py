@@ -13,6 +13,7 @@ from worker.admin.export import FansExport
 from worker.admin.gated_client import admin_client, notice
 from worker.base.settings import Settings, SettingsError
 from worker.cli.options import add_account_option
+from worker.queues import queue_connection
 from worker.wechat.client import RESERVED_TAG_IDS
 from worker.wechat.errors import WeChatError
 
@@ -131,8 +132,9 @@ def _delete(args: argparse.Namespace) -> int:
             return 0
         if client.gate is None:
             raise SettingsError("--drain untags through the workers: TAGSYNC_REDIS_URL must be set")
-        producers.configure(redis_url=settings.redis_url)
-        drain = Drain(client, client.gate.redis, args.id, say=notice)
+        producers.configure(redis_url=settings.queue_url)
+        queue = queue_connection(settings, client.gate.redis)
+        drain = Drain(client, client.gate.redis, args.id, say=notice, queue=queue)
         try:
             untagged = drain.run()
         except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from producers.redis_url import queue_url
 from worker.runtime.redis_client import retrying_client
 
 #: A worker that misses heartbeats this long is dead: its unacked messages are redelivered.
@@ -19,14 +20,20 @@ MAINTENANCE_CHANCE = 20_000
 
 
 def broker_url(redis_url: str | None = None) -> str:
-    """The Redis URL of the broker: ``TAGSYNC_REDIS_URL`` unless given."""
-    return redis_url or os.environ.get("TAGSYNC_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    """The Redis URL of the broker: ``TAGSYNC_QUEUE_URL``, else ``TAGSYNC_REDIS_URL``,
+    unless given."""
+    return redis_url or queue_url(os.environ) or "redis://127.0.0.1:6379/0"
+
+
+def state_url() -> str:
+    """The Redis URL of tagsync's state: ``TAGSYNC_REDIS_URL``."""
+    return os.environ.get("TAGSYNC_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 def setup_broker(
     *, extra_middleware: Sequence[Any] = (), redis_url: str | None = None
 ) -> RedisBroker:
-    """Create the broker from ``TAGSYNC_REDIS_URL`` and make it dramatiq's global one.
+    """Create the broker from ``broker_url()`` and make it dramatiq's global one.
 
     Its client retries every command until Redis answers (``worker.runtime.redis_client``): a
     fetch, an enqueue from an actor or an ack waits out an outage instead of failing.

@@ -28,7 +28,7 @@ from worker.base.settings import Settings
 from worker.dead_letters import DeadLetters
 from worker.gate import AccountGate
 from worker.pending import PendingStore
-from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE, queue_length
+from worker.queues import FLUSH_QUEUE, INTENTS_QUEUE, queue_connection, queue_length
 
 
 class BacklogCollector(Collector):
@@ -37,6 +37,7 @@ class BacklogCollector(Collector):
 
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.redis = connection
+        self.queue = queue_connection(settings, connection)
         self.settings = settings
 
     def _served(self) -> dict[str, float]:
@@ -109,7 +110,7 @@ class BacklogCollector(Collector):
         for account, rate in sorted(served.items()):
             rate_limit.add_metric([account], rate)
         for queue in (INTENTS_QUEUE, FLUSH_QUEUE):
-            queued.add_metric([queue], float(queue_length(self.redis, queue)))
+            queued.add_metric([queue], float(queue_length(self.queue, queue)))
         yield from (pending, inflight, oldest, paused, rate_limit, queued)
         yield GaugeMetricFamily(
             "tagsync_dead_letters", "Dead letters kept.", value=DeadLetters(self.redis).count()

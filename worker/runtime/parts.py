@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import redis
+from redis import Redis
 
 from worker.accounts import Accounts, accounts_config
 from worker.base.settings import Settings
@@ -21,7 +21,9 @@ class Runtime:
     tag name cache."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
+    #: The queue's Redis: ``redis`` itself unless ``TAGSYNC_QUEUE_URL`` names another.
+    queue: Redis
     store: PendingStore
     dead_letters: DeadLetters
     accounts: Accounts
@@ -33,9 +35,11 @@ class Runtime:
         config = accounts_config(settings)
         # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.
         connection = retrying_client(settings.require_redis_url())
+        queue_url = settings.require_queue_url()
         return cls(
             settings=settings,
             redis=connection,
+            queue=connection if queue_url == settings.redis_url else retrying_client(queue_url),
             store=PendingStore(
                 connection,
                 linger_ms=settings.linger_ms,

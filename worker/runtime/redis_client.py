@@ -17,12 +17,23 @@ Producers and the CLI keep plain clients: there a call should fail fast and say 
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    MasterDownError,
+    TimeoutError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
-from producers.redis_url import connect
+from producers.redis_url import cluster_client, connect, is_cluster
 
 #: The longest pause between two tries of a command while Redis is away, s: commands
 #: resume within about a second of Redis answering again.
@@ -35,8 +46,47 @@ SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 2.0
 
 
+#: Errors of a cluster that pass: a node away, a failover under way, a slot migrating.
+CLUSTER_AWAY = (
+    ConnectionError, TimeoutError, BusyLoadingError, ClusterDownError, MasterDownError,
+    TryAgainError,
+)  # fmt: skip
+#: Tries of one pipeline on a cluster (each with the backoff): about a minute.
+CLUSTER_PIPELINE_TRIES = 64
+
+
+class RetryingCluster(RedisCluster):
+    """A cluster client whose commands (scripts included) are tried until the cluster
+    answers: redis-py's own retries end when no node answers a topology refresh."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        wait = FIRST_RETRY_WAIT_S
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except CLUSTER_AWAY:
+                time.sleep(wait)
+                wait = min(wait * 2, MAX_RETRY_WAIT_S)
+
+
 def retrying_client(url: str) -> redis.Redis:
     """A client whose commands are retried until Redis answers (the worker's own)."""
+    if is_cluster(url):
+        # Pipelines are retried by redis-py (CLUSTER_PIPELINE_TRIES); single commands and
+        # scripts, which carry every state change, for as long as it takes.
+        return cluster_client(
+            url,
+            {
+                "retry": Retry(
+                    ExponentialBackoff(cap=MAX_RETRY_WAIT_S, base=FIRST_RETRY_WAIT_S),
+                    CLUSTER_PIPELINE_TRIES,
+                ),
+                "socket_timeout": SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                "health_check_interval": 30,
+            },
+            RetryingCluster,
+        )
     return connect(
         url,
         retry=Retry(ExponentialBackoff(cap=MAX_RETRY_WAIT_S, base=FIRST_RETRY_WAIT_S), -1),

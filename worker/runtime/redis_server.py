@@ -5,12 +5,14 @@ Used by ``tagsync demo`` (embedded defaults) and by the test fixtures.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -62,8 +64,10 @@ class RedisServer:
         appendonly: bool = False,
         appendfsync: Literal["always", "everysec", "no"] = "everysec",
         directory: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
+        self._extra = extra
         self._appendonly = appendonly
         self._appendfsync = appendfsync
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="tagsync-redis-")
@@ -96,6 +100,7 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(logfile),
+            *self._extra,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
@@ -168,6 +173,145 @@ class RedisServer:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+#: Redis Cluster's hash slots.
+CLUSTER_SLOTS = 16384
+
+
+class LocalCluster:
+    """A Redis Cluster on loopback: ``primaries`` servers sharing the slots evenly, each with
+    ``replicas`` replicas; for the tests, the benchmarks and ``--cluster``.
+
+    Built with CLUSTER ADDSLOTS, MEET and REPLICATE (no redis-cli needed). A node that
+    misses 1 s of pings is failing: its replica takes over about 2 s after a kill.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(
+        self,
+        primaries: int = 3,
+        *,
+        replicas: int = 0,
+        appendonly: bool = False,
+        appendfsync: Literal["always", "everysec", "no"] = "everysec",
+    ) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one primary")
+        self.primaries = primaries
+        extra = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+        )  # fmt: skip
+        self.servers = [
+            RedisServer(
+                port=cluster_port(), appendonly=appendonly, appendfsync=appendfsync, extra=extra
+            )
+            for _ in range(primaries * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node."""
+        nodes = ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+        return f"redis+cluster://{nodes}"
+
+    def client(self, server: RedisServer) -> redis.Redis:
+        """A plain client of one node (its own view of the cluster)."""
+        return redis.Redis(port=server.port, socket_timeout=5)
+
+    def start(self, timeout_s: float = 20.0) -> LocalCluster:
+        """Start every node, share the slots, attach the replicas, wait until the cluster is
+        ok on every node."""
+        try:
+            for server in self.servers:
+                server.start()
+            nodes = [self.client(server) for server in self.servers]
+            share = CLUSTER_SLOTS // self.primaries
+            for index, node in enumerate(nodes[: self.primaries]):
+                end = CLUSTER_SLOTS if index == self.primaries - 1 else (index + 1) * share
+                node.execute_command("CLUSTER ADDSLOTS", *range(index * share, end))
+            for server in self.servers[1:]:
+                nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)
+            known = len(nodes)
+            self._wait(
+                lambda n: int(n.execute_command("CLUSTER INFO")["cluster_known_nodes"]) == known,
+                nodes, timeout_s, "every node to know the others",
+            )  # fmt: skip
+            ids = [text_of(node.execute_command("CLUSTER MYID")) for node in nodes]
+            for index, node in enumerate(nodes[self.primaries :]):
+                node.execute_command("CLUSTER REPLICATE", ids[index % self.primaries])
+            self._wait(
+                lambda n: n.execute_command("CLUSTER INFO")["cluster_state"] == "ok",
+                nodes, timeout_s, "the cluster's state to be ok",
+            )  # fmt: skip
+            for node in nodes:
+                node.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _wait(
+        ok: Callable[[redis.Redis], bool], nodes: list[redis.Redis], timeout_s: float, what: str
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(ok(node) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RedisUnavailable(f"cluster: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The server whose node serves ``key``'s slot now."""
+        probe = self.client(self.servers[0])
+        try:
+            slot = int(probe.execute_command("CLUSTER KEYSLOT", key))
+            for start, end, primary, *_ in probe.execute_command("CLUSTER SLOTS"):
+                if int(start) <= slot <= int(end):
+                    port = int(primary[1])
+                    return next(s for s in self.servers if s.port == port)
+        finally:
+            probe.close()
+        raise RedisUnavailable(f"cluster: no node serves {key!r}")
+
+    def stop(self) -> None:
+        """Stop every node and remove its files."""
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+#: Ports for cluster nodes: below the kernel's ephemeral range (32768 up), and so is each
+#: node's bus port, 10,000 higher (free_port's ports may be too high for one).
+CLUSTER_PORTS = range(12000, 22000)
+
+
+def cluster_port() -> int:
+    """A port free a moment ago, whose cluster bus port (+10,000) was free too."""
+    for _ in range(200):
+        port = random.choice(CLUSTER_PORTS)
+        try:
+            check_port_free("127.0.0.1", port, "--port")
+            check_port_free("127.0.0.1", port + 10_000, "--port")
+        except PortTaken:
+            continue
+        return port
+    raise RedisUnavailable("no free port pair for a cluster node")
+
+
+def text_of(value: bytes | str) -> str:
+    """A reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def main(argv: list[str] | None = None) -> int:
