@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -232,19 +232,19 @@ class LocalCluster:
             share = CLUSTER_SLOTS // self.primaries
             for index, node in enumerate(nodes[: self.primaries]):
                 end = CLUSTER_SLOTS if index == self.primaries - 1 else (index + 1) * share
-                node.execute_command("CLUSTER ADDSLOTS", *range(index * share, end))
+                _command(node, "CLUSTER ADDSLOTS", *range(index * share, end))
             for server in self.servers[1:]:
-                nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)
+                _command(nodes[0], "CLUSTER MEET", "127.0.0.1", server.port)
             known = len(nodes)
             self._wait(
-                lambda n: int(n.execute_command("CLUSTER INFO")["cluster_known_nodes"]) == known,
+                lambda n: int(_command(n, "CLUSTER INFO")["cluster_known_nodes"]) == known,
                 nodes, timeout_s, "every node to know the others",
             )  # fmt: skip
-            ids = [text_of(node.execute_command("CLUSTER MYID")) for node in nodes]
+            ids = [text_of(_command(node, "CLUSTER MYID")) for node in nodes]
             for index, node in enumerate(nodes[self.primaries :]):
-                node.execute_command("CLUSTER REPLICATE", ids[index % self.primaries])
+                _command(node, "CLUSTER REPLICATE", ids[index % self.primaries])
             self._wait(
-                lambda n: n.execute_command("CLUSTER INFO")["cluster_state"] == "ok",
+                lambda n: _command(n, "CLUSTER INFO")["cluster_state"] == "ok",
                 nodes, timeout_s, "the cluster's state to be ok",
             )  # fmt: skip
             for node in nodes:
@@ -268,8 +268,8 @@ class LocalCluster:
         """The server whose node serves ``key``'s slot now."""
         probe = self.client(self.servers[0])
         try:
-            slot = int(probe.execute_command("CLUSTER KEYSLOT", key))
-            for start, end, primary, *_ in probe.execute_command("CLUSTER SLOTS"):
+            slot = int(_command(probe, "CLUSTER KEYSLOT", key))
+            for start, end, primary, *_ in _command(probe, "CLUSTER SLOTS"):
                 if int(start) <= slot <= int(end):
                     port = int(primary[1])
                     return next(s for s in self.servers if s.port == port)
@@ -307,6 +307,11 @@ def cluster_port() -> int:
             continue
         return port
     raise RedisUnavailable("no free port pair for a cluster node")
+
+
+def _command(node: redis.Redis, *args: Any) -> Any:
+    """A command redis-py has no typed method for (the CLUSTER ones)."""
+    return node.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def text_of(value: bytes | str) -> str:
