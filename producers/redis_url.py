@@ -90,6 +90,11 @@ def is_cluster(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
+def is_cluster_client(client: object) -> bool:
+    """Is ``client`` (typed as ``redis.Redis`` throughout) a cluster client?"""
+    return isinstance(client, RedisCluster)
+
+
 def queue_url(env: Mapping[str, str]) -> str | None:
     """The dramatiq queue's Redis: ``TAGSYNC_QUEUE_URL``, else ``TAGSYNC_REDIS_URL``;
     ``RedisUrlError`` when that is a cluster (dramatiq's Redis broker keeps a queue in

@@ -20,7 +20,7 @@ import redis
 from tests.helpers import APPID, FANS, INGEST_TOKEN, SECRET, Sim, start_simulator
 from worker.runtime.launch import WorkerGroup as Worker
 from worker.runtime.processes import stop_process
-from worker.runtime.redis_server import RedisServer
+from worker.runtime.redis_server import LocalCluster, RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
 
@@ -38,6 +38,23 @@ def durable_redis() -> Iterator[RedisServer]:
     server = RedisServer(appendonly=True, appendfsync="always").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_nodes() -> Iterator[LocalCluster]:
+    """A Redis Cluster of three primaries on loopback, started at its first use."""
+    with LocalCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(cluster_nodes: LocalCluster) -> LocalCluster:
+    """The cluster, every node emptied."""
+    for server in cluster_nodes.servers:
+        node = cluster_nodes.client(server)
+        node.flushall()
+        node.close()
+    return cluster_nodes
 
 
 @pytest.fixture

@@ -14,27 +14,12 @@ import redis
 
 import producers
 from producers.redis_url import connect
-from tests.helpers import APPID, Sim, fans_of, make_tags, tagsync, wait_drained
+from tests.helpers import APPID, Sim, fans_of, make_tags, tagsync, wait_drained, wait_until
+from tests.test_redis_ha import Application, lost_pairs, pairs_of
 from worker.pending import PendingStore
+from worker.pending.keys import TagKeys
 from worker.runtime.redis_server import LocalCluster
 from worker.wechat.client import WeChatClient
-
-
-@pytest.fixture(scope="module")
-def cluster_nodes() -> Iterator[LocalCluster]:
-    """Three primaries, no replicas, for this module."""
-    with LocalCluster(3) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def cluster(cluster_nodes: LocalCluster) -> LocalCluster:
-    """The cluster, every node emptied."""
-    for server in cluster_nodes.servers:
-        node = cluster_nodes.client(server)
-        node.flushall()
-        node.close()
-    return cluster_nodes
 
 
 @pytest.fixture
@@ -47,13 +32,11 @@ def state(cluster: LocalCluster) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def cluster_env(
-    cluster: LocalCluster, worker_env: dict[str, str], redis_url: str
-) -> Iterator[dict[str, str]]:
-    """A worker's environment with the state on the cluster and the queue on plain Redis;
-    the producers pointed at that queue."""
-    producers.configure(redis_url=redis_url)
-    yield {**worker_env, "TAGSYNC_REDIS_URL": cluster.url, "TAGSYNC_QUEUE_URL": redis_url}
-    producers.configure(None)
+    cluster: LocalCluster, worker_env: dict[str, str], queue: redis.Redis, redis_url: str
+) -> dict[str, str]:
+    """A worker's environment with the state on the cluster and the queue on plain Redis
+    (the producers' too: the ``queue`` fixture)."""
+    return {**worker_env, "TAGSYNC_REDIS_URL": cluster.url, "TAGSYNC_QUEUE_URL": redis_url}
 
 
 def test_intents_reach_wechat_with_the_state_spread_over_three_primaries(
@@ -98,3 +81,61 @@ def test_a_cluster_as_the_queue_is_refused_in_one_line(
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert "set TAGSYNC_QUEUE_URL to a plain or Sentinel Redis" in done.stderr
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[LocalCluster]:
+    """Three primaries with a replica each (to kill one primary of)."""
+    with LocalCluster(3, replicas=1) as cluster:
+        yield cluster
+
+
+def test_a_primary_killed_mid_stream_loses_no_accepted_intent_with_wait(
+    sim: Sim,
+    client: WeChatClient,
+    replicated_cluster: LocalCluster,
+    queue: redis.Redis,
+    redis_url: str,
+    worker_env: dict[str, str],
+    start_worker: Any,  # after the cluster: its workers stop first at teardown
+) -> None:
+    """kill -9 of the primary holding a tag's keys while 60 intents/s come in, with
+    TAGSYNC_REDIS_WAIT_REPLICAS=1 (ingest waits for the state's replica before its message
+    is acked): its replica is promoted, the workers go on unrestarted, every accepted
+    intent is applied; the killed node comes back as a replica."""
+    # Given
+    cluster = replicated_cluster
+    tags = make_tags(client, 4, "failover")
+    fans = sim.fans(300)
+    worker = start_worker(
+        processes=2, threads=4, TAGSYNC_REDIS_URL=cluster.url, TAGSYNC_QUEUE_URL=redis_url,
+        TAGSYNC_REDIS_WAIT_REPLICAS="1",
+    )  # fmt: skip
+    pids = worker.children()
+    app = Application(pairs_of(tags, fans), per_second=60)
+    app.start()
+    wait_until(lambda: len(app.accepted) >= 100, what="intents before the fault")
+    # When: the primary of the first tag's keys dies
+    victim = cluster.primary_of(TagKeys(APPID, tags[0]).key("pending:tag"))
+    victim.kill()
+    killed_at = time.time()
+    wait_until(
+        lambda: cluster.primary_of(TagKeys(APPID, tags[0]).key("pending:tag")) is not victim,
+        timeout_s=20, what="the replica promoted",
+    )  # fmt: skip
+    promoted_s = time.time() - killed_at
+    victim.start()  # rejoins as the new primary's replica (its nodes.conf is kept)
+    wait_until(lambda: len(app.accepted_at) and app.accepted_at[-1] > time.time() - 0.5
+               and time.time() > killed_at + promoted_s + 3, what="intents after")  # fmt: skip
+    app.finish()
+    state = connect(cluster.url)
+    wait_drained(state, timeout_s=90, queue=queue)
+    # Then
+    lost = lost_pairs(sim, app.accepted)
+    assert lost == [], f"{len(lost)} accepted intents lost, e.g. {lost[:3]}"
+    assert worker.process.poll() is None and worker.children() == pids  # never restarted
+    role = cluster.client(victim).info("replication")["role"]
+    assert role == "slave", role
+    print(f"cluster failover: replica promoted {promoted_s:.2f}s after the kill; "
+          f"{len(app.accepted)} intents accepted, all applied")  # fmt: skip
+    state.close()

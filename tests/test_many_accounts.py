@@ -16,6 +16,7 @@ import redis
 import requests
 
 import producers
+from producers.redis_url import connect
 from tests.helpers import (
     APPID,
     SECRET,
@@ -26,6 +27,7 @@ from tests.helpers import (
 )
 from worker.pending import PendingStore
 from worker.runtime.processes import stop_process
+from worker.runtime.redis_server import LocalCluster
 
 B, C, D = "wxtestbbbbtagsync", "wxtestcccctagsync", "wxtestddddtagsync"
 COMPONENT = "wxtestcomponent01"
@@ -181,6 +183,40 @@ def test_each_account_keeps_its_own_rate(
         assert stats["max_calls_in_any_second"] <= 5
         for tag_id in ids:
             assert platform.fans_of(appid, tag_id) == set(platform.fans(appid))
+
+
+def test_each_account_keeps_its_own_rate_with_the_state_on_a_cluster(
+    accounts_env: dict[str, str],
+    platform: PlatformSim,
+    start_worker: Any,
+    cluster: LocalCluster,
+    redis_client: redis.Redis,
+) -> None:
+    """The same with the state on three primaries (the queue on plain Redis): each
+    account's gate, tokens and tags live in their own slots, and still no 45011."""
+    # Given
+    env = {**accounts_env, "TAGSYNC_REDIS_URL": cluster.url,
+           "TAGSYNC_QUEUE_URL": accounts_env["TAGSYNC_REDIS_URL"]}  # fmt: skip
+    tags = tags_of_each(env, "c", 2)
+    for appid in tags:
+        platform.post("/_sim/config", {"rate_per_sec": 5}, appid=appid)
+    # When
+    tag_all_fans(platform, tags)
+    start_worker(processes=2, threads=4, **env)
+    state = connect(cluster.url)
+    wait_drained(state, timeout_s=90, queue=redis_client)
+    # Then
+    for appid, ids in tags.items():
+        stats = platform.get("/_sim/stats", appid)
+        assert "45011" not in stats["errcodes"], (appid, stats["errcodes"])
+        assert stats["max_calls_in_any_second"] <= 5
+        for tag_id in ids:
+            assert platform.fans_of(appid, tag_id) == set(platform.fans(appid))
+    served = json.loads(run(env, "status", "--json"))["accounts"]
+    assert set(served) == set(tags)
+    for appid, row in served.items():  # every call counted by the account's gate, in its slot
+        assert row["budget"]["used_today"] >= platform.calls(appid, "tags/members/batchtagging") > 0
+    state.close()
 
 
 def test_a_paused_account_does_not_slow_the_others(

@@ -101,6 +101,11 @@ class Settings:
     redis_url: str | None = None
     #: The dramatiq queue's Redis (``TAGSYNC_QUEUE_URL``; default: ``redis_url``).
     queue_url: str | None = None
+    #: ``TAGSYNC_REDIS_WAIT_REPLICAS`` and ``_MS``: replicas that must hold what producers
+    #: enqueue (and, with the queue on its own Redis, what ingest merges), and how long to
+    #: wait for them.
+    wait_replicas: int = 0
+    wait_ms: int = 1000
     accounts_file: str | None = None
     appid: str | None = None
     secret: Secret | None = field(default=None, repr=False)
@@ -150,11 +155,13 @@ class Settings:
             queue = queue_url(env)
         except RedisUrlError as exc:
             raise SettingsError(str(exc)) from None
-        for name in ("TAGSYNC_REDIS_WAIT_REPLICAS", "TAGSYNC_REDIS_WAIT_MS"):
-            _number(env, name, 0, int, minimum=0)
+        wait_replicas = _number(env, "TAGSYNC_REDIS_WAIT_REPLICAS", 0, int, minimum=0)
+        wait_ms = _number(env, "TAGSYNC_REDIS_WAIT_MS", 1000, int, minimum=0)
         settings = cls(
             redis_url=redis_url,
             queue_url=queue,
+            wait_replicas=wait_replicas,
+            wait_ms=wait_ms,
             accounts_file=env.get("TAGSYNC_ACCOUNTS", "").strip() or None,
             appid=env.get("WECHAT_APPID", "").strip() or None,
             secret=Secret(env["WECHAT_SECRET"]) if env.get("WECHAT_SECRET") else None,

@@ -13,13 +13,24 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from redis import Redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producers.intents import Intent, Op
+from producers.redis_url import is_cluster_client
 from worker.base.lua import script_text, text
 from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, parse_member
 from worker.split import SplitPlan
@@ -38,6 +49,30 @@ INGEST_CHUNK = 500
 #: How long each fan's last intent per tag is kept for ``tagsync explain`` by default, s
 #: (``TAGSYNC_HISTORY_HOURS``).
 DEFAULT_HISTORY_S = 24 * 3600.0
+#: Tries of a replicated ingest on a cluster (with a backoff up to 1 s): about a minute,
+#: after which the message is retried by dramatiq.
+REPLICATED_TRIES = 64
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than asked held merged intents in time: ingest's message must not
+    be acked (dramatiq retries it; a merge of the same intents again is a no-op)."""
+
+    def __init__(self, message: str, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+def _check_replicas(acked: int, wanted: int) -> None:
+    if acked < wanted:
+        raise NotReplicated(f"{acked} of {wanted} replicas acknowledged merged intents")
+
+
+#: What a replicated ingest on a cluster waits out: slots moving, a failover, replicas away.
+REPLICATED_RETRY = (
+    MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError,
+    RedisTimeoutError, NotReplicated,
+)  # fmt: skip
 
 
 class LeaseLost(Exception):
@@ -161,8 +196,15 @@ class PendingStore:
         linger_ms: int = 1000,
         ordering_window_s: float = 3600.0,
         history_s: float = DEFAULT_HISTORY_S,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
         self.redis = redis
+        #: Replicas that must hold merged intents before ingest returns (and its message is
+        #: acked): set when the queue is not on the state's Redis, so the order of one
+        #: replication stream no longer keeps a merge ahead of its message's ack.
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
         self.linger_ms = linger_ms
         self.ordering_window_s = ordering_window_s
         #: How long each fan's last accepted and applied intent per tag is kept for
@@ -238,6 +280,8 @@ class PendingStore:
         would double the round trips of one-intent messages; the script is loaded here
         once, and again only if Redis answers NOSCRIPT (after a restart).
         """
+        if self.wait_replicas and is_cluster_client(self.redis):
+            return self._run_ingest_replicated(commands)
         script = self._scripts["ingest"]
         n_keys = len(SCRIPT_KEYS["ingest"])
         for attempt in (1, 2):
@@ -250,6 +294,8 @@ class PendingStore:
                 pipe.sadd(TAG_INDEX, *fresh)
             for _, command in commands:
                 pipe.evalsha(script.sha, n_keys, *command)
+            if self.wait_replicas:  # one connection: WAIT covers the scripts above
+                pipe.wait(self.wait_replicas, self.wait_ms)
             try:
                 answers = pipe.execute()
             except NoScriptError:
@@ -258,8 +304,55 @@ class PendingStore:
                 self.redis.script_load(script.script)
                 continue
             self._indexed |= fresh
+            if self.wait_replicas:
+                _check_replicas(int(answers.pop()), self.wait_replicas)
             return answers[1:] if fresh else answers
         raise AssertionError("unreachable")
+
+    def _run_ingest_replicated(self, commands: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Ingest on a cluster, each primary's scripts and a WAIT in one pipeline on one
+        connection (WAIT counts the replicas holding this connection's writes: the cluster
+        client's own pipeline would spread them over its pool).
+
+        A slot that moved, a node away or a failover under way: the slot map is read again
+        and every script run again (a merge of the same intents is a no-op), until
+        ``REPLICATED_TRIES`` end.
+        """
+        cluster = cast(RedisCluster, self.redis)
+        script = self._scripts["ingest"]
+        n_keys = len(SCRIPT_KEYS["ingest"])
+        self.redis.sadd(TAG_INDEX, *{member for member, _ in commands})
+        wait = 0.05
+        for _ in range(REPLICATED_TRIES):
+            answers: list[Any] = [None] * len(commands)
+            try:
+                by_node: dict[str, list[int]] = defaultdict(list)
+                for index, (_, command) in enumerate(commands):
+                    node_of = cluster.get_node_from_key(command[0])  # type: ignore[no-untyped-call]
+                    by_node[node_of.name].append(index)
+                for name, indexes in by_node.items():
+                    found = cluster.get_node(node_name=name)  # type: ignore[no-untyped-call]
+                    node = cluster.get_redis_connection(found)
+                    pipe = node.pipeline(transaction=False)
+                    for index in indexes:
+                        pipe.evalsha(script.sha, n_keys, *commands[index][1])
+                    pipe.wait(self.wait_replicas, self.wait_ms)
+                    try:
+                        *done, acked = pipe.execute()
+                    except NoScriptError:
+                        node.script_load(script.script)
+                        raise
+                    _check_replicas(int(acked), self.wait_replicas)
+                    for index, answer in zip(indexes, done, strict=True):
+                        answers[index] = answer
+                return answers
+            except (NoScriptError, *REPLICATED_RETRY) as exc:
+                if isinstance(exc, NotReplicated) and exc.final:
+                    raise
+                cluster.nodes_manager.initialize()
+                time.sleep(wait)
+                wait = min(wait * 2, 1.0)
+        raise NotReplicated(f"{self.wait_replicas} replicas did not acknowledge in time", True)
 
     # -- a flush's side: the lease ---------------------------------------------------------
 

@@ -36,15 +36,20 @@ class Runtime:
         # Retried until Redis answers: an actor never fails (and is acked) on a Redis outage.
         connection = retrying_client(settings.require_redis_url())
         queue_url = settings.require_queue_url()
+        apart = queue_url != settings.redis_url
         return cls(
             settings=settings,
             redis=connection,
-            queue=connection if queue_url == settings.redis_url else retrying_client(queue_url),
+            queue=retrying_client(queue_url) if apart else connection,
             store=PendingStore(
                 connection,
                 linger_ms=settings.linger_ms,
                 ordering_window_s=settings.ordering_window_s,
                 history_s=settings.history_s,
+                # One Redis: its replication stream keeps each merge ahead of its message's
+                # ack. Two: ingest itself waits for the state's replicas.
+                wait_replicas=settings.wait_replicas if apart else 0,
+                wait_ms=settings.wait_ms,
             ),
             dead_letters=DeadLetters(connection, max_len=settings.dlq_max_len),
             accounts=Accounts(
