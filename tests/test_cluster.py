@@ -139,3 +139,46 @@ def test_a_primary_killed_mid_stream_loses_no_accepted_intent_with_wait(
     print(f"cluster failover: replica promoted {promoted_s:.2f}s after the kill; "
           f"{len(app.accepted)} intents accepted, all applied")  # fmt: skip
     state.close()
+
+
+def test_slots_resharded_while_workers_run_lose_nothing(
+    sim: Sim,
+    client: WeChatClient,
+    cluster: LocalCluster,
+    state: redis.Redis,
+    queue: redis.Redis,
+    cluster_env: dict[str, str],
+    start_worker: Any,
+) -> None:
+    """Two tags' slots and the account's (gate, tokens) move to another primary, a key at
+    a time, while 60 intents/s come in and the workers call WeChat at a tight rate: every
+    accepted intent is applied, no actor fails (redirections and half-moved slots are
+    waited out), the rate holds, nothing is dead-lettered."""
+    # Given
+    tags = make_tags(client, 4, "reshard")
+    fans = sim.fans(300)
+    sim.config(rate_per_sec=40)
+    worker = start_worker(processes=2, threads=4, **{**cluster_env, "TAGSYNC_RATE": "40"})
+    app = Application(pairs_of(tags, fans), per_second=60)
+    app.start()
+    wait_until(lambda: len(app.accepted) >= 100, what="intents before the move")
+    # When: each slot goes to the next primary, 20 ms between keys
+    moved = {}
+    keys = [TagKeys(APPID, tag_id).key("pending:tag") for tag_id in tags[:2]]
+    for key in [*keys, f"tagsync:{{{APPID}}}:rate"]:
+        source = cluster.primary_of(key)
+        target = cluster.servers[(cluster.servers.index(source) + 1) % len(cluster.servers)]
+        moved[key] = cluster.move_slot_of(key, target, pause_s=0.02)
+        assert cluster.primary_of(key) is target
+    app.finish()
+    wait_drained(state, timeout_s=90, queue=queue)
+    # Then
+    assert all(moved.values()), moved  # each slot held keys to move
+    lost = lost_pairs(sim, app.accepted)
+    errors = [line[:300] for line in worker.logs().splitlines() if '"level": "error"' in line]
+    assert errors == []  # every redirection and half-moved slot waited out, no actor failed
+    assert lost == [], f"{len(lost)} accepted intents lost, e.g. {lost[:3]}"
+    stats = sim.stats()
+    assert "45011" not in stats["errcodes"] and stats["max_calls_in_any_second"] <= 40
+    report = json.loads(tagsync(cluster_env, "status", "--json").stdout)
+    assert report["totals"]["dead_letters"] == 0

@@ -52,10 +52,12 @@ def queued_intents(redis: Redis) -> int:
 
 
 def unsettled_messages(redis: Redis) -> int:
-    """Intent messages not yet ingested: queued, or fetched by a worker and not yet acked."""
-    waiting = queued_intents(redis)
-    for key in redis.scan_iter(f"dramatiq:__acks__.*.{INTENTS_QUEUE}"):
-        waiting += int(redis.scard(key))
+    """Intent messages not yet ingested: queued, delayed for a retry (dramatiq's ``.DQ``),
+    or fetched by a worker and not yet acked."""
+    waiting = queued_intents(redis) + queue_length(redis, f"{INTENTS_QUEUE}.DQ")
+    for queue in (INTENTS_QUEUE, f"{INTENTS_QUEUE}.DQ"):
+        for key in redis.scan_iter(f"dramatiq:__acks__.*.{queue}"):
+            waiting += int(redis.scard(key))
     return waiting
 
 

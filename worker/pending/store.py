@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -21,6 +21,7 @@ from redis.commands.core import Script
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     MovedError,
     NoScriptError,
     RedisError,
@@ -68,6 +69,12 @@ def _check_replicas(acked: int, wanted: int) -> None:
         raise NotReplicated(f"{acked} of {wanted} replicas acknowledged merged intents")
 
 
+#: What a cluster's pipeline of scripts waits out: slots moving (redis-py's ClusterError is
+#: its redirections exhausted), a failover.
+CLUSTER_PIPELINE_RETRY = (
+    ClusterError, MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError,
+    RedisTimeoutError,
+)  # fmt: skip
 #: What a replicated ingest on a cluster waits out: slots moving, a failover, replicas away.
 REPLICATED_RETRY = (
     MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError,
@@ -284,29 +291,50 @@ class PendingStore:
             return self._run_ingest_replicated(commands)
         script = self._scripts["ingest"]
         n_keys = len(SCRIPT_KEYS["ingest"])
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            # Indexed before the intents land, so the sweep always finds a tag with pending.
-            if time.monotonic() - self._indexed_at > INDEX_REFRESH_S:
-                self._indexed, self._indexed_at = set(), time.monotonic()
-            fresh = {member for member, _ in commands} - self._indexed
+        # Indexed before the intents land, so the sweep always finds a tag with pending.
+        if time.monotonic() - self._indexed_at > INDEX_REFRESH_S:
+            self._indexed, self._indexed_at = set(), time.monotonic()
+        fresh = {member for member, _ in commands} - self._indexed
+
+        def build(pipe: Any) -> None:
             if fresh:
                 pipe.sadd(TAG_INDEX, *fresh)
             for _, command in commands:
                 pipe.evalsha(script.sha, n_keys, *command)
             if self.wait_replicas:  # one connection: WAIT covers the scripts above
                 pipe.wait(self.wait_replicas, self.wait_ms)
+
+        answers = self._execute(build, "ingest")
+        self._indexed |= fresh
+        if self.wait_replicas:
+            _check_replicas(int(answers.pop()), self.wait_replicas)
+        return answers[1:] if fresh else answers
+
+    def _execute(self, build: Callable[[Any], None], script: str) -> list[Any]:
+        """A pipeline of EVALSHAs of ``script`` (and other commands) that ``build`` fills.
+
+        Its script is loaded (on every primary of a cluster) when Redis answers NOSCRIPT:
+        after a restart, a failover, or on a node a slot just moved to; redis-py loads
+        none for a cluster's pipeline. On a cluster, a slot half moved or a node away
+        makes redis-py give up on the pipeline (redirections exhausted): it is run again,
+        whole (every script of tagsync is safe to repeat), for about a minute.
+        """
+        cluster = is_cluster_client(self.redis)
+        wait = 0.05
+        for attempt in range(REPLICATED_TRIES):
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
             try:
-                answers = pipe.execute()
+                return list(pipe.execute())
             except NoScriptError:
-                if attempt == 2:
+                if attempt:
                     raise
-                self.redis.script_load(script.script)
-                continue
-            self._indexed |= fresh
-            if self.wait_replicas:
-                _check_replicas(int(answers.pop()), self.wait_replicas)
-            return answers[1:] if fresh else answers
+                self.redis.script_load(self._scripts[script].script)
+            except CLUSTER_PIPELINE_RETRY:
+                if not cluster or attempt == REPLICATED_TRIES - 1:
+                    raise
+                time.sleep(wait)
+                wait = min(wait * 2, 1.0)
         raise AssertionError("unreachable")
 
     def _run_ingest_replicated(self, commands: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -628,10 +656,16 @@ class PendingStore:
     def sweep(self, *, accounts: Collection[str] | None = None) -> list[tuple[str, int]]:
         """Claim a flush for every tag (of ``accounts``) with work but no flush coming."""
         tags = [t for t in self.tags() if accounts is None or t[0] in accounts]
-        pipe = self.redis.pipeline(transaction=False)
-        for account, tag_id in tags:
-            self._run("sweep", TagKeys(account, tag_id), [SCHED_GRACE_MS], client=pipe)
-        return [tag for tag, claimed in zip(tags, pipe.execute(), strict=True) if claimed]
+        script = self._scripts["sweep"]
+        n_keys = len(SCRIPT_KEYS["sweep"])
+
+        def build(pipe: Any) -> None:
+            for account, tag_id in tags:
+                keys = TagKeys(account, tag_id).for_script("sweep")
+                pipe.evalsha(script.sha, n_keys, *keys, SCHED_GRACE_MS)
+
+        claims = self._execute(build, "sweep")
+        return [tag for tag, claimed in zip(tags, claims, strict=True) if claimed]
 
     def status(self, tags: list[tuple[str, int]] | None = None) -> list[TagStatus]:
         """The backlog of every tag (or of ``tags``), read in one round trip."""

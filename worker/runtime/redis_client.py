@@ -26,6 +26,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     ConnectionError,
     MasterDownError,
     TimeoutError,
@@ -46,10 +47,11 @@ SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 2.0
 
 
-#: Errors of a cluster that pass: a node away, a failover under way, a slot migrating.
+#: Errors of a cluster that pass: a node away, a failover under way, a slot migrating
+#: (ClusterError: redis-py followed 16 redirections of a half-moved slot and gave up).
 CLUSTER_AWAY = (
     ConnectionError, TimeoutError, BusyLoadingError, ClusterDownError, MasterDownError,
-    TryAgainError,
+    TryAgainError, ClusterError,
 )  # fmt: skip
 #: Tries of one pipeline on a cluster (each with the backoff): about a minute.
 CLUSTER_PIPELINE_TRIES = 64

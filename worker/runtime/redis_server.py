@@ -5,6 +5,7 @@ Used by ``tagsync demo`` (embedded defaults) and by the test fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import signal
@@ -276,6 +277,39 @@ class LocalCluster:
         finally:
             probe.close()
         raise RedisUnavailable(f"cluster: no node serves {key!r}")
+
+    def move_slot_of(self, key: str, target: RedisServer, *, pause_s: float = 0.0) -> int:
+        """Move ``key``'s slot to the primary ``target`` as redis-cli's resharding does:
+        IMPORTING and MIGRATING, the keys MIGRATEd one at a time (``pause_s`` apart: the
+        window where the slot is half moved), then the slot given to ``target`` on every
+        node. Returns how many keys moved."""
+        source = self.primary_of(key)
+        if source is target:
+            return 0
+        src, dst = self.client(source), self.client(target)
+        moved = 0
+        try:
+            slot = int(_command(src, "CLUSTER KEYSLOT", key))
+            src_id, dst_id = (text_of(_command(c, "CLUSTER MYID")) for c in (src, dst))
+            _command(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            _command(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := _command(src, "CLUSTER GETKEYSINSLOT", slot, 1):
+                _command(src, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(pause_s)
+            # The target first, then the source (as redis-cli does), then the others.
+            others = [s for s in self.servers if s is not target and s is not source]
+            for server in (target, source, *others):
+                node = self.client(server)
+                with contextlib.suppress(
+                    redis.ResponseError
+                ):  # a replica takes it from its primary
+                    _command(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+                node.close()
+        finally:
+            src.close()
+            dst.close()
+        return moved
 
     def stop(self) -> None:
         """Stop every node and remove its files."""
