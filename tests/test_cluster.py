@@ -15,6 +15,7 @@ import redis
 import producers
 from producers.redis_url import connect
 from tests.helpers import APPID, Sim, fans_of, make_tags, tagsync, wait_drained, wait_until
+from tests.test_cli import run_demo
 from tests.test_redis_ha import Application, lost_pairs, pairs_of
 from worker.pending import PendingStore
 from worker.pending.keys import TagKeys
@@ -71,16 +72,26 @@ def test_intents_reach_wechat_with_the_state_spread_over_three_primaries(
     )
 
 
-def test_a_cluster_as_the_queue_is_refused_in_one_line(
+def test_a_cluster_as_the_queue_or_a_malformed_cluster_url_is_refused_in_one_line(
     cluster: LocalCluster, env: dict[str, str]
 ) -> None:
     """dramatiq's queue is not slot-aware: a cluster URL without TAGSYNC_QUEUE_URL (or as
-    it) is refused at start, naming the variable to set."""
+    it) is refused at start, naming the variable to set; a db or a bad port in a cluster
+    URL is named."""
     for extra in ({}, {"TAGSYNC_QUEUE_URL": cluster.url}):
         done = tagsync({**env, "TAGSYNC_REDIS_URL": cluster.url, **extra}, "worker")
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert "set TAGSYNC_QUEUE_URL to a plain or Sentinel Redis" in done.stderr
+    # A cluster has no db; a node needs a port that is a number
+    for url, says in (("redis+cluster://127.0.0.1:7000/1", "a cluster has no db"),
+                      ("redis+cluster://127.0.0.1:x", "bad node '127.0.0.1:x'")):  # fmt: skip
+        done = tagsync(
+            {**env, "TAGSYNC_REDIS_URL": url, "TAGSYNC_QUEUE_URL": env["TAGSYNC_REDIS_URL"]},
+            "status",
+        )
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 @pytest.fixture
@@ -90,6 +101,7 @@ def replicated_cluster() -> Iterator[LocalCluster]:
         yield cluster
 
 
+@pytest.mark.long
 def test_a_primary_killed_mid_stream_loses_no_accepted_intent_with_wait(
     sim: Sim,
     client: WeChatClient,
@@ -141,6 +153,7 @@ def test_a_primary_killed_mid_stream_loses_no_accepted_intent_with_wait(
     state.close()
 
 
+@pytest.mark.long
 def test_slots_resharded_while_workers_run_lose_nothing(
     sim: Sim,
     client: WeChatClient,
@@ -182,3 +195,18 @@ def test_slots_resharded_while_workers_run_lose_nothing(
     assert "45011" not in stats["errcodes"] and stats["max_calls_in_any_second"] <= 40
     report = json.loads(tagsync(cluster_env, "status", "--json").stdout)
     assert report["totals"]["dead_letters"] == 0
+
+
+@pytest.mark.long
+def test_the_demo_passes_with_its_state_on_a_cluster() -> None:
+    """`tagsync demo --cluster 3 --accounts 4`: the state on three embedded primaries, the
+    queue on a Redis of its own, one account through the component (its pushes through the
+    ingest); each account checked, and PASS."""
+    result = run_demo(
+        "--cluster", "3", "--duration", "3", "--fans", "300", "--accounts", "4", timeout=240
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "embedded cluster of 3 primaries (state)" in result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert sum(line.startswith("  ok ") for line in lines) == 4
+    assert lines[-1].startswith("PASS:") and "0 wrong" in lines[-1]

@@ -185,6 +185,7 @@ def test_each_account_keeps_its_own_rate(
             assert platform.fans_of(appid, tag_id) == set(platform.fans(appid))
 
 
+@pytest.mark.long
 def test_each_account_keeps_its_own_rate_with_the_state_on_a_cluster(
     accounts_env: dict[str, str],
     platform: PlatformSim,

