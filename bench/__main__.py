@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, capacity, failures, ingest, pipeline, reconcile, simulator
+from bench import accounts, capacity, failures, ingest, pipeline, reconcile, scale, simulator
 from worker.observability.logs import configure_logging
 
 #: Every scenario, by name, in the order they run.
@@ -29,6 +29,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "accounts": accounts.run,
     "reconcile": reconcile.run,
     "capacity": capacity.run,
+    "scale": scale.run,
 }
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -16,11 +16,12 @@ import requests
 
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
+from producers.redis_url import connect
 from worker.gate import AccountGate
 from worker.pending import PendingStore
 from worker.runtime.launch import WorkerGroup
 from worker.runtime.processes import free_port
-from worker.runtime.redis_server import RedisServer
+from worker.runtime.redis_server import LocalCluster, RedisServer
 from worker.sweep import lift_pause
 from worker.wechat.client import WeChatClient
 
@@ -41,6 +42,14 @@ class Stack:
     metrics_port: int
     #: The simulator's process id (its CPU is part of a call's cost on this host).
     simulator_pid: int = 0
+    #: The queue's Redis: ``redis`` itself, or its own with the state on a cluster.
+    queue: redis.Redis | None = None
+    #: With the state on a cluster, a client of each primary (each one's CPU is measured).
+    primaries: list[redis.Redis] = field(default_factory=list)
+
+    @property
+    def queue_redis(self) -> redis.Redis:
+        return self.queue or self.redis
 
     def sim_get(self, path: str, **params: Any) -> Any:
         return requests.get(f"{self.sim_url}{path}", params=params, timeout=60).json()
@@ -60,9 +69,10 @@ class Stack:
 
     def queued(self) -> int:
         """Intent messages not yet ingested: in the queue or prefetched by a worker."""
-        waiting = int(self.redis.llen("dramatiq:tagsync.intents"))
-        for key in self.redis.scan_iter("dramatiq:__acks__.*.tagsync.intents"):
-            waiting += int(self.redis.scard(key))
+        queue = self.queue_redis
+        waiting = int(queue.llen("dramatiq:tagsync.intents"))
+        for key in queue.scan_iter("dramatiq:__acks__.*.tagsync.intents"):
+            waiting += int(queue.scard(key))
         return waiting
 
     def start_workers(self, *, processes: int, threads: int) -> WorkerGroup:
@@ -79,7 +89,8 @@ class Stack:
 
     def resume(self) -> None:
         """Lift the pause and wake the paused tags at once (as `tagsync quota reset` does)."""
-        lift_pause(AccountGate(self.redis, rate=1), PendingStore(self.redis), ACCOUNT)
+        store = PendingStore(self.redis)
+        lift_pause(AccountGate(self.redis, rate=1), store, ACCOUNT, self.queue_redis)
 
     def batch_calls(self) -> dict[str, Any]:
         stats = self.sim_get("/_sim/stats")
@@ -130,12 +141,15 @@ def stack(
     threads: int = 8,
     workers: bool = True,
     sim_args: tuple[str, ...] = (),
+    cluster: int = 0,
     **env: str,
 ) -> Iterator[Stack]:
     """Start Redis, the simulator and (unless ``workers=False``) a worker group; stop them after.
 
-    ``sim_args`` go to ``fakewechat`` (e.g. ``--app APPID:SECRET`` for more apps)."""
-    with RedisServer() as server:
+    ``sim_args`` go to ``fakewechat`` (e.g. ``--app APPID:SECRET`` for more apps); with
+    ``cluster=N`` the state lives on a cluster of N primaries, the queue on the Redis."""
+    with RedisServer() as server, ExitStack() as nodes:
+        state = nodes.enter_context(LocalCluster(cluster)) if cluster else None
         simulator = subprocess.Popen(
             [sys.executable, "-m", "fakewechat", "--port", "0", "--fans", str(fans), *sim_args],
             stdout=subprocess.PIPE,
@@ -151,7 +165,8 @@ def stack(
                 **{
                     k: v for k, v in os.environ.items() if not k.startswith(("TAGSYNC_", "WECHAT_"))
                 },
-                "TAGSYNC_REDIS_URL": server.url,
+                "TAGSYNC_REDIS_URL": state.url if state else server.url,
+                "TAGSYNC_QUEUE_URL": server.url,
                 "WECHAT_APPID": ACCOUNT,
                 "WECHAT_SECRET": DEFAULT_SECRET,
                 "WECHAT_API_BASE": sim_url,
@@ -160,7 +175,7 @@ def stack(
                 "TAGSYNC_METRICS_HOST": "127.0.0.1",
                 **env,
             }
-            connection = redis.Redis.from_url(server.url)
+            connection = connect(state.url) if state else redis.Redis.from_url(server.url)
             producers.configure(redis_url=server.url)
             if workers:
                 group = WorkerGroup(full_env, processes=processes, threads=threads).wait_ready()
@@ -174,6 +189,8 @@ def stack(
                 full_env,
                 metrics_port,
                 simulator.pid,
+                queue=redis.Redis.from_url(server.url) if state else None,
+                primaries=[state.client(s) for s in state.servers] if state else [],
             )
             yield made
         finally:
