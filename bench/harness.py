@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 import requests
+from redis import Redis
 
 import producers
 from fakewechat import DEFAULT_APPID, DEFAULT_SECRET
@@ -43,12 +44,12 @@ class Stack:
     #: The simulator's process id (its CPU is part of a call's cost on this host).
     simulator_pid: int = 0
     #: The queue's Redis: ``redis`` itself, or its own with the state on a cluster.
-    queue: redis.Redis | None = None
+    queue: Redis | None = None
     #: With the state on a cluster, a client of each primary (each one's CPU is measured).
-    primaries: list[redis.Redis] = field(default_factory=list)
+    primaries: list[Redis] = field(default_factory=list)
 
     @property
-    def queue_redis(self) -> redis.Redis:
+    def queue_redis(self) -> Redis:
         return self.queue or self.redis
 
     def sim_get(self, path: str, **params: Any) -> Any:
