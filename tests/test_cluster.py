@@ -49,27 +49,31 @@ def test_intents_reach_wechat_with_the_state_spread_over_three_primaries(
     cluster_env: dict[str, str],
     start_worker: Any,
 ) -> None:
-    """Tags, untags and last write wins as on one Redis; every primary holds some of the
-    state (one tag's keys share a slot, tags spread); status scatters its reads."""
-    # Given: two worker processes on the cluster, six tags
+    """Tags, untags and last write wins as on one Redis; a refused openid dead-lettered
+    alone; every primary holds some of the state (one tag's keys share a slot, tags
+    spread); status and the dead-letter listing scatter their reads."""
+    # Given: two worker processes on the cluster, six tags, a fan of another account
     start_worker(processes=2, threads=4, **cluster_env)
     tags = make_tags(client, 6, "cluster")
     fans = sim.fans(200)
+    (stranger,) = sim.foreign(1)
     # When
     for tag_id in tags:
         producers.tag(tag_id, fans, account=APPID, ts=time.time())
         producers.untag(tag_id, fans[:30], account=APPID, ts=time.time() + 1)
+    producers.tag(tags[0], [stranger], account=APPID)
     wait_drained(state, queue=redis_client)
     # Then
     assert all(fans_of(sim, tag_id) == set(fans[30:]) for tag_id in tags)
+    listed = tagsync(cluster_env, "dlq", "list", "--json").stdout.splitlines()
+    assert [(d["openid"], d["tag_id"]) for d in map(json.loads, listed)] == [(stranger, tags[0])]
     sizes = [cluster.client(server).dbsize() for server in cluster.servers]
     assert all(size > 0 for size in sizes), sizes
     report = json.loads(tagsync(cluster_env, "status", "--json").stdout)
     assert {row["tag_id"] for row in report["tags"]} == set(tags)
     assert report["totals"]["pending"] == 0 and report["totals"]["queued_messages"] == 0
-    assert not PendingStore(state).status() or all(
-        t.unsettled == 0 for t in PendingStore(state).status()
-    )
+    assert report["totals"]["dead_letters"] == 1
+    assert all(t.unsettled == 0 for t in PendingStore(state).status())
 
 
 def test_a_cluster_as_the_queue_or_a_malformed_cluster_url_is_refused_in_one_line(
