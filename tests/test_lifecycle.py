@@ -182,6 +182,7 @@ def beats(env: dict[str, str]) -> dict[int, dict[str, Any]]:
 # -- clean shutdown ------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_sigterm_mid_run_hands_every_tag_to_a_replacement_at_once(
     sim: Sim,
     client: WeChatClient,

@@ -388,6 +388,7 @@ def test_pushes_with_another_key_are_refused_and_counted(
     )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     "push_stack", [("--ticket-count", "2", "--ticket-ttl", "4")], indirect=True
 )
