@@ -7,7 +7,8 @@ import redis
 
 from producers.intents import Intent, make_intent
 from tests.helpers import wait_until
-from worker.pending import LeaseLost, PendingStore, TagKeys
+from worker.base.lua import text
+from worker.pending import Acked, LeaseLost, PendingStore, TagKeys
 
 ACCOUNT = "wxpending"
 
@@ -60,7 +61,7 @@ def test_older_than_applied_is_stale(store: PendingStore) -> None:
     assert store.acquire(ACCOUNT, 7, "me", 10_000)
     took = store.take(ACCOUNT, 7, "me", 10_000)
     assert took.batch is not None
-    assert store.ack(took.batch, "me") == 1
+    assert store.ack(took.batch, "me") == Acked(applied=1, waiting=0)
     # When
     result = store.ingest([intent("untag", "a", 19), intent("untag", "a", 21, tag_id=8)])
     # Then: the late untag is dropped; the same fan on another tag is not affected
@@ -120,6 +121,50 @@ def test_batches_hold_at_most_50(store: PendingStore) -> None:
         store.ack(took.batch, "me")
     assert sizes == [50, 50, 20]
     assert store.take(ACCOUNT, 7, "me", 10_000).kind == "empty"
+
+
+def test_ack_take_acks_a_batch_and_takes_the_next_in_one_call(store: PendingStore) -> None:
+    """ack_take settles the batch as ack does, then answers what take would."""
+    store.ingest([intent("tag", f"o{i:03d}", 1) for i in range(120)])
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    first = set(took.batch.openids)
+    answers = []
+    for _ in range(3):
+        if took.batch is None:  # the remainder lingers: as if its linger were over
+            store.redis.set(TagKeys(ACCOUNT, 7).key("since"), 0)
+            took = store.take(ACCOUNT, 7, "me", 10_000)
+        assert took.batch is not None
+        acked, took = store.ack_take(took.batch, "me", 10_000)
+        answers.append((acked, took.kind, len(took.batch.openids) if took.batch else 0))
+    # 70 and 20 left pending after the first two acks; the third ack leaves nothing
+    assert answers == [
+        (Acked(50, 70), "batch", 50),
+        (Acked(50, 20), "wait", 0),
+        (Acked(20, 0), "empty", 0),
+    ]
+    applied = store.redis.zrange(TagKeys(ACCOUNT, 7).key("applied"), 0, -1)
+    assert {text(a) for a in applied} == {f"o{i:03d}" for i in range(120)} > first
+    assert not store.redis.exists(TagKeys(ACCOUNT, 7).key("inflight"))
+
+
+def test_ack_take_passes_paused_ops_and_refuses_a_lost_lease(store: PendingStore) -> None:
+    store.ingest([intent("tag", f"o{i:03d}", 1) for i in range(60)])
+    store.ingest([intent("untag", f"u{i:03d}", 1) for i in range(60)])
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000, paused_ops={"untag"})
+    assert took.batch is not None and took.batch.op == "tag"
+    acked, took = store.ack_take(took.batch, "me", 10_000, paused_ops={"tag"})
+    # the untag pause was lifted, the tag API paused: the next batch is the untags'
+    assert acked == Acked(50, 70) and took.batch is not None and took.batch.op == "untag"
+    store.redis.delete(TagKeys(ACCOUNT, 7).key("lease"))  # as if it expired
+    assert store.acquire(ACCOUNT, 7, "other", 10_000)
+    with pytest.raises(LeaseLost):
+        store.ack_take(took.batch, "me", 10_000)
+    # nothing acked: the untags are still in flight, for the lease's holder to restore
+    assert store.redis.hlen(TagKeys(ACCOUNT, 7).key("inflight")) == 51
+    assert not store.redis.zscore(TagKeys(ACCOUNT, 7).key("applied"), took.batch.openids[0])
 
 
 def test_lease_is_exclusive_and_a_lost_lease_cannot_settle(store: PendingStore) -> None:

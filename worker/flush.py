@@ -43,7 +43,7 @@ from worker.observability.metrics import (
     RATE_LIMIT_WAIT,
     observe_many,
 )
-from worker.pending import Batch, LeaseLost, PendingStore
+from worker.pending import Batch, LeaseLost, PendingStore, Take
 from worker.queues import SendFlush
 from worker.split import SplitPlan, Verdict
 from worker.tag_names import TagNames
@@ -115,6 +115,10 @@ class _Run:
     backlog: bool = False
     #: When the lease was last set (acquire, take or renew), monotonic seconds.
     lease_set_at: float = field(default_factory=time.monotonic)
+    #: The tag's next work, taken by the ack of the batch before (``ack_take``).
+    taken: Take | None = None
+    #: Openids of the tag left pending at the last ack.
+    waiting: int = 0
 
 
 class Flusher:
@@ -209,6 +213,9 @@ class Flusher:
         )
         try:
             wait = self._work(run)
+            if run.taken is not None and run.taken.batch is not None:
+                # Taken with the last ack, then the flush stopped (the process is stopping).
+                self.store.putback(run.taken.batch, owner)
         except LeaseLost:
             log.warning("flush.lease_lost", account=account, tag=tag_id)
             return
@@ -237,15 +244,17 @@ class Flusher:
         # a pause is rare, a round trip on every flush is not.
         pause_ms = 0
         while run.calls_left > 0 and not self.stopping.is_set():
-            took = self.store.take(
-                run.account,
-                run.tag_id,
-                run.owner,
-                run.lease_ms,
-                paused_ops=run.paused_ops,
-                hold_ms=BACKLOG_HOLD_MS if run.backlog else 0,
-            )
-            run.lease_set_at = time.monotonic()  # take renews the lease
+            took, run.taken = run.taken, None
+            if took is None:
+                took = self.store.take(
+                    run.account,
+                    run.tag_id,
+                    run.owner,
+                    run.lease_ms,
+                    paused_ops=run.paused_ops,
+                    hold_ms=self._hold_ms(run),
+                )
+                run.lease_set_at = time.monotonic()  # take renews the lease
             if took.restored:
                 log.warning(
                     "flush.recovered", account=run.account, tag=run.tag_id, restored=took.restored
@@ -275,6 +284,10 @@ class Flusher:
                 return wait
         return None
 
+    @staticmethod
+    def _hold_ms(run: _Run) -> int:
+        return BACKLOG_HOLD_MS if run.backlog else 0
+
     def _next_slot_first(self, run: _Run, op: str) -> Wait | None:
         """After a call at a low rate, ask for the next call slot before taking a batch.
 
@@ -282,8 +295,8 @@ class Flusher:
         so taking a batch first would only put it back: reserving the slot first saves that
         (two scripts moving 50 openids each way) on every call of such an account.
         """
-        if run.gate.interval_ms <= MAX_SLEEP_MS or not self.store.waiting(run.account, run.tag_id):
-            return None
+        if run.gate.interval_ms <= MAX_SLEEP_MS or not run.waiting:
+            return None  # (the ack of the call before counted what waits)
         admission = run.gate.admit(run.account, api=BATCH_API[op])
         if admission.kind == "paused":
             return None  # the take that follows sees the pause and settles its wait
@@ -436,14 +449,33 @@ class Flusher:
         return None
 
     def _applied(self, run: _Run, batch: Batch, openids: list[str]) -> int:
-        """Acknowledge applied openids; count them and their age."""
+        """Acknowledge applied openids; count them and their age.
+
+        When the tag's next call may follow at once (a whole batch applied, calls left, the
+        account's next slot near), the ack takes the next work too (``ack_take``)."""
         ts = {openid: batch.ts.get(openid) for openid in openids}
         whole = batch.plan is None and len(openids) == len(batch.openids)
-        acked = self.store.ack(batch, run.owner, None if whole else openids)
-        INTENTS_APPLIED.labels(batch.account, batch.op).inc(acked)
+        if (
+            whole
+            and run.calls_left > 0
+            and run.gate.interval_ms <= MAX_SLEEP_MS
+            and not self.stopping.is_set()
+        ):
+            acked, run.taken = self.store.ack_take(
+                batch,
+                run.owner,
+                run.lease_ms,
+                paused_ops=run.paused_ops,
+                hold_ms=self._hold_ms(run),
+            )
+            run.lease_set_at = time.monotonic()  # its take renewed the lease
+        else:
+            acked = self.store.ack(batch, run.owner, None if whole else openids)
+        run.waiting = acked.waiting
+        INTENTS_APPLIED.labels(batch.account, batch.op).inc(acked.applied)
         now = time.time()
         observe_many(INTENT_AGE, [max(0.0, now - v) for v in ts.values() if v is not None])
-        return acked
+        return acked.applied
 
     # -- failures -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from worker.pending.keys import GONE_INDEX, TAG_INDEX, TagKeys
 from worker.pending.store import (
     INGEST_CHUNK,
     SCHED_GRACE_MS,
+    Acked,
     Batch,
     Exhausted,
     IngestResult,
@@ -40,6 +41,7 @@ __all__ = [
     "INGEST_CHUNK",
     "SCHED_GRACE_MS",
     "TAG_INDEX",
+    "Acked",
     "Batch",
     "Exhausted",
     "IngestResult",

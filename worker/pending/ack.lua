@@ -4,13 +4,16 @@
 -- KEYS[1] batch (inflight or split:<op>)  KEYS[2] applied (zset openid -> ts)  KEYS[3] lease
 -- KEYS[4] failures  KEYS[5] attempts  KEYS[6] first_seen
 -- KEYS[7] history (hash: "<openid> ok" -> "op ts applied_ms call", for `tagsync explain`)
+-- KEYS[8] pending:tag  KEYS[9] pending:untag (counted for the answer)
 -- ARGV[1] lease owner  ARGV[2] ordering window s  ARGV[3] plan JSON ('' to leave it)
 -- ARGV[4] op  ARGV[5] call id  ARGV[6] history kept ms (0: none)
 -- ARGV[7..] openids (none: every openid of the batch)
--- Returns the number of openids acknowledged, or -1 if the lease was lost meanwhile
--- (the next holder resends them: tagging is idempotent).
-local k_batch, k_applied, k_lease, k_failures, k_attempts, k_first, k_hist = unpack(KEYS)
-if not owns(k_lease, ARGV[1]) then return -1 end
+-- Returns {acked, waiting}: the openids acknowledged and the openids left pending (both
+-- ops), so a flush knows whether to reserve another call slot without asking; or {-1} if
+-- the lease was lost meanwhile (the next holder resends them: tagging is idempotent).
+local k_batch, k_applied, k_lease, k_failures, k_attempts, k_first, k_hist, k_tag, k_untag =
+  unpack(KEYS)
+if not owns(k_lease, ARGV[1]) then return {-1} end
 -- Variadic commands, not one per openid: an ack of 50 is 6 commands inside the script, not 250.
 local openids, stamps, seen = {}, {}, {}
 if #ARGV > 6 then
@@ -52,8 +55,9 @@ if #openids > 0 then
     redis.call('HSET', k_hist, unpack(done))
   end
   redis.call('HDEL', k_batch, unpack(openids))
-  redis.call('HDEL', k_attempts, unpack(openids))
-  redis.call('HDEL', k_first, unpack(openids))
+  -- Both hashes exist only while the tag has failed calls: no 50 arguments for nothing.
+  if redis.call('EXISTS', k_attempts) == 1 then redis.call('HDEL', k_attempts, unpack(openids)) end
+  if redis.call('EXISTS', k_first) == 1 then redis.call('HDEL', k_first, unpack(openids)) end
 end
 local acked = #openids
 if ARGV[3] ~= '' and redis.call('EXISTS', k_batch) == 1 then
@@ -66,4 +70,4 @@ local newest = redis.call('ZRANGE', k_applied, -1, -1, 'WITHSCORES')[2]
 if newest then
   redis.call('ZREMRANGEBYSCORE', k_applied, '-inf', '(' .. (tonumber(newest) - tonumber(ARGV[2])))
 end
-return acked
+return {acked, redis.call('ZCARD', k_tag) + redis.call('ZCARD', k_untag)}

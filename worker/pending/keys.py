@@ -45,7 +45,10 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
         "pending:tag", "pending:untag", "inflight", "lease", "since", "failures",
         "split:tag", "split:untag", "gone", "held",
     ),
-    "ack": ("batch", "applied", "lease", "failures", "attempts", "first_seen", "history"),
+    "ack": (
+        "batch", "applied", "lease", "failures", "attempts", "first_seen", "history",
+        "pending:tag", "pending:untag",
+    ),
     "drop": ("batch", "lease", "attempts", "first_seen"),
     "nack": (
         "pending:tag", "pending:untag", "batch", "lease", "failures", "attempts", "first_seen",
@@ -69,6 +72,12 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
         "attempts", "first_seen", "since",
     ),
 }  # fmt: skip
+#: Scripts made of others: each part's text runs as a local function of the script (with
+#: its own KEYS and ARGV), and the script's keys are its parts' keys in order.
+COMPOSED: dict[str, tuple[str, ...]] = {"ack_take": ("ack", "take")}
+SCRIPT_KEYS.update(
+    {name: sum((SCRIPT_KEYS[part] for part in parts), ()) for name, parts in COMPOSED.items()}
+)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -33,7 +33,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producers.intents import Intent, Op
 from producers.redis_url import is_cluster_client
 from worker.base.lua import script_text, text
-from worker.pending.keys import GONE_INDEX, SCRIPT_KEYS, TAG_INDEX, TagKeys, parse_member
+from worker.pending.keys import (
+    COMPOSED,
+    GONE_INDEX,
+    SCRIPT_KEYS,
+    TAG_INDEX,
+    TagKeys,
+    parse_member,
+)
 from worker.split import SplitPlan
 from worker.wechat.client import MAX_BATCH
 
@@ -162,6 +169,13 @@ class Take:
     restored: int = 0
 
 
+class Acked(NamedTuple):
+    """The answer of ``ack``: openids acknowledged, and openids of the tag left pending."""
+
+    applied: int
+    waiting: int
+
+
 @dataclass(frozen=True)
 class TagStatus:
     """The backlog of one (account, tag)."""
@@ -184,6 +198,37 @@ class TagStatus:
 
 def _backlog_key(account: str) -> str:
     return f"tagsync:{{{account}}}:backlog"
+
+
+def _source(name: str) -> str:
+    """A script's text: the shared functions, then its parts as local functions (COMPOSED)."""
+    parts = [script_text("worker.pending", "lib.lua")]
+    for part in COMPOSED.get(name, ()):
+        body = script_text("worker.pending", f"{part}.lua")
+        parts.append(f"local function {part}(KEYS, ARGV)\n{body}\nend\n")
+    return "".join(parts) + script_text("worker.pending", f"{name}.lua")
+
+
+def _take(account: str, tag_id: int, answer: list[Any]) -> Take:
+    """A Take from take.lua's answer."""
+    kind = text(answer[0])
+    if kind == "lost":
+        raise LeaseLost
+    if kind == "gone":
+        return Take("gone")
+    if kind in ("empty", "paused", "held"):
+        return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
+    if kind in ("wait", "hold"):
+        return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
+    op: Op = "untag" if text(answer[1]) == "untag" else "tag"
+    pairs = answer[5:]
+    ts = {text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
+    plan = SplitPlan.from_json(answer[4]) if answer[4] else None
+    if plan is not None:
+        # Fans that got a newer intent meanwhile left the split: forget them here too.
+        plan.reconcile(ts)
+    batch = Batch(account, tag_id, op, ts, attempt=int(answer[3]), plan=plan)
+    return Take("batch", batch=batch, restored=int(answer[2]))
 
 
 def _exhausted(flat: list[Any]) -> list[Exhausted]:
@@ -217,10 +262,8 @@ class PendingStore:
         #: How long each fan's last accepted and applied intent per tag is kept for
         #: ``tagsync explain`` (0: not kept).
         self.history_ms = int(history_s * 1000)
-        lib = script_text("worker.pending", "lib.lua")
         self._scripts: dict[str, Script] = {
-            name: redis.register_script(lib + script_text("worker.pending", f"{name}.lua"))
-            for name in SCRIPT_KEYS
+            name: redis.register_script(_source(name)) for name in SCRIPT_KEYS
         }
         #: Tags this process put in the index lately (re-sent every minute, in case Redis
         #: lost the index, e.g. restarted without persistence).
@@ -450,41 +493,54 @@ class PendingStore:
         ``hold_ms``: intents still wait in the queue; a batch waits for them until its
         oldest intent has waited this long.
         """
-        keys = TagKeys(account, tag_id)
-        paused = ",".join(sorted(paused_ops))
-        args = [owner, self.linger_ms, MAX_BATCH, lease_ms, paused, hold_ms]
-        answer = self._run("take", keys, args)
-        kind = text(answer[0])
-        if kind == "lost":
-            raise LeaseLost
-        if kind == "gone":
-            return Take("gone")
-        if kind in ("empty", "paused", "held"):
-            return Take(kind, restored=int(answer[1]))  # type: ignore[arg-type]
-        if kind in ("wait", "hold"):
-            return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
-        op: Op = "untag" if text(answer[1]) == "untag" else "tag"
-        pairs = answer[5:]
-        ts = {text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
-        plan = SplitPlan.from_json(answer[4]) if answer[4] else None
-        if plan is not None:
-            # Fans that got a newer intent meanwhile left the split: forget them here too.
-            plan.reconcile(ts)
-        batch = Batch(account, tag_id, op, ts, attempt=int(answer[3]), plan=plan)
-        return Take("batch", batch=batch, restored=int(answer[2]))
+        args = self._take_args(owner, lease_ms, paused_ops, hold_ms)
+        return _take(account, tag_id, self._run("take", TagKeys(account, tag_id), args))
 
-    def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> int:
-        """The batch (or ``openids`` of it) was applied; return how many were acknowledged."""
-        plan = batch.plan.to_json() if batch.plan is not None else ""
+    def _take_args(
+        self, owner: str, lease_ms: int, paused_ops: Iterable[str], hold_ms: int
+    ) -> list[Any]:
+        return [owner, self.linger_ms, MAX_BATCH, lease_ms, ",".join(sorted(paused_ops)), hold_ms]
+
+    def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> Acked:
+        """The batch (or ``openids`` of it) was applied: how many were acknowledged, and
+        how many openids of the tag wait in pending."""
+        answer = self._run("ack", self._keys(batch), self._ack_args(batch, owner, openids),
+                           batch=batch.hash_key)  # fmt: skip
+        return self._acked(batch, answer, openids)
+
+    def ack_take(
+        self,
+        batch: Batch,
+        owner: str,
+        lease_ms: int,
+        *,
+        paused_ops: Iterable[str] = (),
+        hold_ms: int = 0,
+    ) -> tuple[Acked, Take]:
+        """``ack`` the whole in-flight ``batch``, then ``take`` the tag's next work, in one
+        round trip (``ack_take.lua``)."""
+        assert batch.plan is None, "a split's openids are acked by ack()"
         args = [
+            *self._ack_args(batch, owner, None),
+            *self._take_args(owner, lease_ms, paused_ops, hold_ms),
+        ]
+        answer = self._run("ack_take", self._keys(batch), args, batch=batch.hash_key)
+        acked = self._acked(batch, answer[:2], None)
+        return acked, _take(batch.account, batch.tag_id, answer[2:])
+
+    def _ack_args(self, batch: Batch, owner: str, openids: list[str] | None) -> list[Any]:
+        plan = batch.plan.to_json() if batch.plan is not None else ""
+        return [
             owner, self.ordering_window_s, plan, batch.op, batch.call_id or "-", self.history_ms,
             *(openids or []),
         ]  # fmt: skip
-        acked = int(self._run("ack", self._keys(batch), args, batch=batch.hash_key))
-        if acked < 0:
+
+    @staticmethod
+    def _acked(batch: Batch, answer: list[Any], openids: list[str] | None) -> Acked:
+        if int(answer[0]) < 0:
             raise LeaseLost
         batch.settled(openids if openids is not None else batch.openids)
-        return acked
+        return Acked(int(answer[0]), int(answer[1]))
 
     def drop(self, batch: Batch, owner: str, openids: list[str]) -> int:
         """Take dead-lettered openids out of the batch for good."""
