@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import traceback
@@ -10,11 +11,13 @@ import traceback
 import pytest
 import redis
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import APPID, SECRET, Sim
 from worker.base.settings import Settings
 from worker.observability.logs import configure_logging
-from worker.observability.redaction import MASK, Redactor, Secret
+from worker.observability.redaction import _PARAM, MASK, Redactor, Secret
 from worker.runtime.processes import free_port
 from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
 
@@ -36,6 +39,53 @@ def test_redactor_masks_known_values_and_credential_parameters() -> None:
     for leaked in ("abc123", "TOKEN_never_seen_here", "xyz789", '"tok"', "s3cr3t-value-1234"):
         assert leaked not in masked
     assert "appid=wx1" in masked and f"access_token={MASK}" in masked
+
+
+def _masked_by_one_regex(values: list[str], text: str) -> str:
+    """What one regex of every value (longest first) leaves: the reference behaviour."""
+    ordered = sorted(set(values), key=len, reverse=True)
+    return re.compile("|".join(re.escape(v) for v in ordered)).sub(MASK, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.text(alphabet="abAB01_-", min_size=8, max_size=10),
+    ends=st.lists(st.text(alphabet="abAB01_-", max_size=5), min_size=1, max_size=4),
+    others=st.lists(st.text(alphabet="abAB01_-", min_size=8, max_size=14), max_size=3),
+    glue=st.lists(st.text(alphabet='abAB01_- =&"{}.', max_size=6), min_size=1, max_size=8),
+    picks=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=8),
+)
+def test_known_values_are_masked_as_one_regex_of_them_would(
+    base: str, ends: list[str], others: list[str], glue: list[str], picks: list[int]
+) -> None:
+    """Every occurrence, inside longer words too, leftmost and longest first (values that
+    share a beginning included)."""
+    values = [base + end for end in ends] + others
+    redactor = Redactor()
+    for value in values:
+        redactor.add(value)
+    text = "".join(g + values[p % len(values)] for g, p in zip(glue, picks, strict=False))
+    masked = redactor.redact(text)
+    assert masked == _PARAM.sub(lambda m: m.group("key") + MASK, _masked_by_one_regex(values, text))
+    assert not any(v in masked for v in values)
+
+
+def test_thousands_of_tokens_are_each_masked_and_other_words_kept() -> None:
+    """A process of many accounts knows a token per account: each is masked anywhere, in a
+    URL, inside a longer word, or with odd characters; words that only share a prefix stay."""
+    redactor = Redactor()
+    tokens = [f"{i:04d}_ACCESS-token-{i * 7919:08x}" for i in range(3000)]
+    for token in tokens:
+        redactor.add(token)
+    redactor.add("odd.secret/with:colons")
+    text = (
+        f"call?x={tokens[5]}&y=1 glued{tokens[2999]}glued {tokens[0][:-1]} "
+        "odd.secret/with:colons 0001_ACCESS-token-kept"
+    )
+    masked = redactor.redact(text)
+    assert masked == (
+        f"call?x={MASK}&y=1 glued{MASK}glued {tokens[0][:-1]} {MASK} 0001_ACCESS-token-kept"
+    )
 
 
 def test_secret_wrapper_hides_itself() -> None:
