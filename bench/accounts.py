@@ -22,7 +22,7 @@ import requests
 
 import producers
 from bench.harness import Stack, process_cpu_s, redis_cpu_s, stack, wait_for
-from worker.gate import AccountGate
+from worker.gate import AccountGate, emission_interval_ms
 from worker.pending import PendingStore
 from worker.pending.keys import TAG_INDEX
 from worker.queues import send_flushes
@@ -152,8 +152,8 @@ def _run(count: int, fans: int, paused: int) -> dict[str, Any]:
     Path(path).unlink(missing_ok=True)
     times = [done[a] for a in running]
     calls_each = TAGS * math.ceil(fans / 50)
-    # GCRA at RATE * 0.98 with burst 1: the first call at once, the last (calls-1) slots on.
-    ideal = (calls_each - 1) / (RATE * 0.98)
+    # The gate's spacing with burst 1: the first call at once, the last (calls-1) slots on.
+    ideal = (calls_each - 1) * emission_interval_ms(RATE) / 1000
     jain = sum(times) ** 2 / (len(times) * sum(t * t for t in times))
     series = [line for line in metrics.splitlines() if line and not line.startswith("#")]
     with_account = [line for line in series if 'account="' in line]

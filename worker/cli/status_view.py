@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.accounts.controls import OPERATOR
-from worker.gate import RATE_SAFETY, AccountGate
+from worker.gate import AccountGate, emission_interval_ms
 
 #: Lines of a frame around the table rows: the heading, each table's title, header and
 #: rule, the workers line and the totals line.
@@ -202,7 +202,7 @@ def rate_between(
     reset = before.day not in (None, after.day) or after.counted < before.counted
     if elapsed_ms <= 0 or reset:
         return None
-    spacing_ms = 1000 / (limit_per_s * RATE_SAFETY)  # AccountGate.interval_ms
+    spacing_ms = emission_interval_ms(limit_per_s)
     made = _made(after, spacing_ms, burst) - _made(before, spacing_ms, burst)
     return max(0.0, made) * 1000 / elapsed_ms
 

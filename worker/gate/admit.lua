@@ -18,6 +18,7 @@
 -- ARGV[8] the account's rate as configured, calls/s (kept in KEYS[3] with the burst and
 --         budget: `tagsync status` shows the limits the workers use, not its own settings)
 -- ARGV[9] the rate's safety factor (RATE_SAFETY)  ARGV[10] LATE_ACCOUNTING_RATE, calls/s
+-- ARGV[11] LOW_RATE_SLACK_MS: below ARGV[10], each second keeps this much free of calls
 -- Returns {'go', wait_ms, slot_ms, now_ms}: the call may go at slot_ms, wait_ms from now;
 --         {'wait', wait_ms, slot_ms, now_ms}: a slot is reserved at slot_ms, further than
 --           the longest sleep: come back shortly before it and pass it as ARGV[5];
@@ -35,6 +36,7 @@ if set[1] then
   local calls = tonumber(rate)
   interval = 1000 / (calls * tonumber(ARGV[9]))
   late_per_second = calls < tonumber(ARGV[10]) and math.max(1, math.floor(calls)) or 0
+  if late_per_second > 0 then interval = math.max(interval, (1000 + tonumber(ARGV[11])) / calls) end
 end
 if set[2] then burst = tonumber(set[2]) end
 if set[3] then budget = tonumber(set[3]) end
@@ -57,7 +59,7 @@ if reserved and reserved >= now - tolerance then return answer(reserved) end
 -- Late for it (a busy host). A slot nobody used is a call WeChat never saw: it may still go
 -- now by the rule of late calls (lib.lua). Else it is given up for a new one.
 if reserved and late_per_second > 0
-    and late_call_may_go(k_rate, reserved, now, interval, late_per_second) then
+    and late_call_may_go(k_rate, reserved, now, interval, late_per_second, tonumber(ARGV[11])) then
   return {'go', 0, string.format('%.0f', reserved), string.format('%.0f', now), 'moved'}
 end
 
