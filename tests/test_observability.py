@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.metrics import MetricWrapperBase
@@ -26,6 +30,8 @@ import producers
 import worker.observability.metrics
 from tests.helpers import APPID, SECRET, Sim, wait_until
 from worker.base.settings import Settings
+from worker.observability.logs import configure_logging
+from worker.observability.redaction import REDACTOR
 from worker.runtime.metrics_server import BacklogCollector
 from worker.runtime.processes import free_port
 from worker.wechat import WeChatClient
@@ -348,3 +354,45 @@ def test_observe_many_is_each_value_observed(values: list[float]) -> None:
         return [line for line in lines if "_created" not in line]
 
     assert exported(many) == exported(one)
+
+
+def test_own_and_dramatiq_log_lines_stay_whole_across_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tagsync's events (written by structlog) and stdlib loggers' (dramatiq's) share one
+    stream and one lock: from many threads at once every line is one whole JSON object,
+    none lost, secrets masked in both."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("json")
+    REDACTOR.add("sekret-value-for-logs")
+    own, foreign = structlog.get_logger("tagsync.test"), logging.getLogger("dramatiq.test")
+    per_thread = 200
+
+    def emit(n: int) -> None:
+        for i in range(per_thread):
+            own.info("own", thread=n, i=i, pad="x" * 2000, leak="sekret-value-for-logs")
+            foreign.warning("foreign %d %d %s sekret-value-for-logs", n, i, "y" * 2000)
+
+    threads = [threading.Thread(target=emit, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = stream.getvalue().splitlines()
+    events = [json.loads(line) for line in lines]  # raises on a torn line
+    assert sum(e["event"] == "own" for e in events) == 8 * per_thread
+    assert sum(e["event"].startswith("foreign") for e in events) == 8 * per_thread
+    assert {e["logger"] for e in events} == {"tagsync.test", "dramatiq.test"}
+    assert "sekret-value-for-logs" not in stream.getvalue()
+
+
+def test_a_closed_stderr_does_not_stop_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As stdlib's handler does, a log line that cannot be written is dropped, not raised."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("json")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # where stdlib reports its own error
+    stream.close()
+    structlog.get_logger("tagsync.test").warning("nowhere to go")
+    logging.getLogger("dramatiq.test").warning("nor this")
