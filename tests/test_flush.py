@@ -384,3 +384,32 @@ def test_a_duplicate_flush_stands_aside_for_one_holding_a_slot(
     assert rig.gate.reserved_ahead_ms(APPID) == 0  # no slot taken
     rig.flusher.flush(APPID, tag, slot_at=0)  # the holder (its slot long past): goes ahead
     assert len(sim.log()) == 1
+
+
+def test_a_backlogged_accounts_batch_holds_for_the_backlog_then_goes(
+    rig: Rig, sim: Sim, tag: int
+) -> None:
+    """While ingest merges a backlog of the account's intents, a lingered partial batch is
+    not sent (more intents may fill it or supersede it): taken with the lease, it is put
+    back and the tag looks again shortly; once the backlog mark ends, it goes."""
+    # Given: 20 intents, lingered 5 s (the hold lasts to 30 s), the account backlogged
+    fans = sim.fans(20)
+    rig.add(tag, fans)
+    seconds, micros = rig.redis.time()
+    rig.redis.set(TagKeys(APPID, tag).key("since"), seconds * 1000 + micros // 1000 - 5000)
+    rig.store.mark_backlog([APPID])
+    # When
+    rig.flusher.flush(APPID, tag)
+    # Then: no call; every intent pending again (none left in flight); a look-again soon
+    assert sim.log() == []
+    keys = TagKeys(APPID, tag)
+    assert rig.redis.zcard(keys.key("pending:tag")) == 20
+    assert not rig.redis.exists(keys.key("inflight"))
+    assert [(t, d) for t, d, _ in rig.flushes.sent] == [(tag, 250)]
+    # When: the mark ends (ingest marks it for 1 s at a time)
+    rig.redis.delete(f"tagsync:{{{APPID}}}:backlog")
+    rig.flushes.sent.clear()
+    rig.run(tag)
+    # Then: one call with all 20
+    assert [len(call["openids"]) for call in sim.log()] == [20]
+    assert fans_of(sim, tag) >= set(fans)
