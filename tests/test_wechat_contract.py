@@ -308,7 +308,7 @@ def test_token_error_twice_is_raised_not_looped(sim: Sim) -> None:
     store = MemoryTokenStore()
     with WeChatClient(appid=APPID, secret=SECRET, api_base=sim.url, token_store=store) as wechat:
         wechat.list_tags()
-        sim.config(token_ttl_s=0.001)  # every new token is born expired
+        sim.config(token_ttl_s=1e-6)  # every new token is born expired (1 ms took no longer)
         sim.post("/_sim/expire_tokens")
         with pytest.raises(TokenError):
             wechat.list_tags()

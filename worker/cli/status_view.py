@@ -11,7 +11,6 @@ counts every call of the day in ``tagsync:{account}:budget``, budget or not.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -209,10 +208,14 @@ def rate_between(
 
 def _made(look: GateLook, spacing_ms: float, burst: int) -> float:
     """Calls made by a look: those the gate counted less the slots still ahead of it (the
-    gate counts a call when it reserves its slot, up to seconds ahead under load)."""
+    gate counts a call when it reserves its slot, up to seconds ahead under load).
+
+    Fractional: the whole slots ahead (a ceiling) stepped by one between looks, and a live
+    view at 0.5 s showed 11.6/s for a gate at 10/s; in fractions, a gate kept busy reads
+    its own rate."""
     if look.reserved_until_ms is None:
         return look.counted
-    ahead = math.ceil((look.reserved_until_ms - look.now_ms) / spacing_ms) - burst
+    ahead = (look.reserved_until_ms - look.now_ms) / spacing_ms - burst
     return look.counted - max(0, ahead)
 
 
