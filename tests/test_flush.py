@@ -17,7 +17,7 @@ from tests.helpers import APPID, SECRET, Sim, fans_of, wait_until
 from worker.accounts import Account, StaticAccounts
 from worker.accounts.config import AccountConfig
 from worker.dead_letters import DeadLetter, DeadLetters
-from worker.flush import Flusher
+from worker.flush import CALLS_PER_FLUSH, WORK_BUDGET_S, Flusher
 from worker.gate import AccountGate
 from worker.pending import PendingStore, TagKeys
 from worker.split import Group, SplitPlan
@@ -413,3 +413,22 @@ def test_a_backlogged_accounts_batch_holds_for_the_backlog_then_goes(
     # Then: one call with all 20
     assert [len(call["openids"]) for call in sim.log()] == [20]
     assert fans_of(sim, tag) >= set(fans)
+
+
+def test_a_flush_yields_after_its_calls_or_its_second(rig: Rig, sim: Sim, tag: int) -> None:
+    """A flush calling back to back makes CALLS_PER_FLUSH calls and hands the tag on at
+    once; with slow answers it hands it on after WORK_BUDGET_S, so other tags get threads."""
+    rig.add(tag, sim.fans(50 * (CALLS_PER_FLUSH + 8)))
+    # When: WeChat answers at once
+    rig.flusher.flush(APPID, tag)
+    # Then: exactly CALLS_PER_FLUSH full calls, and the next flush asked for now
+    assert [len(call["openids"]) for call in sim.log()] == [50] * CALLS_PER_FLUSH
+    assert [(t, d) for t, d, _ in rig.flushes.sent] == [(tag, 0)]
+    # When: WeChat answers in 200-250 ms
+    sim.config(latency_ms=[200, 250])
+    started = time.monotonic()
+    rig.flusher.flush(APPID, tag, slot_at=rig.flushes.sent[-1][2])
+    # Then: it stops at the first call that ends past its second: 4 or 5 calls
+    assert 4 <= len(sim.log()) - CALLS_PER_FLUSH <= 5
+    assert WORK_BUDGET_S <= time.monotonic() - started < WORK_BUDGET_S + 0.5
+    assert rig.flushes.sent[-1][:2] == (tag, 0)
