@@ -12,7 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, capacity, failures, ingest, pipeline, reconcile, scale, simulator
+from bench import (
+    accounts,
+    capacity,
+    failures,
+    ingest,
+    pipeline,
+    reconcile,
+    redaction,
+    scale,
+    simulator,
+)
 from worker.observability.logs import configure_logging
 
 #: Every scenario, by name, in the order they run.
@@ -30,6 +40,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "reconcile": reconcile.run,
     "capacity": capacity.run,
     "scale": scale.run,
+    "redaction": redaction.run,
 }
 
 

@@ -44,6 +44,8 @@ class Redactor:
         #: value[:_PREFIX] -> the values starting so, longest first.
         self._by_prefix: dict[str, tuple[str, ...]] = {}
         self._shortest = 0
+        #: Runs of ``_WORD`` characters at least ``_shortest`` long.
+        self._long_word = _WORD
         #: Values with a character outside ``_WORD`` (searched for one by one).
         self._odd: tuple[str, ...] = ()
 
@@ -59,7 +61,11 @@ class Redactor:
                 self._odd = tuple(sorted((*self._odd, value), key=len, reverse=True))
             else:
                 # Shortest first: a search meanwhile must not skip words the value fits in.
-                self._shortest = min(self._shortest or len(value), len(value))
+                shortest = min(self._shortest or len(value), len(value))
+                if shortest != self._shortest:
+                    # Runs shorter than every value are skipped by the regex, not in Python.
+                    self._long_word = re.compile(rf"[A-Za-z0-9_\-]{{{shortest},}}")
+                    self._shortest = shortest
                 same = (*self._by_prefix.get(value[:_PREFIX], ()), value)
                 self._by_prefix[value[:_PREFIX]] = tuple(sorted(same, key=len, reverse=True))
             self._values.add(value)
@@ -73,11 +79,11 @@ class Redactor:
     def _mask_known(self, text: str) -> str:
         for value in self._odd:
             text = text.replace(value, MASK)
-        by_prefix, shortest = self._by_prefix, self._shortest
+        by_prefix, shortest, long_word = self._by_prefix, self._shortest, self._long_word
         if not by_prefix:
             return text
         spans: list[tuple[int, int]] = []
-        for word in _WORD.finditer(text):
+        for word in long_word.finditer(text):
             start, end = word.span()
             position = start
             # Leftmost first, and the longest value at each position (as one regex of the
