@@ -86,7 +86,8 @@ def configure_logging(
     handler.setFormatter(formatter)
     # tagsync's own events are rendered by structlog and written straight to the handler's
     # stream: through stdlib logging (a LogRecord, the handler chain, ProcessorFormatter)
-    # they cost twice as much, a tenth of a worker's CPU at one batch line a call.
+    # they cost twice as much, a tenth of a worker's CPU at one batch line a call. So they
+    # reach this handler only: a stdlib handler added later gets dramatiq's lines, not ours.
     structlog.configure(
         processors=[*shared, redact_secrets, renderer, _redact_rendered],
         logger_factory=_HandlerLoggerFactory(handler),
