@@ -222,7 +222,8 @@ class Flusher:
         try:
             wait = self._work(run)
             if run.taken is not None and run.taken.batch is not None:
-                # Taken with the last ack, then the flush stopped (the process is stopping).
+                # Taken with the last ack, then the flush ended (its second ran out, or the
+                # process is stopping): back to pending for the next flush.
                 self.store.putback(run.taken.batch, owner)
         except LeaseLost:
             log.warning("flush.lease_lost", account=account, tag=tag_id)
