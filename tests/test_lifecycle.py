@@ -257,6 +257,7 @@ def test_sigterm_mid_run_hands_every_tag_to_a_replacement_at_once(
     assert "45011" not in sim.stats()["errcodes"]
 
 
+@pytest.mark.long  # about 12 s; make test keeps the hand-over tests of shorter stops
 def test_sigterm_while_wechat_is_slow_waits_for_the_calls_in_flight(
     sim: Sim,
     client: WeChatClient,
