@@ -91,6 +91,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, redact_secrets, renderer, _redact_rendered],
         logger_factory=_HandlerLoggerFactory(handler),
+        # Below the level, a call returns at once: debug events cost nothing on hot paths.
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )

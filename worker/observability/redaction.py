@@ -26,7 +26,8 @@ _PARAM = re.compile(
 
 #: The characters of tokens and app secrets: a known value made only of them lies inside
 #: one run of them in any text, so only such runs at least as long as it are searched.
-_WORD = re.compile(r"[A-Za-z0-9_\-]+")
+_WORD_CHARS = r"[A-Za-z0-9_\-]"
+_WORD = re.compile(_WORD_CHARS + "+")
 #: Known values are indexed by this many leading characters (the shortest kept is 8).
 _PREFIX = 8
 
@@ -64,7 +65,7 @@ class Redactor:
                 shortest = min(self._shortest or len(value), len(value))
                 if shortest != self._shortest:
                     # Runs shorter than every value are skipped by the regex, not in Python.
-                    self._long_word = re.compile(rf"[A-Za-z0-9_\-]{{{shortest},}}")
+                    self._long_word = re.compile(_WORD_CHARS + f"{{{shortest},}}")
                     self._shortest = shortest
                 same = (*self._by_prefix.get(value[:_PREFIX], ()), value)
                 self._by_prefix[value[:_PREFIX]] = tuple(sorted(same, key=len, reverse=True))
@@ -79,31 +80,26 @@ class Redactor:
     def _mask_known(self, text: str) -> str:
         for value in self._odd:
             text = text.replace(value, MASK)
-        by_prefix, shortest, long_word = self._by_prefix, self._shortest, self._long_word
-        if not by_prefix:
+        if not self._by_prefix:
             return text
-        spans: list[tuple[int, int]] = []
-        for word in long_word.finditer(text):
-            start, end = word.span()
-            position = start
-            # Leftmost first, and the longest value at each position (as one regex of the
-            # values, longest first, would match).
-            while position <= end - shortest:
-                for value in by_prefix.get(text[position : position + _PREFIX], ()):
-                    if text.startswith(value, position):
-                        spans.append((position, position + len(value)))
-                        position += len(value)
-                        break
-                else:
-                    position += 1
-        if not spans:
-            return text
-        parts, last = [], 0
-        for begin, finish in spans:
-            parts += [text[last:begin], MASK]
-            last = finish
-        parts.append(text[last:])
-        return "".join(parts)
+        return self._long_word.sub(lambda word: self._mask_word(word.group()), text)
+
+    def _mask_word(self, word: str) -> str:
+        """``word`` (one run of ``_WORD`` characters) with the known values in it masked:
+        leftmost first, and the longest value at each position, as one regex of the values
+        (longest first) would match."""
+        by_prefix, shortest = self._by_prefix, self._shortest
+        parts: list[str] = []
+        last = position = 0
+        while position <= len(word) - shortest:
+            for value in by_prefix.get(word[position : position + _PREFIX], ()):
+                if word.startswith(value, position):
+                    parts += [word[last:position], MASK]
+                    position = last = position + len(value)
+                    break
+            else:
+                position += 1
+        return "".join(parts) + word[last:] if parts else word
 
     def redact_value(self, value: Any) -> Any:
         """Redact strings inside nested dicts, lists and tuples; other values pass."""
