@@ -22,12 +22,13 @@ local was_empty = redis.call('ZCARD', k_tag) + redis.call('ZCARD', k_untag) == 0
 local added, superseded, stale = 0, 0, 0
 local source, keep_ms = ARGV[4], tonumber(ARGV[5])
 -- The fan's last accepted intent, for `tagsync explain` (variadic writes after the loop).
-local hist, hist_at = {}, {}
+-- `now` as text once: a number is formatted again wherever it is concatenated or passed.
+local hist, hist_at, tail, now_text = {}, {}, ' ' .. source .. ' ' .. now, tostring(now)
 local function accepted(op, openid, ts)
   if keep_ms > 0 then
     hist[#hist + 1] = openid
-    hist[#hist + 1] = op .. ' ' .. ts .. ' ' .. source .. ' ' .. now
-    hist_at[#hist_at + 1] = now
+    hist[#hist + 1] = op .. ' ' .. ts .. tail
+    hist_at[#hist_at + 1] = now_text
     hist_at[#hist_at + 1] = openid
   end
 end
