@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import subprocess
@@ -11,13 +12,14 @@ import traceback
 import pytest
 import redis
 import requests
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import APPID, SECRET, Sim
 from worker.base.settings import Settings
 from worker.observability.logs import configure_logging
-from worker.observability.redaction import _PARAM, MASK, Redactor, Secret
+from worker.observability.redaction import _PARAM, MASK, REDACTOR, Redactor, Secret
 from worker.runtime.processes import free_port
 from worker.wechat import NetworkError, RedisTokenStore, WeChatClient
 
@@ -70,6 +72,38 @@ def test_known_values_are_masked_as_one_regex_of_them_would(
     assert not any(v in masked for v in values)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.sampled_from(
+            # the names in any case, and characters IGNORECASE matches to their letters
+            [
+                "access_token",
+                "SECRET",
+                "AppSecret",
+                "refresh_TOKEN",
+                "\u017fecret",
+                "to\u212aen",
+                "access_to\u212aen",
+                "=",
+                ": ",
+                '"',
+                "'",
+                "&",
+                " ",
+                "x1",
+                "\\",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_credential_parameters_are_masked_as_the_regex_alone_would(parts: list[str]) -> None:
+    """The cheap look for a credential name first skips no text the regex would mask."""
+    text = "".join(parts)
+    assert Redactor().redact(text) == _PARAM.sub(lambda m: m.group("key") + MASK, text)
+
+
 def test_thousands_of_tokens_are_each_masked_and_other_words_kept() -> None:
     """A process of many accounts knows a token per account: each is masked anywhere, in a
     URL, inside a longer word, or with odd characters; words that only share a prefix stay."""
@@ -86,6 +120,36 @@ def test_thousands_of_tokens_are_each_masked_and_other_words_kept() -> None:
     assert masked == (
         f"call?x={MASK}&y=1 glued{MASK}glued {tokens[0][:-1]} {MASK} 0001_ACCESS-token-kept"
     )
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_log_fields_are_masked_after_rendering_escapes_them(
+    log_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Known values are masked in the rendered line, not field by field: next to characters
+    the renderer escapes (quotes, newlines, non-ASCII, backslashes), nested, or in a key."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(log_format)  # type: ignore[arg-type]
+    known = "KnownToken_0123456789abcdef-XYZ"
+    odd = "odd secret/with spaces"
+    REDACTOR.add(known)
+    REDACTOR.add(odd)
+    structlog.get_logger("tagsync.test").info(
+        "fields",
+        quoted=f'"{known}"',
+        lines=f"a\n{known}\nb",
+        accented=f"\u00e9{known}\u00e9",
+        slashed=f"\\{known}\\",
+        nested={"list": [f"x{known}y", (odd,)], known: 1},
+        url='https://h/p?access_token=never-seen-"quoted&x=1',
+        json_like='{"secret": "sec\\"ret"}',
+    )
+    line = stream.getvalue()
+    assert "fields" in line and line.count(MASK) >= 8
+    for leaked in (known, odd, "never-seen", "sec\\"):
+        assert leaked not in line
+    logging.getLogger().handlers.clear()
 
 
 def test_secret_wrapper_hides_itself() -> None:

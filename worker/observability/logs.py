@@ -17,12 +17,13 @@ _NO_LOCK = contextlib.nullcontext()
 
 
 def redact_secrets(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    """A structlog processor that masks the secret and tokens in every value, URLs included."""
-    return {key: REDACTOR.redact_value(value) for key, value in event_dict.items()}
+    """A structlog processor that masks credential parameters in every value, URLs included
+    (known secrets are masked in the rendered line: ``_redact_rendered``)."""
+    return {key: REDACTOR.redact_fields(value) for key, value in event_dict.items()}
 
 
 def _redact_rendered(logger: WrappedLogger, method: str, rendered: Any) -> Any:
-    # Last net: tracebacks are rendered after the per-field pass, and may quote URLs.
+    # Known secrets, and the last net: tracebacks are rendered after the per-field pass.
     return REDACTOR.redact(rendered) if isinstance(rendered, str) else rendered
 
 
@@ -65,8 +66,8 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     renderer: Processor
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -74,7 +75,7 @@ def configure_logging(
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, stamp],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             redact_secrets,
@@ -89,7 +90,8 @@ def configure_logging(
     # they cost twice as much, a tenth of a worker's CPU at one batch line a call. So they
     # reach this handler only: a stdlib handler added later gets dramatiq's lines, not ours.
     structlog.configure(
-        processors=[*shared, redact_secrets, renderer, _redact_rendered],
+        # Stamped after the per-field pass: a timestamp has a ':' but never a secret.
+        processors=[*shared, redact_secrets, stamp, renderer, _redact_rendered],
         logger_factory=_HandlerLoggerFactory(handler),
         # Below the level, a call returns at once: debug events cost nothing on hot paths.
         wrapper_class=structlog.make_filtering_bound_logger(level),
