@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from typing import ClassVar
+
 import pytest
+import urllib3
 
 from tests.helpers import APPID, SECRET, Sim
 from worker.wechat import (
@@ -492,3 +497,50 @@ def test_the_errcodes_docs_page_shows_the_errcode_table_as_it_is() -> None:
     shown = text.split("<!-- errcodes:begin -->\n")[1].split("\n<!-- errcodes:end -->")[0]
     # Then
     assert shown == markdown_table()
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A forward HTTP proxy: requests come with the whole URL, and are sent on as they are."""
+
+    seen: ClassVar[list[str]] = []
+    upstream = urllib3.PoolManager(retries=False)
+
+    def _forward(self) -> None:
+        self.seen.append(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        answer = self.upstream.request(
+            self.command, self.path, body=self.rfile.read(length) if length else None,
+            headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+        )  # fmt: skip
+        self.send_response(answer.status)
+        self.send_header("Content-Length", str(len(answer.data)))
+        self.end_headers()
+        self.wfile.write(answer.data)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_calls_go_through_the_environments_proxy(sim: Sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set, every call (token included) goes through it with its whole URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Proxy.seen.clear()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        with WeChatClient(appid=APPID, secret=SECRET, api_base=sim.url) as client:
+            tag = client.create_tag("through-proxy")
+            assert [t.id for t in client.list_tags()] == [tag.id]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [p.split("?")[0] for p in _Proxy.seen] == [
+        f"{sim.url}/cgi-bin/stable_token",
+        f"{sim.url}/cgi-bin/tags/create",
+        f"{sim.url}/cgi-bin/tags/get",
+    ]
