@@ -32,10 +32,12 @@ if #ARGV > 6 then
     end
   end
 else
-  local flat = entries_of(k_batch)
-  for i = 1, #flat, 2 do
-    openids[#openids + 1] = flat[i]
-    stamps[#stamps + 1] = flat[i + 1]
+  local entries = redis.call('HGETALL', k_batch)
+  for i = 1, #entries, 2 do
+    if not is_meta(entries[i]) then
+      openids[#openids + 1] = entries[i]
+      stamps[#stamps + 1] = entries[i + 1]
+    end
   end
 end
 if #openids > 0 then

@@ -10,7 +10,7 @@ local function now_ms()
 end
 
 local function is_meta(field)
-  return string.sub(field, 1, 1) == '~'
+  return string.byte(field, 1) == 126  -- '~' (a number: no new string per field)
 end
 
 -- Delete a batch hash once no openid is left in it (only metadata).

@@ -67,9 +67,7 @@ local op, key = 'tag', k_tag
 if n_untag > n_tag then op, key = 'untag', k_untag end
 local taken = redis.call('ZRANGE', key, 0, max_batch - 1, 'WITHSCORES')
 redis.call('ZREMRANGEBYRANK', key, 0, max_batch - 1)
-local fields = {'~op', op}
-for i = 1, #taken do fields[#fields + 1] = taken[i] end
-redis.call('HSET', k_inflight, unpack(fields))
+redis.call('HSET', k_inflight, '~op', op, unpack(taken))
 
 -- The remainder has waited since the later of the old mark and its own oldest event.
 local oldest = nil
@@ -84,6 +82,4 @@ else
   redis.call('DEL', k_since)
 end
 
-local result = {'batch', op, restored, attempt, ''}
-for i = 1, #taken do result[#result + 1] = taken[i] end
-return result
+return {'batch', op, restored, attempt, '', unpack(taken)}
