@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/tagsync demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The quick loop while editing: in-process tests only (no worker, server or command
 # processes of their own; Redis and the simulator are the session's).

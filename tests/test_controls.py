@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis
 import requests
 
@@ -41,6 +42,7 @@ def calls_since(sim: Sim, moment: float) -> list[dict[str, Any]]:
     return [c for c in sim.log() if c["at"] >= moment]
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_pausing_an_account_stops_its_calls_keeps_intents_and_resume_flushes(
     sim: Sim,
     client: WeChatClient,
@@ -120,6 +122,7 @@ def test_a_paused_tag_waits_while_the_accounts_other_tags_flow(
     wait_drained(queue)
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_limits_set_take_effect_in_every_worker_at_the_next_call_slot(
     sim: Sim,
     client: WeChatClient,

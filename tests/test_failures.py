@@ -350,6 +350,7 @@ def test_tags_beyond_the_fan_limit_settle_without_livelock(
     assert splits and max(event["calls"] for event in splits) <= 55
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_tags_waiting_for_call_slots_finish_together(
     sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
@@ -375,7 +376,8 @@ def test_tags_waiting_for_call_slots_finish_together(
     done = sorted((at - log[0]["at"]) / span for at in last.values())
     print("tags done at", [round(d, 2) for d in done])
     # No tail: half the tags are still at work in the last tenth of the run, and none was
-    # done before half of it (16 threads for 20 tags deal turns in clumps; a first-come order
-    # has its first tag done at about a twentieth).
-    assert done[10] >= 0.9 and done[0] >= 0.5, done
+    # done before 0.4 of it (16 threads for 20 tags deal turns in clumps, and on a loaded
+    # host one tag got ahead to 0.46 once; a first-come order has its first tag done at
+    # about a twentieth).
+    assert done[10] >= 0.9 and done[0] >= 0.4, done
     assert "45011" not in sim.stats()["errcodes"]

@@ -424,6 +424,7 @@ def wsgi_post(app: Any, path: str, body: dict[str, Any], env: dict[str, str]) ->
     return seen[0]
 
 
+@pytest.mark.long  # over 10 s: make test-long (CI runs it) keeps make test under 10 min
 def test_a_slow_account_leaves_threads_to_the_others(
     accounts_env: dict[str, str],
     platform: PlatformSim,
