@@ -50,7 +50,7 @@ if #openids > 0 then
   -- Only into a history the ingest made (it holds the TTL): never a key without an end.
   if tonumber(ARGV[6]) > 0 and redis.call('EXISTS', k_hist) == 1 then
     -- The parts shared by every entry are joined once: a number in a concatenation is
-    -- formatted again each time, and that formatting was most of the ack's CPU.
+    -- formatted again each time (50 times an ack, a sixth of its time in a loop of acks).
     local done, head, tail = {}, ARGV[4] .. ' ', ' ' .. now_ms() .. ' ' .. ARGV[5]
     for i = 1, #openids do
       done[#done + 1] = openids[i] .. ' ok'
