@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,17 @@ from worker.runtime.processes import stop_process
 from worker.runtime.redis_server import LocalCluster, RedisServer
 from worker.wechat.client import WeChatClient
 from worker.wechat.tokens import RedisTokenStore
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Commands the tests start hear the Ctrl-C (SIGINT) the tests send them.
+
+    A shell starts a background job (``make test &``, ``nohup``) with SIGINT ignored, and an
+    ignored signal stays ignored through fork and exec: every command started here would be
+    deaf to it. A handled one is reset to the default in the child, so handle it here.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
