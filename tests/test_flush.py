@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -165,6 +166,42 @@ def test_a_split_that_must_wait_resumes_where_it_stopped(
                 settled |= sent
     assert fans_of(sim, tag) == set(good)
     assert {letter.openid for letter in rig.letters()} == set(bad)
+
+
+def test_a_call_sent_late_after_its_check_moves_the_later_slots_back(
+    redis_client: redis.Redis, client: WeChatClient, sim: Sim, tag: int
+) -> None:
+    """At 2 calls/s, a call whose thread waited for the GIL between its slot's check and its
+    send (another thread holding it, as on a busy host) is accounted for after its answer:
+    no three calls come within one second, so no calendar second can see three."""
+    # Given: 3 batches of one tag, and a thread that, once the first call has its slot,
+    # holds the GIL 150 ms at a time for 0.35 s (a busy process), then lets go
+    rig = make_rig(redis_client, client, rate=2)
+    rig.add(tag, sim.fans(150))
+    slots = rig.gate.key(APPID, "rate")  # set by the first call's admission
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.15)
+
+    def busy() -> None:
+        deadline = time.monotonic() + 10
+        while not redis_client.exists(slots) and time.monotonic() < deadline:
+            pass
+        until = time.monotonic() + 0.35
+        while time.monotonic() < until:
+            pass
+
+    spinner = threading.Thread(target=busy)
+    try:
+        spinner.start()
+        # When
+        rig.run(tag)
+    finally:
+        spinner.join()
+        sys.setswitchinterval(interval)
+    # Then: the third call came a second and more after the first
+    calls = sorted(call["at"] for call in sim.log())
+    assert len(calls) == 3 and fans_of(sim, tag) == set(sim.fans(150))
+    assert calls[2] - calls[0] >= 1.0, [round(at - calls[0], 3) for at in calls]
 
 
 def test_a_flush_that_loses_its_lease_stops_and_writes_nothing(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import requests
 import structlog
 import urllib3
 from redis import Redis
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.response import HTTPResponse
 
 from producers.intents import check_tag_name as check_name
 from worker.base.settings import DEFAULT_API_BASE
@@ -124,7 +127,48 @@ def pooled_session(pool_size: int = 16, *, api_base: str = DEFAULT_API_BASE) -> 
         "ca_certs": bundle or certifi.where(),
         "retries": False,
     }
-    return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+    manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+    manager.pool_classes_by_scheme = _TIMED_POOLS
+    return manager
+
+
+#: When this thread's last request had left (``last_sent_at``).
+_SENT = threading.local()
+
+
+def last_sent_at() -> float | None:
+    """When the last request this thread sent through a pooled session had been written to
+    its socket, monotonic seconds; None if it never left. A busy host's thread can wait for
+    the GIL between deciding to call and sending: the gate accounts for such a late call
+    after the fact (``worker.flush``)."""
+    return getattr(_SENT, "at", None)
+
+
+class _TimedHTTPConnection(HTTPConnection):
+    # (urllib3's own getresponse overrides http.client's with its own response type)
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        _SENT.at = time.monotonic()  # the request is written: only its answer is waited for
+        return super().getresponse()
+
+
+class _TimedHTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        _SENT.at = time.monotonic()
+        return super().getresponse()
+
+
+class _TimedHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+_TIMED_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {
+    "http": _TimedHTTPConnectionPool,
+    "https": _TimedHTTPSConnectionPool,
+}
 
 
 def iter_fans(tag_fans: Callable[[int, str], FansPage], tag_id: int) -> Iterator[str]:
@@ -330,6 +374,7 @@ class WeChatClient:
         failure: WeChatError | None = None
         answer: dict[str, Any] = {}
         query = f"?{urlencode(params)}" if params else ""
+        _SENT.at = None
         try:
             pool = self._pool()
             response = pool.urlopen(
