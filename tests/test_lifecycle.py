@@ -257,6 +257,44 @@ def test_sigterm_mid_run_hands_every_tag_to_a_replacement_at_once(
     assert "45011" not in sim.stats()["errcodes"]
 
 
+def test_sigterm_at_a_low_rate_hands_the_flushes_on_the_timer_to_the_queue(
+    sim: Sim,
+    client: WeChatClient,
+    queue: redis.Redis,
+    start_tagsync_worker: Callable[..., TagsyncWorker],
+) -> None:
+    """At 3 calls/s a flush waiting for its slot is held by its process's own timer, off the
+    queue: on SIGTERM those go to the queue at once, so every tag with work left has its
+    next flush there (else the sweep finds them, seconds later); a replacement sends every
+    intent once, and the rate holds across the hand-over."""
+    # Given: 6 tags x 150 fans = 18 batches at 3 calls/s (6 s of calls)
+    tags = make_tags(client, 6, prefix="lowterm")
+    fans = ensure_fans(sim, 150)
+    for tag in tags:
+        producers.tag(tag, fans, account=APPID)
+    time.sleep(1.1 - time.time() % 1)
+    sim.config(rate_per_sec=3)
+    worker = start_tagsync_worker(processes=2, threads=4, TAGSYNC_RATE="3")
+    wait_until(lambda: batch_calls(sim) >= 6, timeout_s=20, what="6 batch calls")
+    # When
+    exit_s = sigterm(worker)
+    # Then: a clean exit, nothing held, every tag with work left on the queue
+    assert worker.process.returncode == 0, worker.logs()[-3000:]
+    assert exit_s < 5.0, f"exit took {exit_s:.1f} s"
+    assert leases(queue) == [] and batches_held(queue) == [] and unacked_messages(queue) == 0
+    waiting = tags_with_work(queue)
+    assert waiting, "stopped after the last call"
+    assert waiting <= queued_flushes(queue), waiting - queued_flushes(queue)
+    # When: a replacement runs the rest
+    start_tagsync_worker(processes=2, threads=4, TAGSYNC_RATE="3")
+    wait_drained(queue, timeout_s=60)
+    # Then
+    sent = sent_ok(sim)
+    assert set(sent) == {(t, fan) for t in tags for fan in fans}
+    assert max(sent.values()) == 1
+    assert "45011" not in sim.stats()["errcodes"]
+
+
 @pytest.mark.long  # about 12 s; make test keeps the hand-over tests of shorter stops
 def test_sigterm_while_wechat_is_slow_waits_for_the_calls_in_flight(
     sim: Sim,

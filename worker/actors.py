@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 import dramatiq
+import structlog
 from dramatiq import Middleware
 from dramatiq.middleware import CurrentMessage
 
@@ -30,6 +31,7 @@ from worker.observability.logs import configure_logging
 from worker.queues import FLUSH, FLUSH_QUEUE, INGEST, INTENTS_QUEUE, RESOLVE
 from worker.runtime.broker import broker_url, setup_broker, state_url
 from worker.runtime.lifecycle import STOPPING, Lifecycle
+from worker.runtime.local_pool import LocalPool
 from worker.runtime.metrics_server import Metrics
 from worker.runtime.parts import runtime
 from worker.runtime.recovery import OutageRecovery
@@ -40,12 +42,14 @@ from worker.tag_names import NameResolver
 #: The longest wait for a reserved call slot kept on this process's timer rather than in a
 #: dramatiq delayed message.
 LOCAL_WAIT_MAX_MS = 2_000
-#: How long before its slot the timer enqueues the flush: a worker thread must pick the
-#: message up in time (consumers look every 100 ms when idle, later when busy). 150 ms
-#: made flushes late for their slots under load (rate use fell from 0.98 to 0.93).
-SLOT_LEAD_MS = MAX_SLEEP_MS
+#: How long before its slot the timer hands such a flush to this process's own threads:
+#: time to take the lease and the batch on a busy host (the flush sleeps what is left).
+SLOT_LEAD_MS = 100
 
+log = structlog.get_logger("tagsync.actors")
 _timer = LocalTimer()
+#: Sized from the worker's thread count at boot (``ThreadShare``).
+_local = LocalPool("tagsync-flush")
 
 
 def _low_rate(account: str) -> bool:
@@ -58,16 +62,42 @@ def send_flush(account: str, tag_id: int, delay_ms: int, *, slot_at: int | None 
 
     A flush that waits for its slot is asked to come back ``MAX_SLEEP_MS`` before it. For
     an account below 4 calls/s (every call of it waits so), a short such wait is kept on
-    this process's timer and enqueued ``SLOT_LEAD_MS`` before the slot instead: one queue
-    write instead of dramatiq's delay queue. Faster accounts keep the delay queue, whose
-    slightly later arrival leaves their flushes less time asleep on threads (with the
-    timer, one run in five of the rate benchmark fell from 0.98 to 0.93 of the limit).
+    this process's timer, and the flush runs on this process's own threads ``SLOT_LEAD_MS``
+    before the slot: no queue message at all, where it cost more CPU than the call
+    (``worker.runtime.local_pool``). Faster accounts keep dramatiq's delay queue, whose
+    slightly later arrival leaves their flushes less time asleep on threads (with a timer,
+    one run in five of the rate benchmark fell from 0.98 to 0.93 of the limit).
     """
-    if slot_at is not None and 0 < delay_ms <= LOCAL_WAIT_MAX_MS and _low_rate(account):
+    if (
+        slot_at is not None
+        and 0 < delay_ms <= LOCAL_WAIT_MAX_MS
+        and not STOPPING.is_set()
+        and _low_rate(account)
+    ):
         fire_s = max(0, delay_ms + MAX_SLEEP_MS - SLOT_LEAD_MS) / 1000
-        _timer.call_later(fire_s, lambda: flush.send(account, tag_id, slot_at))
+        _timer.call_later(
+            fire_s, lambda: _local.submit(lambda: _flush_here(account, tag_id, slot_at))
+        )
         return
     flush.send_with_options(args=(account, tag_id, slot_at), delay=delay_ms or None)
+
+
+def _flush_here(account: str, tag_id: int, slot_at: int) -> None:
+    """A flush on this process's own threads, as the ``flush`` actor would run it."""
+    if STOPPING.is_set():
+        flush.send(account, tag_id, slot_at)  # this process is stopping: another one takes it
+        return
+    structlog.contextvars.bind_contextvars(actor=FLUSH, queue="local")
+    try:
+        flusher().flush(account, tag_id, slot_at=slot_at)
+    except Exception:
+        # What dramatiq's retry would do for the actor: the tag comes back later, from the
+        # queue. If Redis itself failed, this send fails too, and the sweep finds the tag
+        # once the flush's schedule mark has expired.
+        log.exception("flush.failed", account=account, tag=tag_id)
+        flush.send_with_options(args=(account, tag_id, None), delay=flusher().backoff_min_ms)
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 def send_resolve(
@@ -90,12 +120,23 @@ def _sweep() -> None:
 
 
 class ThreadShare(Middleware):
-    """Tells this process's flusher how many threads one account's flushes may hold."""
+    """Tells this process's flusher how many threads one account's flushes may hold; sizes
+    the threads that run low-rate accounts' flushes like dramatiq's, and lets them end
+    their calls when the process stops."""
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         threads = int(getattr(worker, "worker_threads", 0) or 0)
         if threads:
             flusher().account_threads = max(1, int(threads * ACCOUNT_THREAD_SHARE))
+            _local.resize(threads)
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # dramatiq has let its threads end their messages; flushes waiting on the timer go
+        # to the queue now (STOPPING), for another process, and those on this process's own
+        # threads end their calls.
+        _timer.run_all_now()
+        if not _local.wait_idle(flusher().lease_ms / 1000):
+            log.warning("worker.local_flushes_cut", threads=_local.size)
 
 
 configure_logging(Settings.from_env().log_format)

@@ -1,9 +1,10 @@
 """A process-local timer: runs callbacks at a time, on one daemon thread.
 
-Used for short waits (a flush coming back for its reserved call slot): enqueueing the
-flush when it is due costs one queue write, where a dramatiq delayed message costs its
-delay-queue round trip (six broker scripts instead of three). A timer dies with its
-process; the sweep then finds the tag with work and no flush coming, within its grace.
+Used for short waits (a low-rate account's flush coming back for its reserved call slot,
+run then on the process's own threads: ``worker.runtime.local_pool``), where a dramatiq
+delayed message costs its delay-queue round trip. A process that stops runs what waits at
+once (the flushes go to the queue); one that dies takes it along, and the sweep then finds
+the tag with work and no flush coming, within its grace.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ class LocalTimer:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._wake.notify()
+
+    def run_all_now(self) -> int:
+        """Run every callback still waiting, now, on the caller's thread (a process that
+        stops hands its waits on); how many."""
+        with self._wake:
+            waiting, self._heap = sorted(self._heap), []
+        for _, _, callback in waiting:
+            try:
+                callback()
+            except Exception:
+                log.exception("timer.callback_failed")
+        return len(waiting)
 
     def _run(self) -> None:
         while True:
