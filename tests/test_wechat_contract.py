@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from typing import ClassVar
 
 import pytest
 import urllib3
 
 from tests.helpers import APPID, SECRET, Sim
+from worker.runtime.processes import free_port
 from worker.wechat import (
     CredentialError,
     NetworkError,
@@ -22,6 +24,7 @@ from worker.wechat import (
     TransientError,
     WeChatClient,
 )
+from worker.wechat.client import last_sent_at
 from worker.wechat.errcodes import ERRCODES, Action, ErrorClass
 from worker.wechat.tokens import MemoryTokenStore
 
@@ -544,3 +547,22 @@ def test_calls_go_through_the_environments_proxy(sim: Sim, monkeypatch: pytest.M
         f"{sim.url}/cgi-bin/tags/create",
         f"{sim.url}/cgi-bin/tags/get",
     ]
+
+
+def test_a_call_notes_when_its_request_left(client: WeChatClient, sim: Sim) -> None:
+    """The send time the gate's late-call check reads: after the call began and before its
+    answer (WeChat answering in 300 ms); none for a request that never left."""
+    client.list_tags()  # the token first: its fetch is a request of its own
+    sim.config(latency_ms=[300, 300])
+    began = time.monotonic()
+    client.list_tags()
+    answered = time.monotonic()
+    sent = last_sent_at()
+    assert sent is not None and began <= sent <= answered - 0.25
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with (
+        WeChatClient(appid=APPID, secret=SECRET, api_base=nowhere) as unreachable,
+        pytest.raises(NetworkError),
+    ):
+        unreachable.list_tags()
+    assert last_sent_at() is None
