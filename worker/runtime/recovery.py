@@ -11,7 +11,9 @@ live worker will never process: nobody would, as long as it lives.
 message of the process's unacked sets that the process is not holding: not being
 processed, not waiting in its work queue or delay queues, not prefetched. Handing back
 one it holds after all costs a duplicate, which the pipeline absorbs (ingest is
-idempotent; a flush is guarded by the tag's lease).
+idempotent; a flush is guarded by the tag's lease). It also hands back, when a consumer
+stops, the messages it prefetched and never gave the worker (dramatiq's Redis consumer
+leaves them in the unacked set).
 """
 
 from __future__ import annotations
@@ -90,6 +92,29 @@ class OutageRecovery(Middleware):
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         self._stop.set()
+
+    def before_consumer_thread_shutdown(self, broker: Any, thread: Any) -> None:
+        """Hand back the messages the stopping consumer fetched and never gave the worker.
+
+        dramatiq's Redis consumer prefetches several messages at a time into its cache and,
+        once stopping, breaks off after the one in hand; its ``close`` does nothing, so the
+        rest stayed in this process's unacked set until its heartbeat went stale (15 s): a
+        clean stop left a message behind now and then (``tests/test_lifecycle.py``).
+        """
+        consumer = getattr(thread, "consumer", None)
+        cached = list(getattr(consumer, "message_cache", None) or [])
+        ids = [_redis_id(Message.decode(data)) for data in cached if data]
+        ids = [i for i in ids if i]
+        if consumer is None or not ids:
+            return
+        try:
+            broker.do_requeue(consumer.queue_name, *ids)
+        except redis.RedisError:
+            # Redis is away: they go back when this process's heartbeat is stale.
+            log.warning("worker.prefetched_kept", queue=consumer.queue_name, messages=len(ids))
+            return
+        consumer.message_cache = []
+        log.info("worker.prefetched_handed_back", queue=consumer.queue_name, messages=len(ids))
 
     def _watch(self) -> None:
         client = connect(
