@@ -14,6 +14,7 @@ from typing import Any
 import redis
 import requests
 
+import producers
 from worker.wechat.client import WeChatClient
 
 #: The AppID the test simulator serves.
@@ -189,6 +190,25 @@ def batch_calls(sim: Sim) -> int:
 def make_tags(client: WeChatClient, count: int, prefix: str = "t") -> list[int]:
     """Create ``count`` tags; their ids."""
     return [client.create_tag(f"{prefix}{i}").id for i in range(count)]
+
+
+def queued_backlog(
+    sim: Sim, client: WeChatClient, *, tags: int, fans: int, prefix: str
+) -> tuple[list[int], list[str]]:
+    """``tags`` new tags, each with a tag intent for the first ``fans`` fans, queued before
+    any worker runs: (tag ids, openids)."""
+    made = make_tags(client, tags, prefix)
+    openids = ensure_fans(sim, fans)
+    for tag in made:
+        producers.tag(tag, openids, account=APPID)
+    return made, openids
+
+
+def limit_rate_from_next_second(sim: Sim, rate: int) -> None:
+    """Limit the simulator to ``rate`` calls/s from the next second on: the calls made so
+    far (tags created, say) fall in an earlier second than the workers' calls."""
+    time.sleep(1.1 - time.time() % 1)
+    sim.config(rate_per_sec=rate)
 
 
 def expected_state(

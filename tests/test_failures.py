@@ -19,7 +19,9 @@ from tests.helpers import (
     batch_calls,
     ensure_fans,
     fans_of,
+    limit_rate_from_next_second,
     make_tags,
+    queued_backlog,
     tagsync,
     wait_drained,
     wait_until,
@@ -64,12 +66,8 @@ def test_rate_limit_is_kept_across_four_processes(
     """Simulator limit = TAGSYNC_RATE = 20/s, four processes: no 45011, >= 90% of the rate used."""
     # Given: a backlog of 6,000 intents over 20 tags (120 full batches), queued before workers
     # start; the tags are made in an earlier second than the workers' calls
-    tags = [client.create_tag(f"rate{i}").id for i in range(20)]
-    fans = ensure_fans(sim, 300)
-    for tag in tags:
-        producers.tag(tag, fans, account=APPID)
-    time.sleep(1.1 - time.time() % 1)
-    sim.config(rate_per_sec=20)
+    queued_backlog(sim, client, tags=20, fans=300, prefix="rate")
+    limit_rate_from_next_second(sim, 20)
     calls_before = batch_calls(sim)
     # When
     start_worker(processes=4, threads=4, TAGSYNC_RATE="20")
@@ -93,12 +91,8 @@ def test_a_low_rate_accounts_calls_need_no_queue_message_each(
     the rate holds across two processes: no 45011, every intent applied."""
     # Given: 3 tags x 200 fans = 12 full batches, queued before the workers start; the
     # tags are made in an earlier second than the workers' calls
-    tags = make_tags(client, 3, prefix="low")
-    fans = ensure_fans(sim, 200)
-    for tag in tags:
-        producers.tag(tag, fans, account=APPID)
-    time.sleep(1.1 - time.time() % 1)
-    sim.config(rate_per_sec=3)
+    tags, fans = queued_backlog(sim, client, tags=3, fans=200, prefix="low")
+    limit_rate_from_next_second(sim, 3)
     port = free_port()
     # When
     start_worker(processes=2, threads=4, TAGSYNC_RATE="3", TAGSYNC_METRICS_PORT=str(port))
@@ -359,8 +353,7 @@ def test_tags_beyond_the_fan_limit_settle_without_livelock(
     # Given
     tags = make_tags(client, 22, prefix="limit")
     fans = sim.fans(100)
-    time.sleep(1.1 - time.time() % 1)  # the creates stay out of the limited seconds
-    sim.config(rate_per_sec=20)
+    limit_rate_from_next_second(sim, 20)  # the creates stay out of the limited seconds
     worker = start_worker(processes=4, threads=4, TAGSYNC_RATE="20", TAGSYNC_LOG_FORMAT="json")
     # When
     for tag in tags:
@@ -396,8 +389,7 @@ def test_tags_waiting_for_call_slots_finish_together(
     # Given
     tags = make_tags(client, 20, prefix="fair")
     fans = ensure_fans(sim, 500)
-    time.sleep(1.1 - time.time() % 1)
-    sim.config(rate_per_sec=25)
+    limit_rate_from_next_second(sim, 25)
     for tag in tags:
         producers.tag(tag, fans, account=APPID)
     # When

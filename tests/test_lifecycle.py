@@ -38,7 +38,9 @@ from tests.helpers import (
     batch_calls,
     ensure_fans,
     fans_of,
+    limit_rate_from_next_second,
     make_tags,
+    queued_backlog,
     tagsync,
     wait_drained,
     wait_until,
@@ -195,12 +197,8 @@ def test_sigterm_mid_run_hands_every_tag_to_a_replacement_at_once(
     once: all land, nothing dead-lettered, no 45011."""
     # Given: 20 tags x 500 fans = 200 full batches at 20 calls/s (10 s of calls), queued
     # before the worker starts; the tags are made in an earlier second than the calls
-    tags = make_tags(client, 20, prefix="term")
-    fans = ensure_fans(sim, 500)
-    for tag in tags:
-        producers.tag(tag, fans, account=APPID)
-    time.sleep(1.1 - time.time() % 1)
-    sim.config(rate_per_sec=20)
+    tags, fans = queued_backlog(sim, client, tags=20, fans=500, prefix="term")
+    limit_rate_from_next_second(sim, 20)
     settings = {"TAGSYNC_RATE": "20", "TAGSYNC_WECHAT_TIMEOUT_S": str(LONG_WECHAT_TIMEOUT_S)}
     worker = start_tagsync_worker(processes=2, threads=4, **settings)
     lease_ms = [0]
@@ -268,12 +266,8 @@ def test_sigterm_at_a_low_rate_hands_the_flushes_on_the_timer_to_the_queue(
     next flush there (else the sweep finds them, seconds later); a replacement sends every
     intent once, and the rate holds across the hand-over."""
     # Given: 6 tags x 150 fans = 18 batches at 3 calls/s (6 s of calls)
-    tags = make_tags(client, 6, prefix="lowterm")
-    fans = ensure_fans(sim, 150)
-    for tag in tags:
-        producers.tag(tag, fans, account=APPID)
-    time.sleep(1.1 - time.time() % 1)
-    sim.config(rate_per_sec=3)
+    tags, fans = queued_backlog(sim, client, tags=6, fans=150, prefix="lowterm")
+    limit_rate_from_next_second(sim, 3)
     worker = start_tagsync_worker(processes=2, threads=4, TAGSYNC_RATE="3")
     wait_until(lambda: batch_calls(sim) >= 6, timeout_s=20, what="6 batch calls")
     # When

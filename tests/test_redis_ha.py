@@ -44,6 +44,7 @@ from tests.helpers import (
     batch_calls,
     ensure_fans,
     fans_of,
+    limit_rate_from_next_second,
     make_tags,
     tagsync,
     wait_drained,
@@ -678,8 +679,7 @@ def test_sentinel_failover_with_wait_loses_no_accepted_intent(
     monkeypatch.setenv("TAGSYNC_REDIS_WAIT_REPLICAS", "1")
     tags = make_tags(client, 4, prefix="ha")
     fans = ensure_fans(sim, 400)
-    time.sleep(1.1 - time.time() % 1)  # the tags' calls in an earlier second
-    sim.config(rate_per_sec=20)
+    limit_rate_from_next_second(sim, 20)  # the tags' calls in an earlier second
     worker = start_worker(processes=2, threads=4, TAGSYNC_REDIS_URL=sentinels.url,
                           TAGSYNC_RATE="20")  # fmt: skip
     pids = worker.children()
