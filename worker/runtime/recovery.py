@@ -77,10 +77,7 @@ class OutageRecovery(Middleware):
             if delayed is not None:
                 with delayed.mutex:
                     ids |= {_redis_id(item.message) for item in list(delayed.queue)}
-            consumer = getattr(thread, "consumer", None)
-            for data in list(getattr(consumer, "message_cache", None) or []):
-                if data:
-                    ids.add(_redis_id(Message.decode(data)))
+            ids |= set(_prefetched(getattr(thread, "consumer", None)))
         return ids
 
     # -- the watch --------------------------------------------------------------------------
@@ -102,9 +99,7 @@ class OutageRecovery(Middleware):
         clean stop left a message behind now and then (``tests/test_lifecycle.py``).
         """
         consumer = getattr(thread, "consumer", None)
-        cached = list(getattr(consumer, "message_cache", None) or [])
-        ids = [_redis_id(Message.decode(data)) for data in cached if data]
-        ids = [i for i in ids if i]
+        ids = [i for i in _prefetched(consumer) if i]
         if consumer is None or not ids:
             return
         try:
@@ -155,6 +150,12 @@ class OutageRecovery(Middleware):
                 broker.do_requeue(queue, *stranded)
                 handed += len(stranded)
         return handed
+
+
+def _prefetched(consumer: Any) -> list[str]:
+    """The redis message ids a dramatiq Redis consumer fetched and has not handed out."""
+    cached = list(getattr(consumer, "message_cache", None) or [])
+    return [_redis_id(Message.decode(data)) for data in cached if data]
 
 
 def _redis_id(message: Any) -> str:
