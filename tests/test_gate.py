@@ -43,6 +43,17 @@ def test_far_slots_are_reserved_in_turn_and_kept(redis_client: redis.Redis) -> N
     assert third.slot_at == pytest.approx(second.slot_at + interval, abs=2)
 
 
+def test_admission_survives_a_redis_that_forgot_the_script(redis_client: redis.Redis) -> None:
+    """After a restart or failover Redis holds no scripts: the gate loads its own again and
+    the slots keep their spacing (the rate key outlived the script cache)."""
+    gate = AccountGate(redis_client, rate=10, burst=1)
+    first = gate.admit("wxa", api=TAGGING, max_sleep_ms=10_000)
+    redis_client.script_flush()
+    second = gate.admit("wxa", api=TAGGING, max_sleep_ms=10_000)
+    assert first.slot_at is not None and second.slot_at is not None
+    assert second.slot_at - first.slot_at == pytest.approx(1000 / (10 * RATE_SAFETY), abs=2)
+
+
 def redis_ms(connection: redis.Redis) -> int:
     seconds, micros = connection.time()
     return int(seconds * 1000 + micros / 1000)

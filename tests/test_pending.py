@@ -149,6 +149,20 @@ def test_ack_take_acks_a_batch_and_takes_the_next_in_one_call(store: PendingStor
     assert not store.redis.exists(TagKeys(ACCOUNT, 7).key("inflight"))
 
 
+def test_scripts_run_again_after_redis_forgot_them(store: PendingStore) -> None:
+    """A Redis restarted or failed over holds none of the scripts: the store loads them
+    again on NOSCRIPT and the call goes through; the batch keeps each intent's event time."""
+    store.ingest([intent("tag", f"o{i:03d}", 1_700_000_000.25 + i) for i in range(60)])
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+    store.redis.script_flush()
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None
+    assert took.batch.ts == {f"o{i:03d}": 1_700_000_000.25 + i for i in range(50)}
+    store.redis.script_flush()
+    acked, took = store.ack_take(took.batch, "me", 10_000)
+    assert acked == Acked(50, 10) and took.kind == "wait"
+
+
 def test_ack_take_passes_paused_ops_and_refuses_a_lost_lease(store: PendingStore) -> None:
     store.ingest([intent("tag", f"o{i:03d}", 1) for i in range(60)])
     store.ingest([intent("untag", f"u{i:03d}", 1) for i in range(60)])

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from redis import Redis
 
-from worker.base.lua import load_script, script_text, text
+from worker.base.lua import load_script, run_script, script_text, text
 from worker.wechat.errors import WeChatError
 
 #: The share of TAGSYNC_RATE the gate admits. A call reaches WeChat some milliseconds
@@ -98,6 +99,13 @@ class Pause:
     message: str
 
 
+@lru_cache(maxsize=4096)
+def _admit_keys(account: str, api: str) -> tuple[bytes, ...]:
+    """admit.lua's keys for one (account, API), encoded once."""
+    names = ("rate", "pause", "budget", f"pause:api:{api}", "limits")
+    return tuple(AccountGate.key(account, name).encode() for name in names)
+
+
 def _pause_of(fields: dict[Any, Any]) -> Pause | None:
     """The pause a pause hash holds, unless it is absent or over."""
     if not fields:
@@ -130,6 +138,19 @@ class AccountGate:
         self._admit = redis.register_script(lib + script_text("worker.gate", "admit.lua"))
         self._pause = load_script(redis, "worker.gate", "pause.lua")
         self._late = redis.register_script(lib + script_text("worker.gate", "late.lua"))
+        # admit.lua's arguments that never change for this gate, encoded once.
+        self._interval_arg = f"{self.interval_ms:.3f}".encode()
+        self._admit_fixed = tuple(
+            str(value).encode()
+            for value in (
+                SLOT_TOLERANCE_MS,
+                self.late_per_second,
+                f"{self.rate:g}",
+                RATE_SAFETY,
+                LATE_ACCOUNTING_RATE,
+                LOW_RATE_SLACK_MS,
+            )
+        )
 
     @staticmethod
     def key(account: str, name: str) -> str:
@@ -145,26 +166,17 @@ class AccountGate:
         max_sleep_ms: int = MAX_SLEEP_MS,
     ) -> Admission:
         """Ask for a call slot of ``api`` (or come back for ``slot_at``, reserved earlier)."""
-        answer = self._admit(
-            keys=[
-                self.key(account, "rate"),
-                self.key(account, "pause"),
-                self.key(account, "budget"),
-                self.key(account, f"pause:api:{api}"),
-                self.key(account, "limits"),
-            ],
-            args=[
-                f"{self.interval_ms:.3f}",
+        answer = run_script(
+            self.redis,
+            self._admit,
+            _admit_keys(account, api),
+            [
+                self._interval_arg,
                 self.burst,
                 max_sleep_ms,
                 self.daily_budget,
                 "" if slot_at is None else slot_at,
-                SLOT_TOLERANCE_MS,
-                self.late_per_second,
-                f"{self.rate:g}",
-                RATE_SAFETY,
-                LATE_ACCOUNTING_RATE,
-                LOW_RATE_SLACK_MS,
+                *self._admit_fixed,
             ],
         )
         kind = text(answer[0])

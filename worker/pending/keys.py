@@ -8,6 +8,7 @@ which keys a script gets, in the order of its ``KEYS[...]`` header.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 #: The set of every "account:tag" that has had intents.
@@ -111,6 +112,16 @@ class TagKeys:
             else:
                 keys.append(self.key(name))
         return keys
+
+    def encoded(self, script: str, *, batch: str | None = None) -> tuple[bytes, ...]:
+        """``for_script`` as bytes, built once per (tag, script, batch): a call sends up to
+        19 of them, and redis-py encodes each str argument anew on every command."""
+        return _encoded_keys(self, script, batch)
+
+
+@lru_cache(maxsize=8192)  # a few tags' worth per flush thread; ~1 kB an entry
+def _encoded_keys(keys: TagKeys, script: str, batch: str | None) -> tuple[bytes, ...]:
+    return tuple(key.encode() for key in keys.for_script(script, batch=batch))
 
 
 def parse_member(member: str | bytes) -> tuple[str, int]:

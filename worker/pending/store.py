@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producers.intents import Intent, Op
 from producers.redis_url import is_cluster_client
-from worker.base.lua import script_text, text
+from worker.base.lua import run_script, script_text, text
 from worker.pending.keys import (
     COMPOSED,
     GONE_INDEX,
@@ -221,8 +221,8 @@ def _take(account: str, tag_id: int, answer: list[Any]) -> Take:
     if kind in ("wait", "hold"):
         return Take(kind, wait_ms=int(answer[1]), restored=int(answer[2]))  # type: ignore[arg-type]
     op: Op = "untag" if text(answer[1]) == "untag" else "tag"
-    pairs = answer[5:]
-    ts = {text(o): float(t) for o, t in zip(pairs[0::2], pairs[1::2], strict=True)}
+    pairs = text(answer[5]).split()
+    ts = dict(zip(pairs[0::2], map(float, pairs[1::2]), strict=True))
     plan = SplitPlan.from_json(answer[4]) if answer[4] else None
     if plan is not None:
         # Fans that got a newer intent meanwhile left the split: forget them here too.
@@ -277,11 +277,9 @@ class PendingStore:
         args: list[Any],
         *,
         batch: str | None = None,
-        client: Any = None,
     ) -> Any:
-        return self._scripts[script](
-            keys=keys.for_script(script, batch=batch), args=args, client=client
-        )
+        names = keys.encoded(script, batch=batch)
+        return run_script(self.redis, self._scripts[script], names, args)
 
     # -- producers' side -----------------------------------------------------------------
 

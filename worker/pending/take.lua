@@ -11,8 +11,9 @@
 --         oldest intent has waited this long (0: no backlog, no hold)
 -- Returns {'lost'} | {'gone'} | {'held', restored} | {'empty', restored} | {'paused', restored}
 --       | {'wait', ms, restored} | {'hold', ms, restored}
---       | {'batch', op, restored, attempt, plan, openid1, ts1, openid2, ts2, ...}
---         (plan = '' for a fresh batch, else the JSON of a split being resumed)
+--       | {'batch', op, restored, attempt, plan, 'openid1 ts1 openid2 ts2 ...'}
+--         (plan = '' for a fresh batch, else the JSON of a split being resumed; the batch
+--         as one string: 100 reply elements cost Redis and the worker more than a join)
 local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures, k_split_tag, k_split_untag,
   k_gone, k_held = unpack(KEYS)
 local owner, linger, max_batch, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -33,10 +34,8 @@ local attempt = (tonumber(redis.call('GET', k_failures)) or 0) + 1
 -- carry them meanwhile (ingest removes a fan from a split when a newer intent arrives).
 for _, pair in ipairs({{'tag', k_split_tag}, {'untag', k_split_untag}}) do
   if not paused[pair[1]] and redis.call('EXISTS', pair[2]) == 1 then
-    local result = {'batch', pair[1], restored, attempt, redis.call('HGET', pair[2], '~plan') or ''}
-    local flat = entries_of(pair[2])
-    for i = 1, #flat do result[#result + 1] = flat[i] end
-    return result
+    return {'batch', pair[1], restored, attempt, redis.call('HGET', pair[2], '~plan') or '',
+      table.concat(entries_of(pair[2]), ' ')}
   end
 end
 
@@ -82,4 +81,4 @@ else
   redis.call('DEL', k_since)
 end
 
-return {'batch', op, restored, attempt, '', unpack(taken)}
+return {'batch', op, restored, attempt, '', table.concat(taken, ' ')}
