@@ -22,6 +22,7 @@ from bench import (
     redaction,
     scale,
     simulator,
+    store,
 )
 from worker.observability.logs import configure_logging
 
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "accounts": accounts.run,
     "reconcile": reconcile.run,
     "capacity": capacity.run,
+    "store": store.run,
     "scale": scale.run,
     "redaction": redaction.run,
 }
