@@ -82,6 +82,31 @@ def test_older_than_in_flight_is_stale_newer_waits(store: PendingStore) -> None:
     assert pending(store, "untag") == {"b": 21}
 
 
+def test_fans_are_remembered_for_the_ordering_window_of_event_time(
+    redis_client: redis.Redis,
+) -> None:
+    """A fan's taken intent makes older ones stale until events a window newer have been
+    taken (two generations of the window), then it is forgotten."""
+    store = PendingStore(redis_client, linger_ms=0, ordering_window_s=10)
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+
+    def send(openid: str, ts: float) -> None:
+        store.ingest([intent("tag", openid, ts)])
+        took = store.take(ACCOUNT, 7, "me", 10_000)
+        assert took.batch is not None and took.batch.openids == [openid]
+        store.ack(took.batch, "me")
+
+    send("a", 100)
+    assert store.ingest([intent("untag", "a", 99)]).stale == 1
+    send("b", 105)  # within the window of the first: the same generation
+    send("c", 111)  # a window past the first: a new generation, "a" in the old one
+    assert store.ingest([intent("untag", "a", 99)]).stale == 1
+    send("d", 122)  # a window past "c": the generation holding "a" goes
+    result = store.ingest([intent("untag", "a", 99), intent("untag", "c", 110)])
+    assert (result.added, result.stale) == (1, 1)
+    assert pending(store, "untag") == {"a": 99}
+
+
 def test_full_batch_flushes_at_once_partial_lingers(store: PendingStore) -> None:
     """50 of one op ask for an immediate flush; fewer wait for the linger."""
     small = store.ingest([intent("tag", f"p{i}", 1) for i in range(10)])
@@ -144,8 +169,8 @@ def test_ack_take_acks_a_batch_and_takes_the_next_in_one_call(store: PendingStor
         (Acked(50, 20), "wait", 0),
         (Acked(20, 0), "empty", 0),
     ]
-    applied = store.redis.zrange(TagKeys(ACCOUNT, 7).key("applied"), 0, -1)
-    assert {text(a) for a in applied} == {f"o{i:03d}" for i in range(120)} > first
+    applied = store.redis.hkeys(TagKeys(ACCOUNT, 7).key("applied"))
+    assert {text(a) for a in applied} - {"~from"} == {f"o{i:03d}" for i in range(120)} > first
     assert not store.redis.exists(TagKeys(ACCOUNT, 7).key("inflight"))
 
 
@@ -178,7 +203,8 @@ def test_ack_take_passes_paused_ops_and_refuses_a_lost_lease(store: PendingStore
         store.ack_take(took.batch, "me", 10_000)
     # nothing acked: the untags are still in flight, for the lease's holder to restore
     assert store.redis.hlen(TagKeys(ACCOUNT, 7).key("inflight")) == 51
-    assert not store.redis.zscore(TagKeys(ACCOUNT, 7).key("applied"), took.batch.openids[0])
+    history = TagKeys(ACCOUNT, 7).key("history")
+    assert not store.redis.hexists(history, f"{took.batch.openids[0]} ok")
 
 
 def test_lease_is_exclusive_and_a_lost_lease_cannot_settle(store: PendingStore) -> None:

@@ -23,6 +23,7 @@ KeyName = Literal[
     "split:tag",
     "split:untag",
     "applied",
+    "applied:old",
     "sched",
     "since",
     "lease",
@@ -41,13 +42,14 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": (
         "pending:tag", "pending:untag", "inflight", "applied", "sched", "since", "gone",
         "attempts", "first_seen", "split:tag", "split:untag", "held", "history", "history_at",
+        "applied:old",
     ),
     "take": (
         "pending:tag", "pending:untag", "inflight", "lease", "since", "failures",
-        "split:tag", "split:untag", "gone", "held",
+        "split:tag", "split:untag", "gone", "held", "applied", "applied:old",
     ),
     "ack": (
-        "batch", "applied", "lease", "failures", "attempts", "first_seen", "history",
+        "batch", "lease", "failures", "attempts", "first_seen", "history",
         "pending:tag", "pending:untag",
     ),
     "drop": ("batch", "lease", "attempts", "first_seen"),

@@ -497,7 +497,8 @@ class PendingStore:
     def _take_args(
         self, owner: str, lease_ms: int, paused_ops: Iterable[str], hold_ms: int
     ) -> list[Any]:
-        return [owner, self.linger_ms, MAX_BATCH, lease_ms, ",".join(sorted(paused_ops)), hold_ms]
+        paused = ",".join(sorted(paused_ops))
+        return [owner, self.linger_ms, MAX_BATCH, lease_ms, paused, hold_ms, self.ordering_window_s]
 
     def ack(self, batch: Batch, owner: str, openids: list[str] | None = None) -> Acked:
         """The batch (or ``openids`` of it) was applied: how many were acknowledged, and
@@ -529,7 +530,7 @@ class PendingStore:
     def _ack_args(self, batch: Batch, owner: str, openids: list[str] | None) -> list[Any]:
         plan = batch.plan.to_json() if batch.plan is not None else ""
         return [
-            owner, self.ordering_window_s, plan, batch.op, batch.call_id or "-", self.history_ms,
+            owner, plan, batch.op, batch.call_id or "-", self.history_ms,
             *(openids or []),
         ]  # fmt: skip
 
