@@ -83,6 +83,16 @@ def test_rate_limit_is_kept_across_four_processes(
     assert achieved >= 0.9 * 20, f"achieved {achieved:.1f} calls/s"
 
 
+def flush_messages(port: int) -> float:
+    """Flush messages the workers' dramatiq handled (their metrics endpoint)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("dramatiq_messages_total{") and 'actor_name="flush"' in line
+    )
+
+
 def test_a_low_rate_accounts_calls_need_no_queue_message_each(
     sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
 ) -> None:
@@ -104,14 +114,45 @@ def test_a_low_rate_accounts_calls_need_no_queue_message_each(
     assert stats["max_calls_in_any_second"] <= 3
     assert all(fans_of(sim, t) == set(fans) for t in tags)
     # Then: far fewer flush messages than calls (one a call before: 12 or more)
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    messages = sum(
-        float(line.rpartition(" ")[2])
-        for line in text.splitlines()
-        if line.startswith("dramatiq_messages_total{") and 'actor_name="flush"' in line
-    )
+    messages = flush_messages(port)
     print(f"{messages:.0f} flush messages for 12 calls")
     assert 0 < messages <= 2 * len(tags)
+
+
+def test_a_low_rate_accounts_fans_at_their_tag_limit_are_split_out_on_the_workers_threads(
+    sim: Sim, client: WeChatClient, queue: redis.Redis, start_worker: Any
+) -> None:
+    """At 3 calls/s a split's every call waits for a slot further ahead than a flush sleeps,
+    so the split comes back on the workers' own threads between calls, over two processes:
+    the 2 fans at their tag limit (45059) are dead-lettered once each, the other 48 tagged,
+    the rate kept (no 45011, at most 3 calls in any second)."""
+    # Given: 2 fans already at their limit (2 tags a fan here), made before the limit starts
+    sim.config(max_tags_per_fan=2)
+    fans = ensure_fans(sim, 50)
+    full = [fans[7], fans[33]]
+    first, second, tag = make_tags(client, 3, "lowlimit")
+    time.sleep(1.05 - time.time() % 1)  # 3 creates in one second, these 2 calls in the next
+    client.batch_tag(first, full)
+    client.batch_tag(second, full)
+    producers.tag(tag, fans, account=APPID)
+    limit_rate_from_next_second(sim, 3)
+    port = free_port()
+    # When
+    start_worker(processes=2, threads=4, TAGSYNC_RATE="3", TAGSYNC_METRICS_PORT=str(port))
+    wait_drained(queue, timeout_s=90)
+    # Then
+    assert fans_of(sim, tag) == set(fans) - set(full)
+    # the split's calls came back on the workers' threads, not as a flush message each
+    calls, messages = batch_calls(sim), flush_messages(port)
+    print(f"{messages:.0f} flush messages for {calls} calls")
+    assert calls > 5 and 0 < messages <= 3
+    dead = letters(queue)
+    assert sorted((d.openid, d.errcode, d.reason) for d in dead) == sorted(
+        (openid, 45059, "permanent") for openid in full
+    )
+    stats = sim.stats()
+    assert "45011" not in stats["errcodes"]
+    assert stats["max_calls_in_any_second"] <= 3
 
 
 def test_bad_openids_are_bisected_out(
