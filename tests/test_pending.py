@@ -107,6 +107,20 @@ def test_fans_are_remembered_for_the_ordering_window_of_event_time(
     assert pending(store, "untag") == {"a": 99}
 
 
+def test_an_applied_zset_left_by_an_earlier_version_is_not_in_the_way(store: PendingStore) -> None:
+    """Before, the ack kept each fan's event time in an ``applied`` zset: a deployment
+    upgraded with one in Redis takes, acks and drops stale intents as a fresh one does."""
+    keys = TagKeys(ACCOUNT, 7)
+    store.redis.zadd(keys.key("applied"), {"old-fan": 5.0})
+    store.ingest([intent("tag", "a", 20)])
+    store.redis.set(keys.key("since"), 0)
+    assert store.acquire(ACCOUNT, 7, "me", 10_000)
+    took = store.take(ACCOUNT, 7, "me", 10_000)
+    assert took.batch is not None and took.batch.openids == ["a"]
+    assert store.ack(took.batch, "me") == Acked(applied=1, waiting=0)
+    assert store.ingest([intent("untag", "a", 19)]).stale == 1
+
+
 def test_full_batch_flushes_at_once_partial_lingers(store: PendingStore) -> None:
     """50 of one op ask for an immediate flush; fewer wait for the linger."""
     small = store.ingest([intent("tag", f"p{i}", 1) for i in range(10)])
@@ -169,8 +183,8 @@ def test_ack_take_acks_a_batch_and_takes_the_next_in_one_call(store: PendingStor
         (Acked(50, 20), "wait", 0),
         (Acked(20, 0), "empty", 0),
     ]
-    applied = store.redis.hkeys(TagKeys(ACCOUNT, 7).key("applied"))
-    assert {text(a) for a in applied} - {"~from"} == {f"o{i:03d}" for i in range(120)} > first
+    sent = store.redis.hkeys(TagKeys(ACCOUNT, 7).key("sent"))
+    assert {text(a) for a in sent} - {"~from"} == {f"o{i:03d}" for i in range(120)} > first
     assert not store.redis.exists(TagKeys(ACCOUNT, 7).key("inflight"))
 
 

@@ -8,7 +8,7 @@ Per (account, tag), under the hash tag ``{account:tag}`` (one Redis Cluster slot
 - ``split:tag`` / ``split:untag``: a batch WeChat refused for a bad openid, kept until every
   openid in it is applied or dead-lettered (hash openid -> ts, ``~op``, ``~plan``: the
   ``worker.split`` plan as JSON), so a split that must wait resumes where it stopped;
-- ``applied`` / ``applied:old``: hashes openid -> ts of the intent last taken for a call
+- ``sent`` / ``sent:old``: hashes openid -> ts of the intent last taken for a call
   (sent or about to be), two generations of the ordering window in event time, so a late,
   older intent is dropped as stale instead of undoing a newer one;
 - ``lease``: which flush may touch the tag now (renewed before every call);

@@ -1,7 +1,7 @@
 -- Merge intents of one (account, tag) into its pending buffers, last write wins by ts.
 -- KEYS[1] pending:tag (zset openid -> ts)   KEYS[2] pending:untag (zset)
 -- KEYS[3] inflight (hash openid -> ts)
--- KEYS[4] applied, KEYS[15] applied:old (hashes openid -> ts of the intent last taken for a
+-- KEYS[4] sent, KEYS[15] sent:old (hashes openid -> ts of the intent last taken for a
 --         call: take.lua; the newer of the two generations of the ordering window)
 -- KEYS[5] sched (string: now|later|backoff|slot)  KEYS[6] since (ms the pending buffer filled)
 -- KEYS[7] gone (set when WeChat said the tag does not exist)
@@ -15,8 +15,8 @@
 -- ARGV[6..] triples: op, openid, ts
 -- Returns {added, superseded, stale, flush_delay_ms (-1: a flush is already scheduled), gone}:
 -- gone = 1 means nothing was merged; the caller dead-letters the intents.
-local k_tag, k_untag, k_inflight, k_applied, k_sched, k_since, k_gone, k_attempts, k_first,
-  k_split_tag, k_split_untag, k_held, k_hist, k_hist_at, k_applied_old = unpack(KEYS)
+local k_tag, k_untag, k_inflight, k_sent, k_sched, k_since, k_gone, k_attempts, k_first,
+  k_split_tag, k_split_untag, k_held, k_hist, k_hist_at, k_sent_old = unpack(KEYS)
 if redis.call('EXISTS', k_gone) == 1 then return {0, 0, 0, -1, 1} end
 local linger, grace, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -39,7 +39,7 @@ for i = 6, #ARGV, 3 do
   local op, openid, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local same = (op == 'untag') and k_untag or k_tag
   local other = (op == 'untag') and k_tag or k_untag
-  local applied = redis.call('HGET', k_applied, openid) or redis.call('HGET', k_applied_old, openid)
+  local applied = redis.call('HGET', k_sent, openid) or redis.call('HGET', k_sent_old, openid)
   local inflight = redis.call('HGET', k_inflight, openid)
   local split_key = k_split_tag
   local in_split = redis.call('HGET', k_split_tag, openid)

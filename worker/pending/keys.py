@@ -22,8 +22,8 @@ KeyName = Literal[
     "inflight",
     "split:tag",
     "split:untag",
-    "applied",
-    "applied:old",
+    "sent",
+    "sent:old",
     "sched",
     "since",
     "lease",
@@ -40,13 +40,13 @@ KeyName = Literal[
 #: batch hash a call names: the in-flight batch or the split of one op).
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": (
-        "pending:tag", "pending:untag", "inflight", "applied", "sched", "since", "gone",
+        "pending:tag", "pending:untag", "inflight", "sent", "sched", "since", "gone",
         "attempts", "first_seen", "split:tag", "split:untag", "held", "history", "history_at",
-        "applied:old",
+        "sent:old",
     ),
     "take": (
         "pending:tag", "pending:untag", "inflight", "lease", "since", "failures",
-        "split:tag", "split:untag", "gone", "held", "applied", "applied:old",
+        "split:tag", "split:untag", "gone", "held", "sent", "sent:old",
     ),
     "ack": (
         "batch", "lease", "failures", "attempts", "first_seen", "history",

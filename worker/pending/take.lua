@@ -5,7 +5,7 @@
 -- KEYS[1] pending:tag  KEYS[2] pending:untag  KEYS[3] inflight  KEYS[4] lease  KEYS[5] since
 -- KEYS[6] failures (the tag's failure streak: the batch's attempt is one more)
 -- KEYS[7] split:tag  KEYS[8] split:untag  KEYS[9] gone  KEYS[10] held (an operator's hold)
--- KEYS[11] applied  KEYS[12] applied:old (hashes openid -> ts: see below)
+-- KEYS[11] sent  KEYS[12] sent:old (hashes openid -> ts: see below)
 -- ARGV[1] lease owner  ARGV[2] linger_ms  ARGV[3] max batch  ARGV[4] lease ms
 -- ARGV[5] paused ops: '', 'tag', 'untag' or 'tag,untag'
 -- ARGV[6] hold ms: while intents still wait in the queue, no batch leaves before its
@@ -17,7 +17,7 @@
 --         (plan = '' for a fresh batch, else the JSON of a split being resumed; the batch
 --         as one string: 100 reply elements cost Redis and the worker more than a join)
 local k_tag, k_untag, k_inflight, k_lease, k_since, k_failures, k_split_tag, k_split_untag,
-  k_gone, k_held, k_applied, k_applied_old = unpack(KEYS)
+  k_gone, k_held, k_sent, k_sent_old = unpack(KEYS)
 local owner, linger, max_batch, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local paused = {}
 for op in string.gmatch(ARGV[5], '[^,]+') do paused[op] = true end
@@ -74,19 +74,20 @@ redis.call('HSET', k_inflight, '~op', op, unpack(taken))
 -- fans as stale, whatever becomes of this call (restored, its newer intent still wins;
 -- dead-lettered, the older one must not come back). Written here, from ZRANGE's answer as
 -- it is (openid, ts pairs), not when the call is acked: a hash takes 50 in half the time
--- of the zset it was. The ordering window is two generations of it in event time: once a
+-- of the zset it was (``applied``, ZADDed by the ack; left unread by this version, so a
+-- deployment upgraded from it never meets a zset where it expects a hash). The ordering window is two generations of it in event time: once a
 -- batch is newer than the window past the current one's first, the current becomes the old
 -- one and the old one goes, so a fan is remembered at least the window past its intent.
 local newest = tonumber(taken[#taken])
-local from = tonumber(redis.call('HGET', k_applied, '~from'))
+local from = tonumber(redis.call('HGET', k_sent, '~from'))
 if from and newest - from > tonumber(ARGV[7]) then
-  redis.call('RENAME', k_applied, k_applied_old)
+  redis.call('RENAME', k_sent, k_sent_old)
   from = nil
 end
 if from then
-  redis.call('HSET', k_applied, unpack(taken))
+  redis.call('HSET', k_sent, unpack(taken))
 else
-  redis.call('HSET', k_applied, '~from', newest, unpack(taken))
+  redis.call('HSET', k_sent, '~from', newest, unpack(taken))
 end
 
 -- The remainder has waited since the later of the old mark and its own oldest event.
