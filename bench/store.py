@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from bench.harness import redis_cpu_s
 from producers.intents import Intent
 from worker.gate import AccountGate
 from worker.pending import PendingStore
@@ -46,11 +47,6 @@ return batch
 """
 
 
-def _cpu(connection: redis.Redis) -> float:
-    info = connection.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def _backlog(store: PendingStore, per_tag: int) -> None:
     ts = time.time()
     for tag in range(100, 100 + TAGS):
@@ -65,7 +61,7 @@ def _flush_path(connection: redis.Redis, per_tag: int) -> dict[str, float]:
     store = PendingStore(connection, linger_ms=0)
     _backlog(store, per_tag)
     calls = 0
-    redis_before, own_before = _cpu(connection), time.process_time()
+    redis_before, own_before = redis_cpu_s(connection), time.process_time()
     for tag in range(100, 100 + TAGS):
         assert store.acquire("wxbenchstore", tag, "bench", 60_000)
         took = store.take("wxbenchstore", tag, "bench", 60_000)
@@ -75,7 +71,7 @@ def _flush_path(connection: redis.Redis, per_tag: int) -> dict[str, float]:
             _, took = store.ack_take(took.batch, "bench", 60_000)
     return {
         "calls": calls,
-        "redis_us_per_call": 1e6 * (_cpu(connection) - redis_before) / calls,
+        "redis_us_per_call": 1e6 * (redis_cpu_s(connection) - redis_before) / calls,
         "client_us_per_call": 1e6 * (time.process_time() - own_before) / calls,
     }
 
@@ -86,17 +82,17 @@ def _least(connection: redis.Redis, per_tag: int) -> float:
     ts = time.time()
     for start in range(0, per_tag * TAGS, 1000):
         connection.zadd("p", {f"oBench{i:022d}": ts + i / 1000 for i in range(start, start + 1000)})
-    calls, before = 0, _cpu(connection)
+    calls, before = 0, redis_cpu_s(connection)
     while script(keys=["p", "applied", "inflight", "history"], args=["tag 0 0 c"]):
         calls += 1
-    return 1e6 * (_cpu(connection) - before) / calls
+    return 1e6 * (redis_cpu_s(connection) - before) / calls
 
 
 def _each(connection: redis.Redis, call: Any, n: int = 4000) -> float:
-    before = _cpu(connection)
+    before = redis_cpu_s(connection)
     for _ in range(n):
         call()
-    return 1e6 * (_cpu(connection) - before) / n
+    return 1e6 * (redis_cpu_s(connection) - before) / n
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
